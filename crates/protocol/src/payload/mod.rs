@@ -1,0 +1,7 @@
+//! Typed payloads for every directive key.
+
+pub mod internal;
+pub mod query;
+pub mod record;
+pub mod run;
+pub mod worker;

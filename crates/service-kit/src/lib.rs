@@ -1,0 +1,83 @@
+//! The bootstrap every Drover service binary uses, in the fixed order of STYLE.md: settings,
+//! telemetry, metrics and admin HTTP, signals, NATS, JetStream resources, the service body,
+//! then a bounded drain.
+
+pub mod admin;
+mod consume;
+pub mod kv_cache;
+pub mod metrics;
+mod nats;
+mod readiness;
+pub mod reply;
+mod resources;
+mod run;
+mod settings;
+
+pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};
+pub use nats::{connect, next_delay, ConnectError, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
+pub use readiness::{Check, Readiness};
+pub use resources::{
+    bucket_configs, consumer_configs, ensure_resources, stream_configs, ResourceError,
+    CONSUMER_ACK_WAIT, DIRECTIVES_MAX_AGE, DUPLICATE_WINDOW, TTL_MARKER_LIFETIME,
+};
+pub use run::{run_service, ServiceContext, EXIT_CONFIG, EXIT_SECOND_SIGNAL};
+pub use settings::{
+    default_instance_id, load_from, load_settings, CommonArgs, ConfigError, Settings, CONFIG_ENV,
+    DEFAULT_NATS_URL, ENV_PREFIX, NATS_URL_ENV,
+};
+
+/// This machine's host name, or `localhost` when it cannot be found.
+pub fn hostname() -> String {
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_files = || {
+        ["/proc/sys/kernel/hostname", "/etc/hostname"]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+    };
+    from_env
+        .or_else(from_files)
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `url` with any user name, password or token replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, one),
+            };
+            let rest = match rest.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => rest.to_owned(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{rest}"),
+                None => rest,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact_url("nats://u:p@host:4222"), "nats://***@host:4222");
+        assert_eq!(
+            redact_url("nats://a:4222,tls://tok@b:4222"),
+            "nats://a:4222,tls://***@b:4222"
+        );
+        assert_eq!(redact_url("localhost:4222"), "localhost:4222");
+    }
+
+    #[test]
+    fn hostname_is_never_empty() {
+        assert!(!hostname().is_empty());
+    }
+}

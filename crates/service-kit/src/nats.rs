@@ -1,0 +1,205 @@
+//! Connecting to NATS: retry until the first connection, then reconnect forever.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::metrics;
+use crate::settings::parse_server_addrs;
+
+/// First delay between connection attempts; it doubles up to [`MAX_RETRY_DELAY`].
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+/// Longest delay between connection attempts.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3);
+
+/// Why `connect` gave up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    /// Shutdown was requested before a connection was made.
+    #[error("shutdown requested before nats was reached")]
+    Cancelled,
+    /// The URL can never work, so retrying is pointless.
+    #[error("invalid nats url: {0}")]
+    InvalidUrl(String),
+}
+
+/// The next delay of an exponential backoff between `first` and `max`.
+pub fn next_delay(current: Duration, max: Duration) -> Duration {
+    current.saturating_mul(2).min(max)
+}
+
+/// Connects to NATS, retrying with backoff until connected or `shutdown` is cancelled.
+///
+/// `url` may list several servers separated by commas. Once connected the client
+/// reconnects on its own, forever; connection events are logged and counted.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<Client, ConnectError> {
+    connect_observed(url, name, shutdown, None).await
+}
+
+/// Counts the connections a client makes and wakes a waiter on each.
+#[derive(Default)]
+pub(crate) struct Connections {
+    count: AtomicU64,
+    notify: Notify,
+}
+
+impl Connections {
+    /// How many times the client has connected so far.
+    pub(crate) fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the next connection (or returns at once if one came since the last wait).
+    pub(crate) async fn changed(&self) {
+        self.notify.notified().await;
+    }
+
+    fn connected(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// [`connect`], also reporting every (re)connection to `connections`.
+pub(crate) async fn connect_observed(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+    connections: Option<Arc<Connections>>,
+) -> Result<Client, ConnectError> {
+    let addrs = parse_server_addrs(url).map_err(ConnectError::InvalidUrl)?;
+    if addrs.is_empty() {
+        return Err(ConnectError::InvalidUrl("no server given".to_owned()));
+    }
+    let shown_url = crate::redact_url(url);
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let attempt_result = tokio::select! {
+            () = shutdown.cancelled() => return Err(ConnectError::Cancelled),
+            result = options(name, connections.clone()).connect(addrs.clone()) => result,
+        };
+        match attempt_result {
+            Ok(client) => {
+                info!(url = %shown_url, name, attempt, "connected to nats");
+                return Ok(client);
+            }
+            Err(err) if err.kind() == ConnectErrorKind::ServerParse => {
+                return Err(ConnectError::InvalidUrl(err.to_string()));
+            }
+            Err(err) => {
+                ::metrics::counter!(metrics::NATS_CONNECT_FAILURES_TOTAL).increment(1);
+                warn!(
+                    url = %shown_url,
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    error = %err,
+                    "nats connection failed"
+                );
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(ConnectError::Cancelled),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = next_delay(delay, MAX_RETRY_DELAY);
+    }
+}
+
+fn options(name: &str, connections: Option<Arc<Connections>>) -> ConnectOptions {
+    ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempts| {
+            let exponent = u32::try_from(attempts.min(5)).unwrap_or(5);
+            (FIRST_RETRY_DELAY * 2u32.pow(exponent)).min(MAX_RETRY_DELAY)
+        })
+        .event_callback(move |event| {
+            if let (Event::Connected, Some(connections)) = (&event, &connections) {
+                connections.connected();
+            }
+            async move { log_event(&event) }
+        })
+}
+
+fn log_event(event: &Event) {
+    let kind = match event {
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::SlowConsumer(_) => "slow_consumer",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    };
+    ::metrics::counter!(metrics::NATS_EVENTS_TOTAL, "event" => kind).increment(1);
+    match event {
+        Event::Connected => {
+            ::metrics::gauge!(metrics::NATS_CONNECTED).set(1.0);
+            info!(event = kind, "nats connected");
+        }
+        Event::Disconnected => {
+            ::metrics::gauge!(metrics::NATS_CONNECTED).set(0.0);
+            warn!(event = kind, "nats disconnected; reconnecting");
+        }
+        Event::LameDuckMode => warn!(event = kind, "nats server entered lame duck mode"),
+        Event::SlowConsumer(sid) => {
+            warn!(event = kind, sid, "nats slow consumer; messages dropped")
+        }
+        Event::ServerError(err) => error!(event = kind, error = %err, "nats server error"),
+        Event::ClientError(err) => warn!(event = kind, error = %err, "nats client error"),
+        Event::Draining | Event::Closed => info!(event = kind, "nats connection {kind}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let mut delay = FIRST_RETRY_DELAY;
+        let mut seen = vec![delay];
+        for _ in 0..8 {
+            delay = next_delay(delay, MAX_RETRY_DELAY);
+            seen.push(delay);
+        }
+        assert_eq!(seen[1], Duration::from_millis(200));
+        assert_eq!(*seen.last().unwrap(), MAX_RETRY_DELAY);
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[tokio::test]
+    async fn gives_up_only_when_cancelled() {
+        // Nothing listens on port 1: every attempt fails until we cancel.
+        let shutdown = CancellationToken::new();
+        let cancel = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            cancel.cancel();
+        });
+        let result = connect("nats://127.0.0.1:1", "test", &shutdown).await;
+        assert_eq!(result.err(), Some(ConnectError::Cancelled));
+    }
+
+    #[tokio::test]
+    async fn rejects_a_malformed_url_at_once() {
+        let shutdown = CancellationToken::new();
+        let result = connect("nats://[::1", "test", &shutdown).await;
+        assert!(
+            matches!(result, Err(ConnectError::InvalidUrl(_))),
+            "{result:?}"
+        );
+    }
+}

@@ -1,0 +1,618 @@
+//! Settings shared by every service, loaded in layers: defaults, then a file, then
+//! `DROVER_*` environment variables, then flags, then `validate()` (STYLE "Start-up").
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Prefix of every environment variable that sets a [`Settings`] field.
+pub const ENV_PREFIX: &str = "DROVER";
+/// Names the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "DROVER_CONFIG";
+/// The conventional NATS variable, honoured below `DROVER_NATS_URL`.
+pub const NATS_URL_ENV: &str = "NATS_URL";
+/// Where services connect when nothing else says.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// All DROVER_* settings shared by every service (one namespace so one environment
+/// configures the whole stack).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// NATS server URL; several may be given separated by commas.
+    pub nats_url: String,
+    /// Admin HTTP bind address; `None` means the service's own default.
+    pub admin_addr: Option<String>,
+    /// JetStream replica count for streams and buckets.
+    pub js_replicas: usize,
+    /// How long shutdown waits for tasks to finish.
+    pub drain_grace_ms: u64,
+    /// Largest inbound message body accepted.
+    pub max_payload_bytes: usize,
+    /// How often workers are told to send a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a worker is declared lost.
+    pub lost_after_ms: u64,
+    /// TTL of terminal run records and run keys.
+    pub run_retention_ms: u64,
+    /// Age limit of stored log records.
+    pub logs_max_age_ms: u64,
+    /// Size limit of stored log records (-1: unlimited).
+    pub logs_max_bytes: i64,
+    /// Lifetime of an unrenewed leader lease.
+    pub leader_lease_ms: u64,
+    /// Ack wait on queue messages: the lease a dispatched run holds.
+    pub run_lease_ms: u64,
+    /// How long a worker has to acknowledge an assignment.
+    pub assign_ack_timeout_ms: u64,
+    /// Bound on reassignments of one run, apart from its retries.
+    pub max_reassignments: u32,
+    /// Identifies this replica, e.g. in leases and connection names.
+    pub instance_id: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            nats_url: DEFAULT_NATS_URL.to_owned(),
+            admin_addr: None,
+            js_replicas: 1,
+            drain_grace_ms: 10_000,
+            max_payload_bytes: drover_protocol::DEFAULT_MAX_PAYLOAD_BYTES,
+            heartbeat_interval_ms: 5_000,
+            lost_after_ms: 15_000,
+            run_retention_ms: 7 * DAY_MS,
+            logs_max_age_ms: 7 * DAY_MS,
+            logs_max_bytes: 1 << 30,
+            leader_lease_ms: 3_000,
+            run_lease_ms: 10_000,
+            assign_ack_timeout_ms: 5_000,
+            max_reassignments: 5,
+            instance_id: default_instance_id(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<4 random hex>`, reduced to characters safe in subjects and keys.
+pub fn default_instance_id() -> String {
+    let host: String = crate::hostname()
+        .chars()
+        .map(|c| if is_id_char(c) { c } else { '-' })
+        .take(64)
+        .collect();
+    let suffix: u16 = rand::random();
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+/// A setting that could not be loaded or is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file is missing, unreadable, of an unknown kind or malformed.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file named by `--config` or `DROVER_CONFIG`.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A value has the wrong type, or a key is unknown.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+    /// A value is out of range.
+    #[error("invalid setting {key} ({env}): {reason}")]
+    Invalid {
+        /// The settings key.
+        key: &'static str,
+        /// The environment variable that sets it.
+        env: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key,
+            env: format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase()),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn one_line(text: impl std::fmt::Display) -> String {
+    text.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Settings {
+    /// Checks that values are in range and consistent with each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let urls = parse_server_addrs(&self.nats_url)
+            .map_err(|reason| ConfigError::invalid("nats_url", reason))?;
+        if urls.is_empty() {
+            return Err(ConfigError::invalid("nats_url", "must not be empty"));
+        }
+        if let Some(addr) = &self.admin_addr {
+            let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(ConfigError::invalid(
+                    "admin_addr",
+                    format!("{addr:?} is not a host:port address"),
+                ));
+            }
+        }
+        if !(1..=5).contains(&self.js_replicas) {
+            return Err(ConfigError::invalid(
+                "js_replicas",
+                format!("must be between 1 and 5, got {}", self.js_replicas),
+            ));
+        }
+        if self.max_payload_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "max_payload_bytes",
+                format!("must be at least 1024, got {}", self.max_payload_bytes),
+            ));
+        }
+        let durations = [
+            ("drain_grace_ms", self.drain_grace_ms),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
+            ("lost_after_ms", self.lost_after_ms),
+            ("run_retention_ms", self.run_retention_ms),
+            ("logs_max_age_ms", self.logs_max_age_ms),
+            ("leader_lease_ms", self.leader_lease_ms),
+            ("run_lease_ms", self.run_lease_ms),
+            ("assign_ack_timeout_ms", self.assign_ack_timeout_ms),
+        ];
+        for (key, value) in durations {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.lost_after_ms < self.heartbeat_interval_ms.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "lost_after_ms",
+                format!(
+                    "must be at least twice heartbeat_interval_ms ({}), got {}",
+                    self.heartbeat_interval_ms, self.lost_after_ms
+                ),
+            ));
+        }
+        // JetStream refuses a max_age under 100 ms, and the leases bucket uses this one.
+        if self.leader_lease_ms < 100 {
+            return Err(ConfigError::invalid(
+                "leader_lease_ms",
+                format!("must be at least 100, got {}", self.leader_lease_ms),
+            ));
+        }
+        if self.logs_max_bytes == 0 || self.logs_max_bytes < -1 {
+            return Err(ConfigError::invalid(
+                "logs_max_bytes",
+                format!(
+                    "must be positive, or -1 for no limit, got {}",
+                    self.logs_max_bytes
+                ),
+            ));
+        }
+        if self.instance_id.is_empty()
+            || self.instance_id.len() > 128
+            || !self.instance_id.chars().all(is_id_char)
+        {
+            return Err(ConfigError::invalid(
+                "instance_id",
+                format!(
+                    "must be 1 to 128 characters of [A-Za-z0-9_-], got {:?}",
+                    self.instance_id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The NATS server addresses named by `nats_url`.
+    pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+        parse_server_addrs(&self.nats_url)
+            .map_err(|reason| ConfigError::invalid("nats_url", reason))
+    }
+}
+
+/// Parses a comma-separated list of NATS URLs.
+pub(crate) fn parse_server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                format!(
+                    "{:?} is not a NATS URL: {}",
+                    crate::redact_url(url),
+                    one_line(error)
+                )
+            })
+        })
+        .collect()
+}
+
+/// Flags every service binary accepts (`#[command(flatten)]` them).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    /// Config file (TOML, JSON or YAML, by extension); default: $DROVER_CONFIG.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// NATS server URL; overrides DROVER_NATS_URL, NATS_URL and the config file.
+    #[arg(long, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// Admin HTTP address (health, readiness, metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<String>,
+}
+
+/// Loads settings from defaults, the config file, the process environment and `args`.
+pub fn load_settings(args: &CommonArgs) -> Result<Settings, ConfigError> {
+    load_from(args, std::env::vars())
+}
+
+/// Loads settings as [`load_settings`] does, reading `env` in place of the process
+/// environment.
+pub fn load_from(
+    args: &CommonArgs,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigError> {
+    let env: HashMap<String, String> = env.into_iter().collect();
+    let defaults = Settings::default();
+    let known = known_keys(&defaults)?;
+
+    let mut builder = Config::builder().add_source(
+        Config::try_from(&defaults).map_err(|error| ConfigError::Load(one_line(error)))?,
+    );
+
+    let file = args.config.clone().or_else(|| {
+        env.get(CONFIG_ENV)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(path) = &file {
+        builder = builder.add_source(read_file(path)?);
+    }
+
+    // Only variables naming a field take part: other DROVER_* variables (DROVER_CONFIG,
+    // DROVER_LOG_FORMAT, ...) belong to someone else and must not trip the unknown-key check.
+    let prefix = format!("{ENV_PREFIX}_");
+    let mut drover_env: config::Map<String, String> = env
+        .iter()
+        .filter(|(name, _)| {
+            name.strip_prefix(&prefix)
+                .is_some_and(|key| known.contains(&key.to_ascii_lowercase()))
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    // NATS_URL ranks below DROVER_NATS_URL but above the file.
+    let drover_nats_url = format!("{prefix}NATS_URL");
+    if let Some(url) = env.get(NATS_URL_ENV).filter(|url| !url.trim().is_empty()) {
+        drover_env
+            .entry(drover_nats_url)
+            .or_insert_with(|| url.clone());
+    }
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(Some(drover_env)),
+    );
+
+    builder = builder
+        .set_override_option("nats_url", args.nats_url.clone())
+        .and_then(|b| b.set_override_option("admin_addr", args.admin_addr.clone()))
+        .map_err(|error| ConfigError::Load(one_line(error)))?;
+
+    let settings: Settings =
+        builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|error| match (&file, error) {
+                (Some(path), config::ConfigError::FileParse { cause, .. }) => ConfigError::File {
+                    path: path.clone(),
+                    message: one_line(cause),
+                },
+                // Only the file can hold unknown keys: environment and flags are filtered.
+                (Some(path), error) if error.to_string().starts_with("unknown field") => {
+                    ConfigError::File {
+                        path: path.clone(),
+                        message: one_line(error),
+                    }
+                }
+                (_, error) => ConfigError::Load(one_line(error)),
+            })?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
+    let table = Config::try_from(defaults)
+        .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
+        .map_err(|error| ConfigError::Load(one_line(error)))?;
+    let mut keys: BTreeSet<String> = table.into_keys().collect();
+    // `None` fields may be left out of the serialised defaults.
+    keys.insert("admin_addr".to_owned());
+    Ok(keys)
+}
+
+fn read_file(path: &Path) -> Result<File<config::FileSourceString, FileFormat>, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    };
+    let extension = path
+        .extension()
+        .and_then(|ext| ext.to_str())
+        .map(str::to_ascii_lowercase);
+    let format = match extension.as_deref() {
+        Some("toml") => FileFormat::Toml,
+        Some("json") => FileFormat::Json,
+        Some("yaml" | "yml") => FileFormat::Yaml,
+        _ => {
+            return Err(file_error(
+                "unknown file type; use a .toml, .json, .yaml or .yml extension".to_owned(),
+            ))
+        }
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| file_error(one_line(error)))?;
+    Ok(File::from_str(&text, format))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn file(extension: &str, text: &str) -> tempfile::TempPath {
+        let mut file = tempfile::Builder::new()
+            .suffix(&format!(".{extension}"))
+            .tempfile()
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.into_temp_path()
+    }
+
+    fn with_config(path: &Path) -> CommonArgs {
+        CommonArgs {
+            config: Some(path.to_owned()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = load_from(&CommonArgs::default(), env(&[])).unwrap();
+        let defaults = Settings::default();
+        assert_eq!(settings.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(settings.admin_addr, None);
+        assert_eq!(settings.js_replicas, 1);
+        assert_eq!(settings.heartbeat_interval_ms, 5_000);
+        assert_eq!(settings.lost_after_ms, 15_000);
+        assert_eq!(settings.run_retention_ms, 7 * DAY_MS);
+        assert_eq!(settings.logs_max_bytes, 1 << 30);
+        assert_eq!(
+            settings.max_payload_bytes,
+            drover_protocol::DEFAULT_MAX_PAYLOAD_BYTES
+        );
+        assert_eq!(settings.max_reassignments, defaults.max_reassignments);
+        assert!(settings
+            .instance_id
+            .contains(&format!("-{}-", std::process::id())));
+        settings.validate().unwrap();
+    }
+
+    #[test]
+    fn each_layer_overrides_the_one_below() {
+        let path = file(
+            "toml",
+            "heartbeat_interval_ms = 1000\nlost_after_ms = 4000\nleader_lease_ms = 2000\nadmin_addr = \"127.0.0.1:1\"\n",
+        );
+        let vars = env(&[
+            ("DROVER_LOST_AFTER_MS", "5000"),
+            ("DROVER_ADMIN_ADDR", "127.0.0.1:2"),
+        ]);
+        let from_file_and_env = load_from(&with_config(&path), vars.clone()).unwrap();
+        assert_eq!(
+            from_file_and_env.heartbeat_interval_ms, 1000,
+            "file over default"
+        );
+        assert_eq!(from_file_and_env.leader_lease_ms, 2000, "file over default");
+        assert_eq!(from_file_and_env.lost_after_ms, 5000, "env over file");
+        assert_eq!(
+            from_file_and_env.admin_addr.as_deref(),
+            Some("127.0.0.1:2"),
+            "env over file"
+        );
+
+        let args = CommonArgs {
+            admin_addr: Some("127.0.0.1:3".to_owned()),
+            ..with_config(&path)
+        };
+        let with_flags = load_from(&args, vars).unwrap();
+        assert_eq!(
+            with_flags.admin_addr.as_deref(),
+            Some("127.0.0.1:3"),
+            "flag over env"
+        );
+    }
+
+    #[test]
+    fn config_file_can_come_from_the_environment() {
+        let path = file("json", r#"{"js_replicas": 3, "logs_max_bytes": -1}"#);
+        let vars = env(&[(CONFIG_ENV, path.to_str().unwrap())]);
+        let settings = load_from(&CommonArgs::default(), vars).unwrap();
+        assert_eq!(settings.js_replicas, 3);
+        assert_eq!(settings.logs_max_bytes, -1);
+
+        // --config wins over DROVER_CONFIG.
+        let other = file("yaml", "js_replicas: 5\n");
+        let vars = env(&[(CONFIG_ENV, path.to_str().unwrap())]);
+        let settings = load_from(&with_config(&other), vars).unwrap();
+        assert_eq!(settings.js_replicas, 5);
+    }
+
+    #[test]
+    fn nats_url_precedence() {
+        let path = file("toml", "nats_url = \"nats://file:4222\"\n");
+        let url =
+            |args: &CommonArgs, vars: &[(&str, &str)]| load_from(args, env(vars)).unwrap().nats_url;
+        let no_file = CommonArgs::default();
+        let file_args = with_config(&path);
+        let flag_args = CommonArgs {
+            nats_url: Some("nats://flag:4222".to_owned()),
+            ..with_config(&path)
+        };
+        let both = [
+            ("DROVER_NATS_URL", "nats://drover:4222"),
+            ("NATS_URL", "nats://plain:4222"),
+        ];
+        assert_eq!(url(&no_file, &[]), DEFAULT_NATS_URL);
+        assert_eq!(url(&file_args, &[]), "nats://file:4222");
+        assert_eq!(
+            url(&file_args, &[("NATS_URL", "nats://plain:4222")]),
+            "nats://plain:4222"
+        );
+        assert_eq!(url(&file_args, &both), "nats://drover:4222");
+        assert_eq!(url(&flag_args, &both), "nats://flag:4222");
+        // An empty NATS_URL does not hide the file.
+        assert_eq!(url(&file_args, &[("NATS_URL", "")]), "nats://file:4222");
+    }
+
+    #[test]
+    fn env_keys_with_single_underscores_and_unrelated_vars() {
+        let vars = env(&[
+            ("DROVER_HEARTBEAT_INTERVAL_MS", "200"),
+            ("DROVER_LOST_AFTER_MS", "600"),
+            ("DROVER_ASSIGN_ACK_TIMEOUT_MS", "750"),
+            ("DROVER_MAX_REASSIGNMENTS", "9"),
+            ("DROVER_INSTANCE_ID", "1234"),
+            // Not ours: ignored rather than rejected as unknown keys.
+            ("DROVER_LOG_FORMAT", "json"),
+            ("DROVER_SOMETHING__NESTED", "x"),
+            ("HEARTBEAT_INTERVAL_MS", "1"),
+        ]);
+        let settings = load_from(&CommonArgs::default(), vars).unwrap();
+        assert_eq!(settings.heartbeat_interval_ms, 200);
+        assert_eq!(settings.lost_after_ms, 600);
+        assert_eq!(settings.assign_ack_timeout_ms, 750);
+        assert_eq!(settings.max_reassignments, 9);
+        assert_eq!(settings.instance_id, "1234");
+    }
+
+    #[test]
+    fn validation_errors_name_the_key() {
+        let cases: [(&[(&str, &str)], &str); 8] = [
+            (
+                &[("DROVER_HEARTBEAT_INTERVAL_MS", "0")],
+                "heartbeat_interval_ms",
+            ),
+            (&[("DROVER_LOST_AFTER_MS", "9000")], "lost_after_ms"),
+            (&[("DROVER_JS_REPLICAS", "7")], "js_replicas"),
+            (&[("DROVER_MAX_PAYLOAD_BYTES", "100")], "max_payload_bytes"),
+            (&[("DROVER_DRAIN_GRACE_MS", "0")], "drain_grace_ms"),
+            (&[("DROVER_LOGS_MAX_BYTES", "0")], "logs_max_bytes"),
+            (&[("DROVER_INSTANCE_ID", "a.b")], "instance_id"),
+            (&[("DROVER_ADMIN_ADDR", "localhost")], "admin_addr"),
+        ];
+        for (vars, key) in cases {
+            let error = load_from(&CommonArgs::default(), env(vars)).unwrap_err();
+            assert!(
+                matches!(&error, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{vars:?}: {error}"
+            );
+            let text = error.to_string();
+            assert!(text.contains(key) && !text.contains('\n'), "{text}");
+            assert!(
+                text.contains(&format!("DROVER_{}", key.to_ascii_uppercase())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let error = load_from(
+            &CommonArgs::default(),
+            env(&[("DROVER_HEARTBEAT_INTERVAL_MS", "soon")]),
+        )
+        .unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("heartbeat_interval_ms"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        let missing = with_config(Path::new("/nonexistent/drover.toml"));
+        assert!(matches!(
+            load_from(&missing, env(&[])),
+            Err(ConfigError::File { .. })
+        ));
+
+        let unknown_kind = file("ini", "x=1");
+        let error = load_from(&with_config(&unknown_kind), env(&[])).unwrap_err();
+        assert!(error.to_string().contains("extension"), "{error}");
+
+        let malformed = file("toml", "heartbeat_interval_ms = = 3\n");
+        let error = load_from(&with_config(&malformed), env(&[])).unwrap_err();
+        assert!(matches!(error, ConfigError::File { .. }), "{error}");
+        assert!(!error.to_string().contains('\n'), "{error}");
+
+        let typo = file("toml", "heartbeat_interval = 3\n");
+        let error = load_from(&with_config(&typo), env(&[])).unwrap_err();
+        assert!(matches!(error, ConfigError::File { .. }), "{error}");
+        assert!(error.to_string().contains("heartbeat_interval"), "{error}");
+
+        let wrong_type = file("json", r#"{"js_replicas": "many"}"#);
+        let error = load_from(&with_config(&wrong_type), env(&[])).unwrap_err();
+        assert!(error.to_string().contains("js_replicas"), "{error}");
+    }
+
+    #[test]
+    fn nats_urls_are_checked() {
+        let ok = load_from(
+            &CommonArgs::default(),
+            env(&[("NATS_URL", "nats://a:4222, nats://b:4223")]),
+        )
+        .unwrap();
+        assert_eq!(ok.server_addrs().unwrap().len(), 2);
+        let error = load_from(
+            &CommonArgs {
+                nats_url: Some("nats://[::1".to_owned()),
+                ..Default::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ConfigError::Invalid {
+                    key: "nats_url",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+}

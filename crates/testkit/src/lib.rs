@@ -1,0 +1,37 @@
+//! Test support for Drover: the one place that owns real processes in tests.
+//!
+//! - [`NatsServer`] runs a real `nats-server` with JetStream on a free port and a
+//!   temporary store, and can be killed, stopped and restarted on the same port and store.
+//! - [`ServiceProcess`] runs a workspace binary (a Drover service) as a child process with
+//!   its output in a log file.
+//! - [`Stack`] starts a NATS server plus any set of Drover services and waits until each
+//!   one reports ready on its admin port.
+//! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
+//!   report them.
+//! - [`wait_until`], [`wait_for`] and [`assert_eventually!`] wait on conditions instead of
+//!   sleeping; their patience scales with `DROVER_TEST_PATIENCE`.
+//!
+//! Every process is killed (SIGKILL, then reaped) when its handle is dropped. When the drop
+//! happens during a panic, or when `DROVER_TEST_DUMP_LOGS` is set, the tail of each process
+//! log is printed to stderr so that failures can be diagnosed from the test output. Set
+//! `DROVER_TEST_KEEP_DIRS` to keep the temporary directories (their paths are printed).
+//!
+//! No mocks: the broker and the services are the real programs that users run.
+
+mod http;
+mod logfile;
+mod nats;
+mod paths;
+mod proc_stats;
+mod process;
+mod stack;
+mod supervised;
+mod wait;
+
+pub use http::http_get;
+pub use nats::{NatsOptions, NatsServer};
+pub use paths::{bin_dir, free_port, nats_server_binary, workspace_root};
+pub use proc_stats::ProcStats;
+pub use process::ServiceProcess;
+pub use stack::{Stack, StackBuilder, HEARTBEAT_MONITOR, LOG_COLLECTOR, REGISTRY, SCHEDULER};
+pub use wait::{patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};

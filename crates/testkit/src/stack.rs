@@ -1,0 +1,338 @@
+//! A whole Drover stack for integration tests: NATS plus the chosen service binaries.
+//!
+//! ```ignore
+//! let mut stack = Stack::builder()
+//!     .heartbeat_interval_ms(200)
+//!     .lost_after_ms(1000)
+//!     .with_registry()
+//!     .with_monitor()
+//!     .start()
+//!     .await?;
+//! let client = stack.client().await;
+//! stack.restart_service(REGISTRY).await?;
+//! stack.restart_nats().await?;
+//! ```
+//!
+//! Each service gets `DROVER_NATS_URL`, `DROVER_HEARTBEAT_INTERVAL_MS`,
+//! `DROVER_LOST_AFTER_MS` and `RUST_LOG=info` (all overridable with [`StackBuilder::env`]
+//! or [`StackBuilder::service_env`]) and `--admin-addr 127.0.0.1:<free port>`. A service
+//! counts as started once `GET /readyz` on its admin address answers 200. The binaries must
+//! have been built (`cargo build --workspace --bins`).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::http::http_get;
+use crate::logfile;
+use crate::nats::{NatsOptions, NatsServer};
+use crate::paths::free_port;
+use crate::process::ServiceProcess;
+use crate::wait::patient;
+
+/// Binary name of the registry service.
+pub const REGISTRY: &str = "drover-registry";
+/// Binary name of the heartbeat-monitor service.
+pub const HEARTBEAT_MONITOR: &str = "drover-heartbeat-monitor";
+/// Binary name of the scheduler service.
+pub const SCHEDULER: &str = "drover-scheduler";
+/// Binary name of the log-collector service.
+pub const LOG_COLLECTOR: &str = "drover-log-collector";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Builds a [`Stack`]; see the module docs.
+#[derive(Debug, Clone)]
+pub struct StackBuilder {
+    heartbeat_interval_ms: u64,
+    lost_after_ms: u64,
+    services: Vec<String>,
+    env: Vec<(String, String)>,
+    service_env: BTreeMap<String, Vec<(String, String)>>,
+    service_args: BTreeMap<String, Vec<String>>,
+    nats_options: NatsOptions,
+    ready_timeout: Duration,
+}
+
+impl Default for StackBuilder {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 200,
+            lost_after_ms: 1000,
+            services: Vec::new(),
+            env: Vec::new(),
+            service_env: BTreeMap::new(),
+            service_args: BTreeMap::new(),
+            nats_options: NatsOptions::default(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+}
+
+impl StackBuilder {
+    /// Sets `DROVER_HEARTBEAT_INTERVAL_MS` for every service (default 200).
+    pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = ms;
+        self
+    }
+
+    /// Sets `DROVER_LOST_AFTER_MS` for every service (default 1000).
+    pub fn lost_after_ms(mut self, ms: u64) -> Self {
+        self.lost_after_ms = ms;
+        self
+    }
+
+    /// Adds `drover-registry`.
+    pub fn with_registry(self) -> Self {
+        self.with_service(REGISTRY)
+    }
+
+    /// Adds `drover-heartbeat-monitor`.
+    pub fn with_monitor(self) -> Self {
+        self.with_service(HEARTBEAT_MONITOR)
+    }
+
+    /// Adds `drover-scheduler`.
+    pub fn with_scheduler(self) -> Self {
+        self.with_service(SCHEDULER)
+    }
+
+    /// Adds `drover-log-collector`.
+    pub fn with_log_collector(self) -> Self {
+        self.with_service(LOG_COLLECTOR)
+    }
+
+    /// Adds all four services.
+    pub fn with_all_services(self) -> Self {
+        self.with_registry()
+            .with_monitor()
+            .with_scheduler()
+            .with_log_collector()
+    }
+
+    /// Adds any workspace binary that takes `--admin-addr` and serves `GET /readyz`.
+    pub fn with_service(mut self, name: &str) -> Self {
+        if !self.services.iter().any(|s| s == name) {
+            self.services.push(name.to_string());
+        }
+        self
+    }
+
+    /// Sets an environment variable for every service (overrides the defaults).
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets an environment variable for one service (overrides [`StackBuilder::env`]).
+    pub fn service_env(
+        mut self,
+        service: &str,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.service_env
+            .entry(service.to_string())
+            .or_default()
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// Appends a command-line argument for one service (after `--admin-addr`).
+    pub fn service_arg(mut self, service: &str, arg: impl Into<String>) -> Self {
+        self.service_args
+            .entry(service.to_string())
+            .or_default()
+            .push(arg.into());
+        self
+    }
+
+    /// Options for the NATS server.
+    pub fn nats_options(mut self, options: NatsOptions) -> Self {
+        self.nats_options = options;
+        self
+    }
+
+    /// How long each service may take to become ready (default 20 s, scaled by patience).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Starts NATS, then every chosen service, and waits until all of them are ready.
+    pub async fn start(self) -> anyhow::Result<Stack> {
+        let nats = NatsServer::start_with(self.nats_options.clone()).await?;
+        let mut stack = Stack {
+            services: BTreeMap::new(),
+            admin: BTreeMap::new(),
+            ready_timeout: self.ready_timeout,
+            nats,
+        };
+        for name in &self.services {
+            let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+            let mut env = vec![
+                ("DROVER_NATS_URL".to_string(), stack.nats.url()),
+                (
+                    "DROVER_HEARTBEAT_INTERVAL_MS".to_string(),
+                    self.heartbeat_interval_ms.to_string(),
+                ),
+                (
+                    "DROVER_LOST_AFTER_MS".to_string(),
+                    self.lost_after_ms.to_string(),
+                ),
+                ("RUST_LOG".to_string(), "info".to_string()),
+            ];
+            env.extend(self.env.iter().cloned());
+            env.extend(self.service_env.get(name).into_iter().flatten().cloned());
+            let mut args = vec!["--admin-addr".to_string(), admin.to_string()];
+            args.extend(self.service_args.get(name).into_iter().flatten().cloned());
+            let process = ServiceProcess::start(name, &env, &args)?;
+            stack.services.insert(name.clone(), process);
+            stack.admin.insert(name.clone(), admin);
+        }
+        // Started together, then awaited one by one: they become ready concurrently.
+        for name in &self.services {
+            stack.wait_service_ready(name).await?;
+        }
+        Ok(stack)
+    }
+}
+
+/// NATS plus a set of running Drover services; everything is killed on drop.
+#[derive(Debug)]
+pub struct Stack {
+    // Services are declared first so that they die before the server they talk to.
+    services: BTreeMap<String, ServiceProcess>,
+    admin: BTreeMap<String, SocketAddr>,
+    ready_timeout: Duration,
+    /// The NATS server every service connects to.
+    pub nats: NatsServer,
+}
+
+impl Stack {
+    /// A builder with heartbeat 200 ms, lost-after 1000 ms and no services.
+    pub fn builder() -> StackBuilder {
+        StackBuilder::default()
+    }
+
+    /// The NATS URL the services use.
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// A new NATS client (see [`NatsServer::client`]).
+    pub async fn client(&self) -> async_nats::Client {
+        self.nats.client().await
+    }
+
+    /// A JetStream context over a new client.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        self.nats.jetstream().await
+    }
+
+    /// The names of the services in this stack.
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// The process of service `name`.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the stack has no such service.
+    pub fn service(&self, name: &str) -> &ServiceProcess {
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("the stack has no service {name}"))
+    }
+
+    /// The process of service `name`, mutably.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the stack has no such service.
+    pub fn service_mut(&mut self, name: &str) -> &mut ServiceProcess {
+        self.services
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("the stack has no service {name}"))
+    }
+
+    /// The admin HTTP address of service `name` (stable across restarts).
+    ///
+    /// # Panics
+    ///
+    /// Panics when the stack has no such service.
+    pub fn admin_addr(&self, name: &str) -> SocketAddr {
+        *self
+            .admin
+            .get(name)
+            .unwrap_or_else(|| panic!("the stack has no service {name}"))
+    }
+
+    /// `GET <path>` on the admin address of service `name`: status code and body.
+    pub async fn admin_get(&self, name: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin_addr(name), path).await
+    }
+
+    /// Kills service `name` with SIGKILL (start it again with [`Stack::restart_service`]).
+    pub fn kill_service(&mut self, name: &str) {
+        self.service_mut(name).kill();
+    }
+
+    /// Sends SIGTERM to service `name` and waits up to `timeout` for it to exit.
+    pub async fn terminate_service(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<ExitStatus>> {
+        let service = self.service_mut(name);
+        service.terminate()?;
+        Ok(service.wait_exit(timeout).await)
+    }
+
+    /// Kills service `name` (SIGKILL) if it runs, starts it again with the same settings,
+    /// and waits until it is ready.
+    pub async fn restart_service(&mut self, name: &str) -> anyhow::Result<()> {
+        self.service_mut(name).restart()?;
+        self.wait_service_ready(name).await
+    }
+
+    /// Restarts the NATS server on the same port and store (the services reconnect by themselves).
+    pub async fn restart_nats(&mut self) -> anyhow::Result<()> {
+        self.nats.restart().await
+    }
+
+    /// Waits until `GET /readyz` of service `name` answers 200, failing early if it exits.
+    pub async fn wait_service_ready(&mut self, name: &str) -> anyhow::Result<()> {
+        let admin = self.admin_addr(name);
+        let limit = patient(self.ready_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut interval = Duration::from_millis(10);
+        loop {
+            let last = match http_get(admin, "/readyz").await {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => format!("status {status}: {}", body.trim()),
+                Err(error) => format!("{error:#}"),
+            };
+            let service = self.service_mut(name);
+            if let Some(status) = service.exit_status() {
+                bail!(
+                    "{name} exited ({status}) before it was ready; log tail:\n{}",
+                    service.log_tail(logfile::DUMP_LINES)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let tail = service.log_tail(logfile::DUMP_LINES);
+                bail!(
+                    "{name} not ready at http://{admin}/readyz within {limit:?} \
+                     (last answer: {last}); log tail:\n{tail}"
+                );
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 3 / 2).min(Duration::from_millis(100));
+        }
+    }
+}

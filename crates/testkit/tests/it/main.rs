@@ -1,0 +1,10 @@
+//! Tests of the testkit against real processes: nats-server and the testkit-sleeper binary.
+
+mod nats_server;
+mod service_process;
+mod stack;
+
+/// Whether a process with this pid exists (a reaped child leaves no `/proc` entry).
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,213 @@
+//! Worker records: cached reads, compare-and-set writes, and a status event per change.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
+use async_nats::Client;
+use drover_protocol::{encode, subject, Timestamp, WorkerEvent, WorkerId, WorkerRecord};
+use tracing::{debug, warn};
+
+use crate::metrics;
+use crate::transitions::{Outcome, Rejection};
+use drover_service_kit::kv_cache::KvCache;
+
+/// Why a mutation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError {
+    /// The request was refused.
+    #[error("{}", .0.message)]
+    Rejected(Rejection),
+    /// The bucket could not be read or written.
+    #[error("worker store unavailable: {0}")]
+    Store(String),
+}
+
+/// The result of a mutation.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The record after the mutation (or as it was, when nothing changed).
+    pub record: Option<WorkerRecord>,
+    /// True when a new record was written.
+    pub written: bool,
+}
+
+/// The registry's worker records.
+pub struct WorkerStore {
+    cache: Arc<KvCache<WorkerRecord>>,
+    client: Client,
+    locks: Mutex<HashMap<WorkerId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for WorkerStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerStore").finish_non_exhaustive()
+    }
+}
+
+impl WorkerStore {
+    /// A store over the cache, publishing events with `client`.
+    pub fn new(cache: Arc<KvCache<WorkerRecord>>, client: Client) -> Self {
+        Self {
+            cache,
+            client,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cache behind the store.
+    pub fn cache(&self) -> &Arc<KvCache<WorkerRecord>> {
+        &self.cache
+    }
+
+    /// The cached record of a worker.
+    pub fn get(&self, worker: &WorkerId) -> Option<WorkerRecord> {
+        self.cache
+            .get(worker.as_str())
+            .map(|entry| (*entry.value).clone())
+    }
+
+    /// Every cached record, ordered by workerID.
+    pub fn list(&self) -> Vec<WorkerRecord> {
+        let mut records: Vec<WorkerRecord> = self
+            .cache
+            .values()
+            .iter()
+            .map(|record| (**record).clone())
+            .collect();
+        records.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        records
+    }
+
+    fn lock_for(&self, worker: &WorkerId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(worker.clone()).or_default())
+    }
+
+    /// Applies `change` to the worker's record under compare-and-set.
+    ///
+    /// `change` sees the current record and decides; it runs again after a conflict. A
+    /// refusal or a no-op decided on cached data is checked once more against the bucket,
+    /// so that a cache lagging behind another replica never causes a wrong answer.
+    pub async fn mutate<F>(&self, worker: &WorkerId, mut change: F) -> Result<Applied, MutateError>
+    where
+        F: FnMut(Option<&WorkerRecord>) -> Result<Outcome, Rejection>,
+    {
+        let lock = self.lock_for(worker);
+        let _guard = lock.lock().await;
+        let key = worker.as_str();
+        let mut current = self.cache.get(key);
+        let mut fresh = false;
+        loop {
+            let record = current.as_ref().map(|entry| entry.value.as_ref());
+            let outcome = match change(record) {
+                Ok(outcome) => outcome,
+                Err(rejection) if fresh => return Err(MutateError::Rejected(rejection)),
+                Err(_) => {
+                    current = self.refetch(key).await?;
+                    fresh = true;
+                    continue;
+                }
+            };
+            let mut next = match outcome {
+                Outcome::Unchanged if fresh => {
+                    return Ok(Applied {
+                        record: record.cloned(),
+                        written: false,
+                    })
+                }
+                Outcome::Unchanged => {
+                    current = self.refetch(key).await?;
+                    fresh = true;
+                    continue;
+                }
+                Outcome::Write(next) => *next,
+            };
+            let now = Timestamp::now();
+            let previous = record.cloned();
+            next.status = next.derive_status();
+            if previous.as_ref().map(|p| p.status) != Some(next.status) {
+                next.status_changed_at = now;
+            }
+            let body =
+                serde_json::to_vec(&next).map_err(|error| MutateError::Store(error.to_string()))?;
+            let written = match &current {
+                None => self
+                    .cache
+                    .bucket()
+                    .create(key, body.into())
+                    .await
+                    .map_err(|error| match error.kind() {
+                        CreateErrorKind::AlreadyExists => None,
+                        _ => Some(error.to_string()),
+                    }),
+                Some(entry) => self
+                    .cache
+                    .bucket()
+                    .update(key, body.into(), entry.revision)
+                    .await
+                    .map_err(|error| match error.kind() {
+                        UpdateErrorKind::WrongLastRevision => None,
+                        _ => Some(error.to_string()),
+                    }),
+            };
+            match written {
+                Ok(revision) => {
+                    self.cache.note_written(key, next.clone(), revision);
+                    self.announce(previous.as_ref(), &next, now).await;
+                    return Ok(Applied {
+                        record: Some(next),
+                        written: true,
+                    });
+                }
+                Err(None) => {
+                    ::metrics::counter!(metrics::WRITE_CONFLICTS).increment(1);
+                    debug!(worker = %worker, "worker record changed underneath, retrying");
+                    current = self.refetch(key).await?;
+                    fresh = true;
+                }
+                Err(Some(error)) => return Err(MutateError::Store(error)),
+            }
+        }
+    }
+
+    async fn refetch(
+        &self,
+        key: &str,
+    ) -> Result<Option<drover_service_kit::kv_cache::Versioned<Arc<WorkerRecord>>>, MutateError>
+    {
+        self.cache
+            .fetch(key)
+            .await
+            .map_err(|error| MutateError::Store(error.to_string()))
+    }
+
+    /// Publishes `v1.registry.events.<w>` when the status or the incarnation changed.
+    async fn announce(&self, previous: Option<&WorkerRecord>, next: &WorkerRecord, now: Timestamp) {
+        let previous_status = previous.map(|record| record.status);
+        let new_incarnation = previous.map(|record| record.incarnation) != Some(next.incarnation);
+        if previous_status == Some(next.status) && !new_incarnation {
+            return;
+        }
+        ::metrics::counter!(metrics::STATUS_CHANGES, "status" => next.status.as_str()).increment(1);
+        let event = WorkerEvent {
+            worker_id: next.worker_id.clone(),
+            incarnation: next.incarnation,
+            status: next.status,
+            previous_status,
+            at: now,
+            worker: next.clone(),
+        };
+        debug!(worker = %next.worker_id, status = %next.status, "worker status changed");
+        if let Err(error) = self
+            .client
+            .publish(subject::registry_events(&next.worker_id), encode(&event))
+            .await
+        {
+            warn!(worker = %next.worker_id, %error, "could not publish worker event");
+        }
+    }
+}
