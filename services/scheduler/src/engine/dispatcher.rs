@@ -1,0 +1,687 @@
+//! Placement: which worker gets which run (DESIGN §6.3 items 3 and 6).
+//!
+//! The dispatcher keeps the leader's view of the workers: each worker's record from the
+//! registry, plus the runs this leader has reserved on it. A run's actor asks for a slot;
+//! the request is answered at once when a matching worker is free, or waits in FIFO order
+//! until one frees up. For each routine the dispatcher publishes a *demand* (free matching
+//! slots minus runs already waiting or on their way), which sizes the pull requests on that
+//! routine's queue: no timer is involved anywhere, and one routine's backlog never takes
+//! another routine's slots.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use drover_protocol::{Conditions, Incarnation, RoutineId, RunId, WorkerId, WorkerRecord};
+use tokio::sync::{oneshot, watch};
+
+/// Where a run goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Its incarnation when chosen.
+    pub incarnation: Incarnation,
+}
+
+/// A worker's registration ended or was replaced: its reserved runs must move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gone {
+    /// The run to take back.
+    pub run: RunId,
+    /// The worker it was on.
+    pub worker: WorkerId,
+    /// The incarnation it was placed on.
+    pub incarnation: Incarnation,
+    /// Why, for the record.
+    pub reason: String,
+}
+
+struct WorkerView {
+    record: Arc<WorkerRecord>,
+    reserved: HashSet<RunId>,
+}
+
+impl WorkerView {
+    fn used(&self) -> usize {
+        let mut used = self.reserved.len();
+        for held in &self.record.runs {
+            if !self.reserved.contains(&held.run_id) {
+                used += 1;
+            }
+        }
+        used
+    }
+
+    fn free(&self) -> usize {
+        if !self.record.accepts_work() {
+            return 0;
+        }
+        (self.record.capacity as usize).saturating_sub(self.used())
+    }
+
+    fn matches(&self, routine: &RoutineId, conditions: &Conditions) -> bool {
+        self.record.routines.contains(routine)
+            && (conditions.worker_ids.is_empty()
+                || conditions.worker_ids.contains(&self.record.worker_id))
+            && conditions
+                .labels
+                .iter()
+                .all(|(key, value)| self.record.labels.get(key) == Some(value))
+    }
+}
+
+struct Waiter {
+    run: RunId,
+    routine: RoutineId,
+    conditions: Conditions,
+    reply: oneshot::Sender<Placement>,
+}
+
+#[derive(Default)]
+struct Inner {
+    workers: HashMap<WorkerId, WorkerView>,
+    serving: HashMap<RoutineId, HashSet<WorkerId>>,
+    /// Free slots per routine, over workers serving it.
+    free: HashMap<RoutineId, usize>,
+    waiting: BTreeMap<u64, Waiter>,
+    waiting_index: HashMap<RunId, u64>,
+    waiting_per_routine: HashMap<RoutineId, usize>,
+    incoming: HashMap<RoutineId, usize>,
+    next_seq: u64,
+    demand: HashMap<RoutineId, watch::Sender<usize>>,
+    routines_tx: Option<watch::Sender<HashSet<RoutineId>>>,
+}
+
+/// The leader's placement state.
+pub struct Dispatcher {
+    inner: Mutex<Inner>,
+    routines_rx: watch::Receiver<HashSet<RoutineId>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Dispatcher {
+    /// An empty dispatcher.
+    pub fn new() -> Self {
+        let (routines_tx, routines_rx) = watch::channel(HashSet::new());
+        Self {
+            inner: Mutex::new(Inner {
+                routines_tx: Some(routines_tx),
+                ..Inner::default()
+            }),
+            routines_rx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The routines that live workers serve; changes as workers come and go.
+    pub fn routines(&self) -> watch::Receiver<HashSet<RoutineId>> {
+        self.routines_rx.clone()
+    }
+
+    /// How many more runs of `routine` could be placed right now.
+    pub fn demand(&self, routine: &RoutineId) -> watch::Receiver<usize> {
+        let mut inner = self.lock();
+        let value = inner.demand_value(routine);
+        inner
+            .demand
+            .entry(routine.clone())
+            .or_insert_with(|| watch::channel(value).0)
+            .subscribe()
+    }
+
+    /// A run of `routine` was fetched and is on its way to ask for placement.
+    pub fn incoming(&self, routine: &RoutineId) {
+        let mut inner = self.lock();
+        *inner.incoming.entry(routine.clone()).or_default() += 1;
+        inner.publish_demand(routine);
+    }
+
+    /// A fetched run no longer counts as on its way (it asked, or needs no placement).
+    pub fn arrived(&self, routine: &RoutineId) {
+        let mut inner = self.lock();
+        if let Some(count) = inner.incoming.get_mut(routine) {
+            *count = count.saturating_sub(1);
+        }
+        inner.publish_demand(routine);
+    }
+
+    /// Asks for a slot. The answer comes at once when a matching worker is free, else when
+    /// one frees up; the run then holds a reservation on that worker until [`Self::release`].
+    pub fn request(
+        &self,
+        run: &RunId,
+        routine: &RoutineId,
+        conditions: &Conditions,
+    ) -> oneshot::Receiver<Placement> {
+        let (reply, receiver) = oneshot::channel();
+        let mut inner = self.lock();
+        inner.remove_waiter(run);
+        if let Some(worker) = inner.best_worker(routine, conditions) {
+            if let Some(placement) = inner.reserve(&worker, run) {
+                let _ = reply.send(placement);
+                return receiver;
+            }
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.waiting.insert(
+            seq,
+            Waiter {
+                run: run.clone(),
+                routine: routine.clone(),
+                conditions: conditions.clone(),
+                reply,
+            },
+        );
+        inner.waiting_index.insert(run.clone(), seq);
+        *inner
+            .waiting_per_routine
+            .entry(routine.clone())
+            .or_default() += 1;
+        inner.publish_demand(routine);
+        receiver
+    }
+
+    /// Withdraws a waiting request (the run was cancelled or expired).
+    pub fn withdraw(&self, run: &RunId) {
+        let mut inner = self.lock();
+        if let Some(routine) = inner.remove_waiter(run) {
+            inner.publish_demand(&routine);
+        }
+    }
+
+    /// Records a run this leader found already placed on a worker (after a leader change).
+    /// Returns false when that placement is no longer valid (the worker is gone or has
+    /// registered again), in which case the run must be taken back.
+    pub fn adopt(&self, worker: &WorkerId, incarnation: Incarnation, run: &RunId) -> bool {
+        let mut inner = self.lock();
+        let Some(view) = inner.workers.get(worker) else {
+            return false;
+        };
+        if view.record.incarnation != incarnation || !view.record.is_live() {
+            return false;
+        }
+        inner.change_reservation(worker, |view| {
+            view.reserved.insert(run.clone());
+        });
+        true
+    }
+
+    /// The run no longer occupies its slot on `worker`.
+    pub fn release(&self, worker: &WorkerId, run: &RunId) {
+        let mut inner = self.lock();
+        if !inner.workers.contains_key(worker) {
+            return;
+        }
+        inner.change_reservation(worker, |view| {
+            view.reserved.remove(run);
+        });
+        inner.serve_waiters(worker);
+    }
+
+    /// The current record of a worker.
+    pub fn worker(&self, worker: &WorkerId) -> Option<Arc<WorkerRecord>> {
+        self.lock()
+            .workers
+            .get(worker)
+            .map(|view| Arc::clone(&view.record))
+    }
+
+    /// Takes in a worker record. Returns the reserved runs whose placement it ends.
+    pub fn on_worker(&self, record: Arc<WorkerRecord>) -> Vec<Gone> {
+        let mut inner = self.lock();
+        let worker = record.worker_id.clone();
+        let mut gone = Vec::new();
+        if inner
+            .workers
+            .get(&worker)
+            .is_some_and(|known| known.record.incarnation > record.incarnation)
+        {
+            // An older record than the one already seen: keep the newer one.
+            return gone;
+        }
+        let previous = inner.workers.remove(&worker);
+        let old_routines = previous.as_ref().map(|view| view.record.routines.clone());
+        if let Some(previous) = &previous {
+            inner.subtract(previous);
+        }
+        let mut reserved = previous.map(|view| (view.record, view.reserved));
+        let view = match reserved.take() {
+            Some((old, runs)) if old.incarnation == record.incarnation && record.is_live() => {
+                WorkerView {
+                    record,
+                    reserved: runs,
+                }
+            }
+            Some((old, runs)) => {
+                let reason = if !record.is_live() {
+                    format!("worker {} is {}", worker, record.status)
+                } else {
+                    format!("worker {} registered again", worker)
+                };
+                gone.extend(runs.into_iter().map(|run| Gone {
+                    run,
+                    worker: worker.clone(),
+                    incarnation: old.incarnation,
+                    reason: reason.clone(),
+                }));
+                WorkerView {
+                    record,
+                    reserved: HashSet::new(),
+                }
+            }
+            None => WorkerView {
+                record,
+                reserved: HashSet::new(),
+            },
+        };
+        let mut routines = view.record.routines.clone();
+        if let Some(old) = &old_routines {
+            routines.extend(old.iter().cloned());
+        }
+        inner.add(&worker, view);
+        inner.publish_for(&routines);
+        inner.serve_waiters(&worker);
+        gone
+    }
+}
+
+impl Inner {
+    fn demand_value(&self, routine: &RoutineId) -> usize {
+        let free = self.free.get(routine).copied().unwrap_or(0);
+        let waiting = self.waiting_per_routine.get(routine).copied().unwrap_or(0);
+        let incoming = self.incoming.get(routine).copied().unwrap_or(0);
+        free.saturating_sub(waiting + incoming)
+    }
+
+    fn publish_demand(&mut self, routine: &RoutineId) {
+        let value = self.demand_value(routine);
+        if let Some(sender) = self.demand.get(routine) {
+            sender.send_if_modified(|current| {
+                let changed = *current != value;
+                *current = value;
+                changed
+            });
+        }
+    }
+
+    fn publish_routines(&self) {
+        let routines: HashSet<RoutineId> = self
+            .serving
+            .iter()
+            .filter(|(_, workers)| !workers.is_empty())
+            .map(|(routine, _)| routine.clone())
+            .collect();
+        if let Some(sender) = &self.routines_tx {
+            sender.send_if_modified(|current| {
+                let changed = *current != routines;
+                *current = routines;
+                changed
+            });
+        }
+    }
+
+    fn subtract(&mut self, view: &WorkerView) {
+        let free = view.free();
+        for routine in &view.record.routines {
+            if let Some(total) = self.free.get_mut(routine) {
+                *total = total.saturating_sub(free);
+            }
+            if let Some(workers) = self.serving.get_mut(routine) {
+                workers.remove(&view.record.worker_id);
+            }
+        }
+    }
+
+    fn add(&mut self, worker: &WorkerId, view: WorkerView) {
+        let free = view.free();
+        let live = view.record.is_live();
+        for routine in &view.record.routines {
+            *self.free.entry(routine.clone()).or_default() += free;
+            if live {
+                self.serving
+                    .entry(routine.clone())
+                    .or_default()
+                    .insert(worker.clone());
+            }
+        }
+        self.workers.insert(worker.clone(), view);
+    }
+
+    /// Publishes what changed for `routines` once a worker's view is settled; never in
+    /// between a subtract and an add, so that watchers never see a worker vanish briefly.
+    fn publish_for(&mut self, routines: &[RoutineId]) {
+        for routine in routines {
+            self.publish_demand(routine);
+        }
+        self.publish_routines();
+    }
+
+    fn change_reservation(&mut self, worker: &WorkerId, change: impl FnOnce(&mut WorkerView)) {
+        let Some(mut view) = self.workers.remove(worker) else {
+            return;
+        };
+        self.subtract(&view);
+        change(&mut view);
+        let routines = view.record.routines.clone();
+        self.add(worker, view);
+        self.publish_for(&routines);
+    }
+
+    fn reserve(&mut self, worker: &WorkerId, run: &RunId) -> Option<Placement> {
+        let view = self.workers.get(worker)?;
+        let placement = Placement {
+            worker: worker.clone(),
+            incarnation: view.record.incarnation,
+        };
+        self.change_reservation(worker, |view| {
+            view.reserved.insert(run.clone());
+        });
+        Some(placement)
+    }
+
+    fn best_worker(&self, routine: &RoutineId, conditions: &Conditions) -> Option<WorkerId> {
+        let candidates = self.serving.get(routine)?;
+        let mut best: Option<(&WorkerId, usize, usize)> = None;
+        for worker in candidates {
+            let Some(view) = self.workers.get(worker) else {
+                continue;
+            };
+            let free = view.free();
+            if free == 0 || !view.matches(routine, conditions) {
+                continue;
+            }
+            let used = view.used();
+            // Most free slots first; among equals, the least busy, then by workerID for
+            // a stable choice.
+            let better = match best {
+                None => true,
+                Some((current, best_free, best_used)) => {
+                    free > best_free
+                        || (free == best_free && used < best_used)
+                        || (free == best_free && used == best_used && worker < current)
+                }
+            };
+            if better {
+                best = Some((worker, free, used));
+            }
+        }
+        best.map(|(worker, _, _)| worker.clone())
+    }
+
+    fn remove_waiter(&mut self, run: &RunId) -> Option<RoutineId> {
+        let seq = self.waiting_index.remove(run)?;
+        let waiter = self.waiting.remove(&seq)?;
+        if let Some(count) = self.waiting_per_routine.get_mut(&waiter.routine) {
+            *count = count.saturating_sub(1);
+        }
+        Some(waiter.routine)
+    }
+
+    /// Gives `worker`'s free slots to the oldest waiters that match it.
+    fn serve_waiters(&mut self, worker: &WorkerId) {
+        loop {
+            let Some(view) = self.workers.get(worker) else {
+                return;
+            };
+            if view.free() == 0 || self.waiting.is_empty() {
+                return;
+            }
+            let found = self
+                .waiting
+                .iter()
+                .find(|(_, waiter)| {
+                    !waiter.reply.is_closed() && view.matches(&waiter.routine, &waiter.conditions)
+                })
+                .map(|(seq, _)| *seq);
+            // Drop waiters whose actor went away.
+            let closed: Vec<RunId> = self
+                .waiting
+                .values()
+                .filter(|waiter| waiter.reply.is_closed())
+                .map(|waiter| waiter.run.clone())
+                .collect();
+            for run in closed {
+                if let Some(routine) = self.remove_waiter(&run) {
+                    self.publish_demand(&routine);
+                }
+            }
+            let Some(seq) = found else {
+                return;
+            };
+            let Some(waiter) = self.waiting.remove(&seq) else {
+                return;
+            };
+            self.waiting_index.remove(&waiter.run);
+            if let Some(count) = self.waiting_per_routine.get_mut(&waiter.routine) {
+                *count = count.saturating_sub(1);
+            }
+            if let Some(placement) = self.reserve(worker, &waiter.run) {
+                if let Err(placement) = waiter.reply.send(placement) {
+                    // The actor stopped waiting in the meantime: give the slot back.
+                    self.change_reservation(&placement.worker, |view| {
+                        view.reserved.remove(&waiter.run);
+                    });
+                }
+            }
+            self.publish_demand(&waiter.routine);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_protocol::{HeldRun, Timestamp, WorkerPhase, WorkerStatus};
+
+    fn worker(
+        id: &str,
+        routines: &[&str],
+        capacity: u32,
+        labels: &[(&str, &str)],
+    ) -> Arc<WorkerRecord> {
+        let now = Timestamp::now();
+        let mut record = WorkerRecord {
+            worker_id: WorkerId::parse(id).unwrap(),
+            incarnation: 1,
+            status: WorkerStatus::Idle,
+            reported_status: None,
+            phase: WorkerPhase::Ready,
+            unresponsive: false,
+            routines: routines
+                .iter()
+                .map(|r| RoutineId::parse(*r).unwrap())
+                .collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            capacity,
+            runs: vec![],
+            name: None,
+            sdk: None,
+            host: None,
+            pid: None,
+            heartbeat_interval_ms: 200,
+            lost_after_ms: 1000,
+            registered_at: now,
+            status_changed_at: now,
+            ready_at: Some(now),
+            terminating_reason: None,
+        };
+        record.status = record.derive_status();
+        Arc::new(record)
+    }
+
+    fn routine(id: &str) -> RoutineId {
+        RoutineId::parse(id).unwrap()
+    }
+
+    fn placed(receiver: &mut oneshot::Receiver<Placement>) -> Option<WorkerId> {
+        receiver.try_recv().ok().map(|placement| placement.worker)
+    }
+
+    #[test]
+    fn places_immediately_and_respects_capacity() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("w1", &["a"], 2, &[]));
+        let demand = dispatcher.demand(&routine("a"));
+        assert_eq!(*demand.borrow(), 2);
+        let (r1, r2, r3) = (RunId::generate(), RunId::generate(), RunId::generate());
+        let none = Conditions::default();
+        assert_eq!(
+            placed(&mut dispatcher.request(&r1, &routine("a"), &none)).unwrap(),
+            "w1"
+        );
+        assert_eq!(
+            placed(&mut dispatcher.request(&r2, &routine("a"), &none)).unwrap(),
+            "w1"
+        );
+        let mut third = dispatcher.request(&r3, &routine("a"), &none);
+        assert!(placed(&mut third).is_none(), "over capacity");
+        assert_eq!(*demand.borrow(), 0);
+        dispatcher.release(&WorkerId::parse("w1").unwrap(), &r1);
+        assert_eq!(placed(&mut third).unwrap(), "w1");
+    }
+
+    #[test]
+    fn conditions_hold() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("cpu", &["a"], 4, &[("gpu", "false")]));
+        dispatcher.on_worker(worker("gpu", &["a"], 1, &[("gpu", "true")]));
+        let wants_gpu = Conditions {
+            worker_ids: vec![],
+            labels: [("gpu".to_owned(), "true".to_owned())].into(),
+        };
+        let run = RunId::generate();
+        assert_eq!(
+            placed(&mut dispatcher.request(&run, &routine("a"), &wants_gpu)).unwrap(),
+            "gpu"
+        );
+        let mut second = dispatcher.request(&RunId::generate(), &routine("a"), &wants_gpu);
+        assert!(
+            placed(&mut second).is_none(),
+            "only the gpu worker matches, and it is full"
+        );
+        let only_cpu = Conditions {
+            worker_ids: vec![WorkerId::parse("cpu").unwrap()],
+            labels: Default::default(),
+        };
+        assert_eq!(
+            placed(&mut dispatcher.request(&RunId::generate(), &routine("a"), &only_cpu)).unwrap(),
+            "cpu"
+        );
+        assert!(placed(&mut dispatcher.request(
+            &RunId::generate(),
+            &routine("b"),
+            &Conditions::default()
+        ))
+        .is_none());
+    }
+
+    #[test]
+    fn routines_do_not_block_each_other() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("wa", &["a"], 1, &[]));
+        dispatcher.on_worker(worker("wb", &["b"], 1, &[]));
+        for _ in 0..100 {
+            dispatcher.incoming(&routine("a"));
+        }
+        let b = dispatcher.demand(&routine("b"));
+        assert_eq!(*b.borrow(), 1);
+        assert_eq!(
+            placed(&mut dispatcher.request(
+                &RunId::generate(),
+                &routine("b"),
+                &Conditions::default()
+            ))
+            .unwrap(),
+            "wb"
+        );
+    }
+
+    #[test]
+    fn registry_holdings_count_against_capacity() {
+        let dispatcher = Dispatcher::new();
+        let mut record = (*worker("w1", &["a"], 1, &[])).clone();
+        record.runs.push(HeldRun {
+            run_id: RunId::generate(),
+            attempt: 1,
+            waiting: false,
+            waiting_version: 0,
+            since: Timestamp::now(),
+        });
+        dispatcher.on_worker(Arc::new(record));
+        assert!(placed(&mut dispatcher.request(
+            &RunId::generate(),
+            &routine("a"),
+            &Conditions::default()
+        ))
+        .is_none());
+    }
+
+    #[test]
+    fn lost_or_reregistered_workers_give_back_their_runs() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("w1", &["a"], 2, &[]));
+        let run = RunId::generate();
+        placed(&mut dispatcher.request(&run, &routine("a"), &Conditions::default())).unwrap();
+        let mut again = (*worker("w1", &["a"], 2, &[])).clone();
+        again.incarnation = 2;
+        let gone = dispatcher.on_worker(Arc::new(again));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].run, run);
+        assert_eq!(gone[0].incarnation, 1);
+        let mut lost = (*worker("w1", &["a"], 2, &[])).clone();
+        lost.incarnation = 2;
+        lost.phase = WorkerPhase::Lost;
+        assert!(dispatcher.on_worker(Arc::new(lost)).is_empty());
+        assert!(!dispatcher.adopt(&WorkerId::parse("w1").unwrap(), 2, &run));
+    }
+
+    #[test]
+    fn routine_set_does_not_flap_when_slots_change() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("w1", &["a"], 2, &[]));
+        let mut routines = dispatcher.routines();
+        routines.borrow_and_update();
+        let run = RunId::generate();
+        placed(&mut dispatcher.request(&run, &routine("a"), &Conditions::default())).unwrap();
+        dispatcher.release(&WorkerId::parse("w1").unwrap(), &run);
+        dispatcher.on_worker(worker("w1", &["a"], 2, &[]));
+        assert!(
+            !routines.has_changed().unwrap(),
+            "watchers saw the routine set change"
+        );
+    }
+
+    #[test]
+    fn terminating_workers_get_no_new_work() {
+        let dispatcher = Dispatcher::new();
+        let mut record = (*worker("w1", &["a"], 2, &[])).clone();
+        record.phase = WorkerPhase::Terminating;
+        dispatcher.on_worker(Arc::new(record));
+        assert!(placed(&mut dispatcher.request(
+            &RunId::generate(),
+            &routine("a"),
+            &Conditions::default()
+        ))
+        .is_none());
+    }
+}

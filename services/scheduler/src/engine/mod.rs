@@ -1,0 +1,161 @@
+//! The leader's engine: everything that moves a run after intake.
+//!
+//! Each run in flight has one actor (a task) on the leader; every event about the run goes
+//! to that actor, so the run's transitions happen one at a time, and each is written with
+//! compare-and-set so that even two leaders could not both apply one. See
+//! `docs/architecture.md` for the whole picture.
+
+mod actor;
+pub mod dispatcher;
+mod fetch;
+mod registry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use async_nats::Client;
+use drover_protocol::{RunId, WorkerRecord};
+use drover_service_kit::kv_cache::{Change, KvCache};
+use drover_service_kit::Settings;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+pub use actor::Event;
+use dispatcher::Dispatcher;
+
+use crate::intake::Intake;
+use crate::store::RunStore;
+
+/// Shared state of the leader's engine.
+pub struct Engine {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) nats: Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) store: RunStore,
+    pub(crate) intake: Intake,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) registry: registry::RegistryClient,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    actors: Mutex<HashMap<RunId, mpsc::UnboundedSender<Event>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine that runs until `shutdown` (the end of leadership) is cancelled.
+    pub fn new(
+        settings: Arc<Settings>,
+        nats: Client,
+        store: RunStore,
+        intake: Intake,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let js = jetstream::new(nats.clone());
+        Arc::new(Self {
+            registry: registry::RegistryClient::new(nats.clone()),
+            settings,
+            nats,
+            js,
+            store,
+            intake,
+            dispatcher: Dispatcher::new(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            actors: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Hands an event to the run's actor, starting one if the run has none.
+    pub fn deliver(self: &Arc<Self>, run: RunId, event: Event) {
+        let mut actors = self
+            .actors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let event = match actors.get(&run) {
+            Some(sender) => match sender.send(event) {
+                Ok(()) => return,
+                // The actor ended without deregistering (it panicked): start anew.
+                Err(mpsc::error::SendError(event)) => event,
+            },
+            None => event,
+        };
+        actors.remove(&run);
+        self.start_actor(&mut actors, run, event);
+    }
+
+    fn start_actor(
+        self: &Arc<Self>,
+        actors: &mut HashMap<RunId, mpsc::UnboundedSender<Event>>,
+        run: RunId,
+        event: Event,
+    ) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        // The receiver is alive: sending cannot fail.
+        let _ = sender.send(event);
+        actors.insert(run.clone(), sender);
+        ::metrics::gauge!(crate::metrics::ACTORS).set(actors.len() as f64);
+        let engine = Arc::clone(self);
+        self.tasks
+            .spawn(async move { actor::Actor::new(engine, run, receiver).run().await });
+    }
+
+    /// Removes a finished actor, unless events arrived for it meanwhile.
+    fn retire(&self, run: &RunId, receiver: &mut mpsc::UnboundedReceiver<Event>) -> bool {
+        let mut actors = self
+            .actors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !receiver.is_empty() {
+            return false;
+        }
+        actors.remove(run);
+        receiver.close();
+        ::metrics::gauge!(crate::metrics::ACTORS).set(actors.len() as f64);
+        true
+    }
+
+    /// Runs the engine until leadership ends: follows the workers, fetches runs, and reads
+    /// directives and timers.
+    pub async fn lead(self: Arc<Self>, workers: Arc<KvCache<WorkerRecord>>) -> anyhow::Result<()> {
+        let mut changes = workers.subscribe();
+        for record in workers.values() {
+            self.on_worker(record);
+        }
+        self.tasks.spawn(fetch::fetch_queues(Arc::clone(&self)));
+        self.tasks.spawn(fetch::read_directives(Arc::clone(&self)));
+        self.tasks.spawn(fetch::read_timers(Arc::clone(&self)));
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => break,
+                change = changes.recv() => match change {
+                    Ok(Change::Put(_, record)) => self.on_worker(record),
+                    Ok(Change::Deleted(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        debug!(missed, "worker changes lagged, resynchronising");
+                        for record in workers.values() {
+                            self.on_worker(record);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+        Ok(())
+    }
+
+    fn on_worker(self: &Arc<Self>, record: Arc<WorkerRecord>) {
+        for gone in self.dispatcher.on_worker(record) {
+            self.deliver(gone.run.clone(), Event::WorkerGone(gone));
+        }
+    }
+}
