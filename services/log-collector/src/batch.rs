@@ -1,0 +1,253 @@
+//! One batch of intake: decode every line, enrich it, publish all of the records at once,
+//! then await their PubAcks in order and acknowledge each intake message after its record
+//! is stored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::Message;
+use bytes::Bytes;
+use drover_protocol::envelope::decode;
+use drover_protocol::subject;
+use drover_protocol::{
+    DecodeError, ErrorCode, ErrorPayload, LogLine, LogRecord, RunId, Timestamp, WorkerId,
+};
+use drover_service_kit::reply;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::enrich::Lookup;
+use crate::intake::{record_id, Intake, Interrupted, Session};
+use crate::metrics;
+
+/// Attempts at storing one record before the batch is given up and read again.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// An intake message and what its delivery says about it.
+pub(crate) struct Received {
+    /// The message, to acknowledge.
+    pub message: Message,
+    /// Its sequence in `DROVER_LOG_INTAKE`, part of the record's `Nats-Msg-Id`.
+    pub stream_seq: u64,
+    /// The consumer's delivery sequence, to notice missed deliveries.
+    pub delivery: u64,
+    /// When NATS stored it.
+    pub arrived: Timestamp,
+}
+
+/// What to do with one intake message.
+enum Step {
+    /// An earlier leader stored it already.
+    Stored,
+    /// Refused: tell the worker, if it can be named.
+    Rejected(Option<WorkerId>, ErrorPayload),
+    /// A valid line, to be stored.
+    Line(WorkerId, LogLine),
+}
+
+/// What was done with one intake message, before its acknowledgement.
+enum Plan {
+    /// Its record was sent.
+    Store(Pending),
+    /// Refused: tell the worker, if it can be named.
+    Reject(Option<WorkerId>, ErrorPayload),
+    /// Already stored.
+    Skip,
+}
+
+/// A record on its way into `DROVER_LOGS`.
+struct Pending {
+    subject: String,
+    body: Bytes,
+    msg_id: String,
+    ack: Option<PublishAckFuture>,
+}
+
+impl Intake {
+    /// Stores one batch; acknowledges every message it is done with, in order.
+    pub(crate) async fn store_batch(
+        &self,
+        batch: Vec<Received>,
+        session: &Session,
+        term: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        ::metrics::histogram!(metrics::BATCH_SIZE).record(batch.len() as f64);
+        let steps: Vec<Step> = batch
+            .iter()
+            .map(|received| self.decode(received, session.skip_through))
+            .collect();
+        let wanted: Vec<(RunId, WorkerId)> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Line(worker, line) => line.run_id.clone().map(|run| (run, worker.clone())),
+                _ => None,
+            })
+            .collect();
+        let runs = if wanted.is_empty() {
+            HashMap::new()
+        } else {
+            self.runs.resolve(&wanted).await
+        };
+
+        // Publish every record before awaiting any PubAck: one round trip per batch.
+        let received_at = Timestamp::now();
+        let mut planned = Vec::with_capacity(batch.len());
+        for (received, step) in batch.into_iter().zip(steps) {
+            let plan = match step {
+                Step::Line(worker, line) => {
+                    let run = line.run_id.as_ref().and_then(|run| runs.get(run)).cloned();
+                    let record = record(worker, line, run.flatten(), &received, received_at);
+                    let id = record_id(received.stream_seq, &session.epoch);
+                    match self.publish(&record, id, &received.message.subject).await {
+                        Ok(pending) => Plan::Store(pending),
+                        Err(error) => Plan::Reject(Some(record.worker_id), error),
+                    }
+                }
+                Step::Rejected(worker, error) => Plan::Reject(worker, error),
+                Step::Stored => Plan::Skip,
+            };
+            planned.push((received, plan));
+        }
+
+        for (received, plan) in planned {
+            match plan {
+                Plan::Store(pending) => self.settle(pending, term).await?,
+                Plan::Reject(worker, error) => {
+                    ::metrics::counter!(metrics::LINES_REJECTED, "code" => error.code.as_str())
+                        .increment(1);
+                    debug!(subject = %received.message.subject, code = %error.code, message = %error.message, "log line rejected");
+                    if let Some(worker) = worker {
+                        reply::to_worker_error(&self.nats, &worker, &error).await;
+                    }
+                }
+                Plan::Skip => ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1),
+            }
+            if let Err(error) = received.message.ack().await {
+                debug!(%error, seq = received.stream_seq, "could not acknowledge an intake message");
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(&self, received: &Received, skip_through: u64) -> Step {
+        if received.stream_seq <= skip_through {
+            return Step::Stored;
+        }
+        let subject = received.message.subject.as_str();
+        let worker = match subject::parse_inbound(subject) {
+            Ok(inbound) if inbound.key == subject::keys::LOG => inbound.worker,
+            _ => None,
+        };
+        let Some(worker) = worker else {
+            let error = ErrorPayload::new(
+                ErrorCode::InvalidSubject,
+                format!("subject {subject:?} is not v1.log.<workerID>"),
+                subject,
+            );
+            return Step::Rejected(None, error);
+        };
+        match decode::<LogLine>(&received.message.payload, self.max_payload_bytes) {
+            Ok(line) => Step::Line(worker, line),
+            Err(error) => Step::Rejected(Some(worker), error.to_error(subject)),
+        }
+    }
+
+    /// Sends a record without waiting for its PubAck; refuses one too large to store.
+    async fn publish(
+        &self,
+        record: &LogRecord,
+        msg_id: String,
+        in_reply_to: &str,
+    ) -> Result<Pending, ErrorPayload> {
+        let subject = subject::logs(record.run_id.as_ref(), &record.worker_id);
+        let body = Bytes::from(serde_json::to_vec(record).map_err(|error| {
+            ErrorPayload::new(ErrorCode::Internal, error.to_string(), in_reply_to)
+        })?);
+        let message = PublishMessage::build()
+            .payload(body.clone())
+            .message_id(&msg_id);
+        match self.js.send_publish(subject.clone(), message).await {
+            Ok(ack) => Ok(Pending {
+                subject,
+                body,
+                msg_id,
+                ack: Some(ack),
+            }),
+            Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                let size = body.len();
+                let limit = self.nats.server_info().max_payload;
+                Err(DecodeError::TooLarge { size, limit }.to_error(in_reply_to))
+            }
+            Err(error) => {
+                debug!(%error, %msg_id, "record not sent, will retry");
+                Ok(Pending {
+                    subject,
+                    body,
+                    msg_id,
+                    ack: None,
+                })
+            }
+        }
+    }
+
+    /// Awaits a record's PubAck, publishing it again (same message ID) if it failed.
+    async fn settle(&self, pending: Pending, term: &CancellationToken) -> Result<(), Interrupted> {
+        let mut outcome = match pending.ack {
+            Some(ack) => ack.await.map_err(|error| error.to_string()),
+            None => Err("not sent".to_owned()),
+        };
+        let mut attempt = 1;
+        while let Err(error) = &outcome {
+            if attempt >= PUBLISH_ATTEMPTS || term.is_cancelled() {
+                return Err(Interrupted::Publish(error.clone()));
+            }
+            warn!(error, msg_id = %pending.msg_id, attempt, "storing a log record failed, retrying");
+            ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+            tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
+            attempt += 1;
+            let message = PublishMessage::build()
+                .payload(pending.body.clone())
+                .message_id(&pending.msg_id);
+            outcome = match self.js.send_publish(pending.subject.clone(), message).await {
+                Ok(ack) => ack.await.map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+        }
+        if let Ok(ack) = outcome {
+            if ack.duplicate {
+                ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1);
+            } else {
+                ::metrics::counter!(metrics::LINES_STORED).increment(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stored form of a line: `seq` is left 0 and filled in from the stream when read.
+fn record(
+    worker: WorkerId,
+    line: LogLine,
+    run: Lookup,
+    received: &Received,
+    received_at: Timestamp,
+) -> LogRecord {
+    LogRecord {
+        seq: 0,
+        worker_id: worker,
+        run_id: line.run_id,
+        routine_id: run.as_ref().map(|run| run.routine_id.clone()),
+        attempt: run.as_ref().map(|run| run.attempt),
+        trace_id: run.as_ref().and_then(|run| run.trace_id.clone()),
+        level: line.level,
+        message: line.message,
+        fields: line.fields.unwrap_or_default(),
+        timestamp: line.timestamp.unwrap_or(received.arrived),
+        received_at,
+    }
+}
