@@ -1,0 +1,256 @@
+//! How a worker is described: [`Worker::builder`], then [`WorkerBuilder::run`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::Client;
+use drover_protocol::{Labels, RoutineId, WorkerId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+use crate::error::{RoutineError, WorkerError};
+use crate::handler::{self, Handler};
+use crate::lifecycle::Profile;
+use crate::log::LogLayer;
+use crate::runtime;
+
+/// The NATS URL used when neither [`WorkerBuilder::nats_url`] nor [`WorkerBuilder::client`]
+/// is given.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// How long a shutdown waits for held runs by default.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// The entry point of the SDK: `Worker::builder(id)...run(shutdown).await`.
+#[derive(Debug)]
+pub struct Worker {
+    _private: (),
+}
+
+impl Worker {
+    /// Starts describing a worker with this workerID (`[A-Za-z0-9_-]{1,64}`).
+    pub fn builder(worker_id: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder {
+            worker_id: worker_id.into(),
+            connection: Connection::Url(DEFAULT_NATS_URL.to_owned()),
+            routines: Vec::new(),
+            capacity: 1,
+            labels: Labels::new(),
+            name: None,
+            host: detect_host(),
+            grace_period: DEFAULT_GRACE_PERIOD,
+            terminating_reason: "shutting down".to_owned(),
+        }
+    }
+
+    /// A `tracing` layer that ships events inside routine handlers to Drover as `v1.log`.
+    pub fn log_layer() -> LogLayer {
+        LogLayer::new()
+    }
+}
+
+/// How the worker reaches NATS.
+pub(crate) enum Connection {
+    /// Connect to this URL.
+    Url(String),
+    /// Use this connection.
+    Client(Client),
+}
+
+/// Describes a worker: its routines, capacity, labels and connection. See the crate docs.
+#[must_use = "a worker does nothing until `run` is awaited"]
+pub struct WorkerBuilder {
+    worker_id: String,
+    connection: Connection,
+    routines: Vec<(String, Handler)>,
+    capacity: u32,
+    labels: Labels,
+    name: Option<String>,
+    host: Option<String>,
+    grace_period: Duration,
+    terminating_reason: String,
+}
+
+impl WorkerBuilder {
+    /// Connects to this NATS URL (reconnecting forever once connected).
+    pub fn nats_url(mut self, url: impl Into<String>) -> Self {
+        self.connection = Connection::Url(url.into());
+        self
+    }
+
+    /// Uses an existing NATS connection.
+    pub fn client(mut self, client: Client) -> Self {
+        self.connection = Connection::Client(client);
+        self
+    }
+
+    /// Adds a routine whose handler takes and returns JSON.
+    pub fn routine<F, Fut>(mut self, routine_id: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Context, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, RoutineError>> + Send + 'static,
+    {
+        self.routines
+            .push((routine_id.into(), handler::plain(handler)));
+        self
+    }
+
+    /// Adds a routine with typed parameters and result, converted through serde.
+    ///
+    /// Parameters that do not deserialise into `P` fail the attempt without retry
+    /// (type `InvalidParams`).
+    pub fn routine_typed<P, O, F, Fut>(mut self, routine_id: impl Into<String>, handler: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, RoutineError>> + Send + 'static,
+    {
+        self.routines
+            .push((routine_id.into(), handler::typed(handler)));
+        self
+    }
+
+    /// How many runs the worker runs at once (default 1).
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Adds a label that run conditions can select on.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// A display name for people reading the registry.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The host name to report (default: the machine's).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// How long a shutdown waits for held runs before it cancels them (default 30 s).
+    pub fn grace_period(mut self, grace_period: Duration) -> Self {
+        self.grace_period = grace_period;
+        self
+    }
+
+    /// The reason sent with `v1.terminating` (default `shutting down`).
+    pub fn terminating_reason(mut self, reason: impl Into<String>) -> Self {
+        self.terminating_reason = reason.into();
+        self
+    }
+
+    /// Runs the worker until `shutdown` is cancelled, then shuts down gracefully.
+    ///
+    /// Returns `Ok(())` after a shutdown; an error only when the worker cannot start (bad
+    /// configuration, no NATS, registration refused).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let config = self.into_config()?;
+        runtime::run(config, shutdown).await
+    }
+
+    fn into_config(self) -> Result<runtime::Config, WorkerError> {
+        let id = WorkerId::parse(self.worker_id).map_err(WorkerError::InvalidWorkerId)?;
+        if self.capacity == 0 {
+            return Err(WorkerError::ZeroCapacity);
+        }
+        let mut handlers = HashMap::new();
+        let mut routines = Vec::new();
+        for (routine, handler) in self.routines {
+            let routine_id =
+                RoutineId::parse(routine.as_str()).map_err(WorkerError::InvalidRoutineId)?;
+            if handlers.insert(routine_id.clone(), handler).is_some() {
+                return Err(WorkerError::DuplicateRoutine(routine));
+            }
+            routines.push(routine_id);
+        }
+        Ok(runtime::Config {
+            id,
+            connection: self.connection,
+            handlers,
+            profile: Profile {
+                routines,
+                labels: self.labels,
+                capacity: self.capacity,
+                name: self.name,
+                host: self.host,
+            },
+            grace_period: self.grace_period,
+            terminating_reason: self.terminating_reason,
+        })
+    }
+}
+
+impl std::fmt::Debug for WorkerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routines: Vec<&str> = self.routines.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("WorkerBuilder")
+            .field("worker_id", &self.worker_id)
+            .field("routines", &routines)
+            .field("capacity", &self.capacity)
+            .field("labels", &self.labels)
+            .field("grace_period", &self.grace_period)
+            .finish_non_exhaustive()
+    }
+}
+
+fn detect_host() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo(_ctx: Context, params: Value) -> Result<Value, RoutineError> {
+        Ok(params)
+    }
+
+    #[test]
+    fn configuration_errors_are_reported_before_connecting() {
+        let bad_id = Worker::builder("a.b").into_config();
+        assert!(matches!(bad_id, Err(WorkerError::InvalidWorkerId(_))));
+        let bad_routine = Worker::builder("w")
+            .routine("bad routine", echo)
+            .into_config();
+        assert!(matches!(bad_routine, Err(WorkerError::InvalidRoutineId(_))));
+        let twice = Worker::builder("w")
+            .routine("r", echo)
+            .routine("r", echo)
+            .into_config();
+        assert!(matches!(twice, Err(WorkerError::DuplicateRoutine(_))));
+        let zero = Worker::builder("w").capacity(0).into_config();
+        assert!(matches!(zero, Err(WorkerError::ZeroCapacity)));
+    }
+
+    #[test]
+    fn registration_carries_the_profile() {
+        let config = Worker::builder("w1")
+            .routine("images.resize", echo)
+            .capacity(4)
+            .label("gpu", "false")
+            .name("resizer")
+            .into_config()
+            .unwrap();
+        assert_eq!(config.profile.capacity, 4);
+        assert_eq!(config.profile.routines[0].as_str(), "images.resize");
+        assert_eq!(config.profile.labels["gpu"], "false");
+        assert_eq!(config.profile.name.as_deref(), Some("resizer"));
+    }
+}

@@ -1,0 +1,79 @@
+//! The Rust worker SDK for Drover: register routines, run their attempts, report results.
+//!
+//! A worker registers its routines with Drover over NATS, pulses while it lives, runs each
+//! assignment on a task of its own (up to its capacity, which Drover enforces), reports
+//! `starting` and `completed` so that they survive a NATS outage, and shuts down gracefully
+//! when its token is cancelled. It follows `docs/protocol.md` to the letter.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use drover_worker::{Context, LogLevel, RoutineError, Worker};
+//! use serde_json::{json, Value};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! async fn resize(ctx: Context, params: Value) -> Result<Value, RoutineError> {
+//!     let width = params["width"]
+//!         .as_u64()
+//!         .ok_or_else(|| RoutineError::fatal("width is required").with_type("BadParams"))?;
+//!     ctx.log(LogLevel::Info, format!("resizing to {width}px"));
+//!     tracing::info!(width, "resizing"); // shipped too, with drover_worker::LogLayer
+//!     let thumbnail = ctx
+//!         .run_child("images.thumbnail", json!({"width": 64}), "thumb-1")
+//!         .await?;
+//!     Ok(json!({"width": width, "thumbnail": thumbnail}))
+//! }
+//!
+//! # async fn main_() -> Result<(), drover_worker::WorkerError> {
+//! let shutdown = CancellationToken::new();
+//! Worker::builder("resizer-1")
+//!     .nats_url("nats://127.0.0.1:4222")
+//!     .routine("images.resize", resize)
+//!     .capacity(4)
+//!     .label("gpu", "false")
+//!     .grace_period(Duration::from_secs(30))
+//!     .run(shutdown)
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Logging through `tracing`: add [`LogLayer`] to your subscriber, and every event inside
+//! a handler reaches Drover's log-collector with the run's runID:
+//!
+//! ```no_run
+//! use tracing_subscriber::layer::SubscriberExt;
+//! use tracing_subscriber::util::SubscriberInitExt;
+//!
+//! tracing_subscriber::registry()
+//!     .with(tracing_subscriber::fmt::layer())
+//!     .with(drover_worker::Worker::log_layer())
+//!     .init();
+//! ```
+//!
+//! Tracing: each handler runs in a span `drover.run` whose parent is the assignment's
+//! `traceparent`, and child requests carry that span's context. For spans to have trace
+//! IDs, the subscriber needs an OpenTelemetry layer (`drover_telemetry::init` installs one).
+
+mod attempt;
+mod builder;
+mod child;
+mod context;
+mod deliver;
+mod error;
+mod handler;
+mod inbox;
+mod lifecycle;
+mod log;
+mod runtime;
+mod state;
+mod waiters;
+
+pub use attempt::{PANIC_TYPE, RESULT_TOO_LARGE_TYPE, UNKNOWN_ROUTINE_TYPE};
+pub use builder::{Worker, WorkerBuilder, DEFAULT_GRACE_PERIOD, DEFAULT_NATS_URL};
+pub use child::ChildRequest;
+pub use context::Context;
+pub use drover_protocol::{FailureReason, LogLevel, RunError, RunStatus};
+pub use error::{ChildError, RoutineError, WorkerError, CHILD_FAILED_TYPE, DEFAULT_ERROR_TYPE};
+pub use handler::{INVALID_PARAMS_TYPE, INVALID_RESULT_TYPE};
+pub use log::LogLayer;
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,154 @@
+//! A running worker: its tasks, from connection to graceful shutdown.
+//!
+//! Tasks: the inbox (probes, assignments, cancels, child events, errors), the pulser, the
+//! log shipper, re-registration, and one task per attempt. Shutdown sends `terminating`,
+//! lets held attempts finish within the grace period while pulses go on, abandons what is
+//! left without completing it (Drover places it again once the worker is OFFLINE), and only
+//! then stops pulsing. Dropping the `run` future stops everything at once, without a word
+//! to Drover.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use drover_protocol::{subject, RoutineId, WorkerId};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::builder::Connection;
+use crate::error::WorkerError;
+use crate::handler::Handler;
+use crate::inbox;
+use crate::lifecycle::{self, Profile};
+use crate::log::{self, LogSink};
+use crate::state::Shared;
+
+/// How long the background tasks get to wind down once the worker is done.
+const WIND_DOWN: Duration = Duration::from_secs(2);
+
+/// How long handlers get to return once their tokens fired at the end of the grace period,
+/// before their tasks are aborted.
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
+
+/// A validated worker description.
+pub(crate) struct Config {
+    pub(crate) id: WorkerId,
+    pub(crate) connection: Connection,
+    pub(crate) handlers: HashMap<RoutineId, Handler>,
+    pub(crate) profile: Profile,
+    pub(crate) grace_period: Duration,
+    pub(crate) terminating_reason: String,
+}
+
+/// Runs the worker until `shutdown` fires and the graceful shutdown is over.
+pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let client = match config.connection {
+        Connection::Client(client) => client,
+        Connection::Url(url) => connect(&url, &config.id).await?,
+    };
+    // Subscribed before registering, so certainly before `ready`, and kept across
+    // registrations (the client subscribes again by itself after a reconnect).
+    let inbox = client.subscribe(subject::worker_inbox(&config.id)).await?;
+    let (logs, lines) = LogSink::channel();
+    let shared = Arc::new(Shared::new(
+        config.id.clone(),
+        client.clone(),
+        logs.clone(),
+        config.handlers,
+    ));
+    let stop = CancellationToken::new();
+    let _teardown = Teardown {
+        stop: stop.clone(),
+        shared: Arc::clone(&shared),
+    };
+    let mut tasks = vec![
+        tokio::spawn(log::ship(
+            client.clone(),
+            config.id.clone(),
+            logs,
+            lines,
+            stop.clone(),
+        )),
+        tokio::spawn(inbox::serve(Arc::clone(&shared), inbox, stop.clone())),
+        tokio::spawn(lifecycle::pulse(Arc::clone(&shared), stop.clone())),
+    ];
+    let registered = lifecycle::register(&shared, &config.profile, &shutdown).await;
+    let result = match registered {
+        Ok(Some(registered)) => {
+            lifecycle::establish(&shared, &registered, &shutdown).await;
+            tasks.push(tokio::spawn(lifecycle::renew(
+                Arc::clone(&shared),
+                config.profile,
+                shutdown.clone(),
+                stop.clone(),
+            )));
+            shutdown.cancelled().await;
+            drain(&shared, config.grace_period, &config.terminating_reason).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(error) => Err(error),
+    };
+    stop.cancel();
+    shared.abort_tasks();
+    for task in tasks {
+        let _ = tokio::time::timeout(WIND_DOWN, task).await;
+    }
+    let _ = tokio::time::timeout(WIND_DOWN, client.flush()).await;
+    tracing::info!(worker_id = %shared.id, "worker stopped");
+    result
+}
+
+async fn connect(url: &str, id: &WorkerId) -> Result<Client, WorkerError> {
+    async_nats::ConnectOptions::new()
+        .name(format!("drover-worker {id}"))
+        .connect(url)
+        .await
+        .map_err(|source| WorkerError::Connect {
+            url: url.to_owned(),
+            source,
+        })
+}
+
+/// The graceful part of shutdown: `terminating`, then held runs get until the end of the
+/// grace period to finish and have their completions stored.
+async fn drain(shared: &Shared, grace_period: Duration, reason: &str) {
+    let deadline = Instant::now() + grace_period;
+    tracing::info!(worker_id = %shared.id, ?grace_period, "shutting down");
+    // Both are bounded by the deadline: a `terminating` that cannot be stored (NATS away)
+    // must not hold the process beyond it either.
+    let never = CancellationToken::new();
+    let finished = async {
+        tokio::join!(
+            lifecycle::terminating(shared, reason, &never),
+            shared.all_released(),
+        )
+    };
+    if tokio::time::timeout_at(deadline, finished).await.is_err() {
+        let abandoned = shared.drop_all("the shutdown grace period is over");
+        // Their tokens fired: let handlers that watch them return before the rest is aborted.
+        let _ = tokio::time::timeout(CANCEL_WAIT, shared.all_tasks_ended()).await;
+        shared.abort_tasks();
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "grace period over: runs cancelled without completing; Drover places them again"
+            );
+        }
+    }
+}
+
+/// Stops everything when `run` ends, also when its future is dropped before the end.
+struct Teardown {
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.shared.drop_all("the worker stopped");
+        self.shared.abort_tasks();
+    }
+}
