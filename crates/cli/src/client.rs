@@ -1,0 +1,82 @@
+//! The CLI's connection to Drover: requests with timeouts, and errors worded for people.
+
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap};
+use drover_protocol::envelope::decode_reply;
+use drover_protocol::{encode, Payload};
+
+use crate::error::CliError;
+
+/// A connected client with the command's timeout.
+#[derive(Debug, Clone)]
+pub struct Drover {
+    client: Client,
+    url: String,
+    timeout: Duration,
+}
+
+impl Drover {
+    /// Connects to NATS, failing fast with a clear message when it is not there.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CliError> {
+        let options = async_nats::ConnectOptions::new()
+            .name("drover-cli")
+            .connection_timeout(timeout)
+            .max_reconnects(Some(3));
+        let client = tokio::time::timeout(timeout, options.connect(url))
+            .await
+            .map_err(|_| unreachable_nats(url, "no answer"))?
+            .map_err(|error| unreachable_nats(url, &error.to_string()))?;
+        Ok(Self {
+            client,
+            url: url.to_owned(),
+            timeout,
+        })
+    }
+
+    /// The underlying NATS client.
+    pub fn nats(&self) -> &Client {
+        &self.client
+    }
+
+    /// The NATS URL it is connected to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a request and decodes the reply, or the `v1.error` it carries.
+    pub async fn call<T: Payload, R: Payload>(
+        &self,
+        subject: &str,
+        payload: &T,
+    ) -> Result<R, CliError> {
+        let mut headers = HeaderMap::new();
+        drover_telemetry::inject_current(&mut headers);
+        let request =
+            self.client
+                .request_with_headers(subject.to_owned(), headers, encode(payload));
+        let reply = tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| {
+                CliError::Unreachable(format!(
+                    "no answer on {subject} within {:?}: is the Drover stack running?",
+                    self.timeout
+                ))
+            })?
+            .map_err(|error| match error.kind() {
+                async_nats::RequestErrorKind::NoResponders => CliError::Unreachable(format!(
+                    "no Drover service answers on {subject}: is the stack running?"
+                )),
+                _ => CliError::Unreachable(format!("request on {subject} failed: {error}")),
+            })?;
+        let decoded = decode_reply::<R>(&reply.payload)
+            .map_err(|error| CliError::Other(format!("unexpected reply on {subject}: {error}")))?;
+        decoded.map_err(CliError::from)
+    }
+}
+
+fn unreachable_nats(url: &str, why: &str) -> CliError {
+    CliError::Unreachable(format!(
+        "cannot reach NATS at {url}: {why} (set --nats-url or DROVER_NATS_URL, or start Drover with `drover dev`)"
+    ))
+}

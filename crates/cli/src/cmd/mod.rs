@@ -1,0 +1,7 @@
+//! The subcommands.
+
+pub mod dev;
+pub mod logs;
+pub mod records;
+pub mod status;
+pub mod submit;

@@ -1,0 +1,334 @@
+//! The `drover` command against a real stack: output, exit codes, one-line errors, and
+//! `drover dev` starting and stopping everything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use drover_integration_tests::runs::{spec, submit, wait_status};
+use drover_integration_tests::worker::WorkerSpec;
+use drover_integration_tests::{Act, Runner};
+use drover_protocol::RunStatus;
+use drover_testkit::{bin_dir, free_port, wait_until, Stack};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn drover_binary() -> PathBuf {
+    bin_dir().unwrap().join("drover")
+}
+
+/// Runs `drover` with `args` against `url`.
+async fn drover(url: &str, args: &[&str]) -> Output {
+    tokio::process::Command::new(drover_binary())
+        .args(args)
+        .env("DROVER_NATS_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .expect("drover runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A failure is one line on stderr, starting with `drover: `, and the given exit code.
+fn assert_one_line_error(output: &Output, code: i32, contains: &str) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(code), "stderr: {text}");
+    assert_eq!(text.lines().count(), 1, "more than one line: {text:?}");
+    assert!(text.starts_with("drover: "), "{text:?}");
+    assert!(text.contains(contains), "{text:?} lacks {contains:?}");
+    assert!(
+        stdout(output).is_empty(),
+        "stdout not empty: {}",
+        stdout(output)
+    );
+}
+
+#[tokio::test]
+async fn input_errors_and_an_absent_nats_are_one_line_each() {
+    let nowhere = format!("nats://127.0.0.1:{}", free_port());
+    assert_one_line_error(
+        &drover(&nowhere, &["runs", "list"]).await,
+        4,
+        "cannot reach NATS",
+    );
+    assert_one_line_error(
+        &drover(&nowhere, &["submit", "bad routine!", "--wait"]).await,
+        2,
+        "invalid routine name",
+    );
+    assert_one_line_error(
+        &drover(&nowhere, &["submit", "ok", "--params", "{oops"]).await,
+        2,
+        "invalid --params",
+    );
+    assert_one_line_error(
+        &drover(&nowhere, &["submit", "ok", "--env", "NOEQUALS"]).await,
+        2,
+        "expected KEY=VALUE",
+    );
+}
+
+#[tokio::test]
+async fn runs_workers_and_submit_against_a_stack() {
+    let stack = Stack::builder()
+        .with_registry()
+        .with_monitor()
+        .with_scheduler()
+        .start()
+        .await
+        .expect("stack starts");
+    let url = stack.nats_url();
+    let client = stack.client().await;
+    let worker = WorkerSpec::new("cli-worker", &["cli.echo", "cli.fail"])
+        .label("team", "cli")
+        .start(&client)
+        .await;
+    let _runner = Runner::start(worker, |assignment| {
+        if assignment.routine_id == "cli.fail" {
+            Act::Fail(drover_protocol::RunError::new("Nope", "it did not work"))
+        } else {
+            Act::Succeed(json!({"echo": assignment.params}))
+        }
+    });
+
+    // An unknown run: exit 3, one line.
+    assert_one_line_error(
+        &drover(&url, &["runs", "get", "does-not-exist"]).await,
+        3,
+        "does-not-exist",
+    );
+    assert_one_line_error(
+        &drover(&url, &["runs", "cancel", "does-not-exist"]).await,
+        3,
+        "does-not-exist",
+    );
+    assert_one_line_error(
+        &drover(&url, &["workers", "get", "nobody"]).await,
+        3,
+        "nobody",
+    );
+
+    // submit prints the runID; --wait waits and exits 0 on success.
+    let output = drover(&url, &["submit", "cli.echo", "--params", r#"{"n": 1}"#]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let run = drover_protocol::RunId::parse(stdout(&output).trim()).expect("a runID on stdout");
+    wait_status(&client, &run, RunStatus::Succeeded, Duration::from_secs(10)).await;
+    let output = drover(
+        &url,
+        &[
+            "submit",
+            "cli.echo",
+            "--params",
+            r#"{"n": 2}"#,
+            "--wait",
+            "--json",
+            "--env",
+            "A=b",
+            "--label",
+            "team=cli",
+            "--max-retries",
+            "1",
+        ],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let record: Value = serde_json::from_str(&stdout(&output)).expect("JSON on stdout");
+    assert_eq!(record["status"], "SUCCEEDED");
+    assert_eq!(record["result"], json!({"echo": {"n": 2}}));
+    assert_eq!(record["env"]["A"], "b");
+    assert_eq!(record["conditions"]["labels"]["team"], "cli");
+    // A failed run: exit 1, and the reason on stderr.
+    let output = drover(&url, &["submit", "cli.fail", "--wait"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("FAILED"), "{}", stderr(&output));
+    assert!(stdout(&output).contains("it did not work"));
+
+    // runs list, as a table and as JSON; runs get.
+    let output = drover(&url, &["runs", "list"]).await;
+    assert!(output.status.success());
+    assert!(
+        stdout(&output).contains("SUCCEEDED") && stdout(&output).contains("cli.echo"),
+        "{}",
+        stdout(&output)
+    );
+    let output = drover(&url, &["runs", "list", "--json", "--status", "FAILED"]).await;
+    let runs: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["routineID"], "cli.fail");
+    let output = drover(&url, &["runs", "get", run.as_str()]).await;
+    assert!(stdout(&output).contains("SUCCEEDED") && stdout(&output).contains("transitions"));
+
+    // cancel a pending run.
+    let pending = submit(&client, &spec("cli.nobody")).await;
+    let output = drover(
+        &url,
+        &["runs", "cancel", pending.as_str(), "--reason", "test"],
+    )
+    .await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("CANCELLED"));
+
+    // workers.
+    let output = drover(&url, &["workers", "list", "--json", "--label", "team=cli"]).await;
+    let workers: Vec<Value> = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0]["workerID"], "cli-worker");
+    let output = drover(&url, &["workers", "get", "cli-worker"]).await;
+    assert!(stdout(&output).contains("cli.echo"), "{}", stdout(&output));
+
+    // status: the log-collector is not running here, so the stack is incomplete.
+    let output = drover(&url, &["status", "--json"]).await;
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["healthy"], false);
+    assert!(report["services"]["drover-registry"].is_array());
+    assert!(report["services"]["drover-heartbeat-monitor"].is_array());
+    assert!(report["services"]["drover-log-collector"].is_null());
+    assert!(report["streams"]["DROVER_QUEUE"]["messages"].is_u64());
+}
+
+/// Every process whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        // The command line (nats-server names the state directory) or the environment
+        // (the services get the stack's NATS URL) identifies the stack's processes.
+        let mentions = ["cmdline", "environ"].iter().any(|file| {
+            std::fs::read(entry.path().join(file))
+                .is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(needle))
+        });
+        if mentions {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut dev = tokio::process::Command::new(drover_binary())
+        .args(["dev", "--state-dir"])
+        .arg(state.path())
+        .args([
+            "--nats-port",
+            &port.to_string(),
+            "--admin-port",
+            "0",
+            "--demo",
+        ])
+        .env(
+            "DROVER_NATS_SERVER",
+            drover_testkit::nats_server_binary().unwrap(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // What it prints, as a new user would see it.
+    let printed = Arc::new(Mutex::new(String::new()));
+    {
+        let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+        let printed = Arc::clone(&printed);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = printed.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+    }
+    wait_until("the stack is healthy", Duration::from_secs(60), || async {
+        drover(&url, &["status"]).await.status.success()
+    })
+    .await
+    .unwrap();
+    // The demo workflow runs and visibly succeeds.
+    wait_until(
+        "the demo workflow succeeds",
+        Duration::from_secs(60),
+        || async { printed.lock().unwrap().contains("demo workflow SUCCEEDED") },
+    )
+    .await
+    .unwrap();
+    let text = printed.lock().unwrap().clone();
+    let run = text
+        .lines()
+        .find_map(|line| line.strip_prefix("demo workflow: run "))
+        .expect("the demo prints its runID")
+        .trim()
+        .to_owned();
+    let listed = drover(&url, &["runs", "list"]).await;
+    assert!(
+        stdout(&listed).contains("demo.workflow") && stdout(&listed).contains(&run),
+        "{}",
+        stdout(&listed)
+    );
+    wait_until(
+        "the demo run's logs are stored",
+        Duration::from_secs(10),
+        || async { stdout(&drover(&url, &["logs", "--run", &run]).await).contains("cat.png") },
+    )
+    .await
+    .unwrap();
+    // The services log at info (not the CLI's own quiet setting).
+    let scheduler_log =
+        std::fs::read_to_string(state.path().join("logs/drover-scheduler.log")).unwrap();
+    assert!(
+        scheduler_log.contains("scheduler serving"),
+        "scheduler log: {scheduler_log:?}"
+    );
+    let marker = state.path().to_string_lossy().into_owned();
+    let url_marker = format!("DROVER_NATS_URL={url}");
+    // Besides `drover dev` itself (its command line names the state directory too).
+    let dev_pid = dev.id().unwrap();
+    let running = processes_mentioning(&marker)
+        .into_iter()
+        .filter(|&pid| pid != dev_pid)
+        .count()
+        + processes_mentioning(&url_marker).len();
+    assert_eq!(
+        running, 6,
+        "nats-server, four services and the example worker should be running"
+    );
+    // Ctrl-C.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev_pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("drover dev stops")
+        .unwrap();
+    assert!(status.success(), "exit {status}");
+    assert!(
+        processes_mentioning(&marker).is_empty(),
+        "nats-server left behind"
+    );
+    assert!(
+        processes_mentioning(&url_marker).is_empty(),
+        "services left behind"
+    );
+    assert!(!drover(&url, &["status"]).await.status.success());
+    assert!(state.path().join("logs/drover-scheduler.log").is_file());
+}
