@@ -1,0 +1,300 @@
+//! Drover end to end: no-op runs through the real service binaries, done by Rust SDK workers.
+//!
+//! Each of `in_flight` lanes submits a run, waits for its SUCCEEDED event, and submits the
+//! next. Submit→starting is measured to the moment the worker's handler starts (the workers
+//! run in this process); submit→completion to the moment the client sees the run end.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::Client;
+use drover_protocol::envelope::decode_reply;
+use drover_protocol::subject::keys;
+use drover_protocol::{encode, Accepted, RoutineId, RunId, RunSpec};
+use drover_testkit::{ProcStats, Stack};
+use drover_worker::Worker;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{Latency, Throughput};
+
+/// The routine every benchmark run calls.
+const ROUTINE: &str = "bench.noop";
+
+/// What one service cost during a measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceCost {
+    /// CPU seconds spent per 1,000 runs.
+    pub cpu_seconds_per_1000_runs: f64,
+    /// Peak resident memory so far, in MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Drover at one concurrency.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DroverFigures {
+    /// Throughput and submit→completion latency.
+    pub completion: Throughput,
+    /// Submit→starting latency (the worker's handler begins).
+    pub starting: Latency,
+    /// Cost of each service.
+    pub services: HashMap<String, ServiceCost>,
+}
+
+/// Runs that started (handler entered), with when.
+type Started = Arc<Mutex<HashMap<RunId, Instant>>>;
+/// Lanes waiting for their run to end.
+type Waiters = Arc<Mutex<HashMap<RunId, oneshot::Sender<Instant>>>>;
+
+/// A Drover stack with `workers` SDK workers of `capacity` each, ready to measure.
+pub struct Bench {
+    stack: Stack,
+    client: Client,
+    started: Started,
+    waiters: Waiters,
+    early: Arc<Mutex<HashMap<RunId, Instant>>>,
+    shutdown: CancellationToken,
+}
+
+impl Bench {
+    /// Starts NATS, the four services and the workers.
+    pub async fn start(workers: usize, capacity: u32) -> anyhow::Result<Self> {
+        let stack = Stack::builder()
+            .with_registry()
+            .with_monitor()
+            .with_scheduler()
+            .with_log_collector()
+            .heartbeat_interval_ms(1000)
+            .lost_after_ms(5000)
+            .env("RUST_LOG", "warn")
+            .start()
+            .await
+            .context("starting the stack")?;
+        let client = stack.client().await;
+        let started: Started = Arc::new(Mutex::new(HashMap::new()));
+        let shutdown = CancellationToken::new();
+        for index in 0..workers {
+            let worker_client = stack.client().await;
+            let started = Arc::clone(&started);
+            let builder = Worker::builder(format!("bench-{index}"))
+                .client(worker_client)
+                .capacity(capacity)
+                .routine(ROUTINE, move |ctx, _params| {
+                    let started = Arc::clone(&started);
+                    async move {
+                        started
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(ctx.run_id().clone(), Instant::now());
+                        Ok(Value::Null)
+                    }
+                });
+            tokio::spawn(builder.run(shutdown.clone()));
+        }
+        // Completions, as the client sees them.
+        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let early = Arc::new(Mutex::new(HashMap::new()));
+        let mut events = client.subscribe("v1.run.events.*").await?;
+        client.flush().await?;
+        {
+            let waiters = Arc::clone(&waiters);
+            let early = Arc::clone(&early);
+            tokio::spawn(async move {
+                while let Some(message) = events.next().await {
+                    let at = Instant::now();
+                    let Ok(body) = serde_json::from_slice::<Value>(&message.payload) else {
+                        continue;
+                    };
+                    if body["payload"]["status"] != "SUCCEEDED" {
+                        continue;
+                    }
+                    let Ok(run) =
+                        RunId::parse(body["payload"]["runID"].as_str().unwrap_or_default())
+                    else {
+                        continue;
+                    };
+                    let waiter = waiters
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&run);
+                    match waiter {
+                        Some(waiter) => {
+                            let _ = waiter.send(at);
+                        }
+                        // The event beat the submitter's reply.
+                        None => {
+                            early
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .insert(run, at);
+                        }
+                    }
+                }
+            });
+        }
+        let bench = Self {
+            stack,
+            client,
+            started,
+            waiters,
+            early,
+            shutdown,
+        };
+        bench.wait_for_workers(workers).await?;
+        Ok(bench)
+    }
+
+    async fn wait_for_workers(&self, workers: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = self
+                .client
+                .request(
+                    keys::REGISTRY_LIST,
+                    encode(&drover_protocol::RegistryList::default()),
+                )
+                .await?;
+            if let Ok(Ok(list)) = decode_reply::<drover_protocol::WorkerList>(&reply.payload) {
+                let idle = list
+                    .workers
+                    .iter()
+                    .filter(|worker| worker.status == drover_protocol::WorkerStatus::Idle)
+                    .count();
+                if idle >= workers {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "workers did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The service processes, by name.
+    pub fn service_pids(&self) -> Vec<(String, u32)> {
+        self.stack
+            .service_names()
+            .into_iter()
+            .map(|name| {
+                let pid = self.stack.service(&name).pid();
+                (name, pid)
+            })
+            .chain(std::iter::once((
+                "nats-server".to_owned(),
+                self.stack.nats.pid(),
+            )))
+            .collect()
+    }
+
+    async fn submit_and_wait(&self, spec: &RunSpec) -> anyhow::Result<(Instant, RunId, Instant)> {
+        let at = Instant::now();
+        let reply = self
+            .client
+            .request(keys::REQUEST_START, encode(spec))
+            .await?;
+        let accepted: Accepted = decode_reply(&reply.payload)?
+            .map_err(|error| anyhow::anyhow!("submission refused: {error}"))?;
+        let (done, finished) = oneshot::channel();
+        {
+            let mut waiters = self
+                .waiters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let early = self
+                .early
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&accepted.run_id);
+            match early {
+                Some(ended) => return Ok((at, accepted.run_id, ended)),
+                None => {
+                    waiters.insert(accepted.run_id.clone(), done);
+                }
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(60), finished)
+            .await
+            .context("a run did not end within a minute")??;
+        Ok((at, accepted.run_id, ended))
+    }
+
+    /// Runs `count` no-op runs with `in_flight` lanes.
+    pub async fn measure(
+        self: &Arc<Self>,
+        in_flight: usize,
+        count: usize,
+    ) -> anyhow::Result<DroverFigures> {
+        let spec = RunSpec::new(RoutineId::parse(ROUTINE).map_err(|e| anyhow::anyhow!(e))?);
+        let before: Vec<(String, ProcStats)> = self
+            .service_pids()
+            .into_iter()
+            .filter_map(|(name, pid)| ProcStats::of(pid).ok().map(|stats| (name, stats)))
+            .collect();
+        let next = Arc::new(AtomicUsize::new(0));
+        let wall = Instant::now();
+        let lanes: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let bench = Arc::clone(self);
+                let spec = spec.clone();
+                let next = Arc::clone(&next);
+                tokio::spawn(async move {
+                    let mut done = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < count {
+                        done.push(bench.submit_and_wait(&spec).await?);
+                    }
+                    anyhow::Ok(done)
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(count);
+        for lane in lanes {
+            results.extend(lane.await??);
+        }
+        let wall = wall.elapsed();
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut completion = Vec::with_capacity(results.len());
+        let mut starting = Vec::with_capacity(results.len());
+        for (submitted, run, ended) in &results {
+            completion.push(ended.saturating_duration_since(*submitted));
+            if let Some(began) = started.get(run) {
+                starting.push(began.saturating_duration_since(*submitted));
+            }
+        }
+        let mut services = HashMap::new();
+        for (name, pid) in self.service_pids() {
+            let Some((_, old)) = before.iter().find(|(known, _)| *known == name) else {
+                continue;
+            };
+            let Ok(now) = ProcStats::of(pid) else {
+                continue;
+            };
+            services.insert(
+                name,
+                ServiceCost {
+                    cpu_seconds_per_1000_runs: (now.cpu - old.cpu).as_secs_f64() * 1000.0
+                        / count as f64,
+                    peak_rss_mib: now.peak_rss_bytes as f64 / f64::from(1 << 20),
+                },
+            );
+        }
+        Ok(DroverFigures {
+            completion: Throughput::of(in_flight, completion, wall),
+            starting: Latency::of(&mut starting),
+            services,
+        })
+    }
+
+    /// Stops the workers; the stack stops when dropped.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,214 @@
+//! `drover-bench`: where Drover stands, in one run on one machine.
+//!
+//! 1. The raw JetStream job cycle (the baseline) at 1, 16 and 256 in flight.
+//! 2. Drover end to end: no-op runs through the real services with Rust SDK workers, at the
+//!    same concurrencies, with each service's CPU and memory.
+//! 3. Every Drover figure as a ratio to the baseline measured in the same run.
+//! 4. Scale: many simulated workers pulsing every second.
+//! 5. A peer: the same workload on Celery with Redis (bench/peers/celery/run.sh).
+//!
+//! Results go to `bench/results/` as JSON, Markdown and an SVG plot. Build in release
+//! (`cargo build --release --bins`) so that the services measured are the optimised ones.
+
+mod baseline;
+mod end_to_end;
+mod report;
+mod scale;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use drover_testkit::NatsServer;
+
+use crate::report::{Machine, Results};
+
+/// Drover's benchmark.
+#[derive(Debug, Parser)]
+#[command(name = "drover-bench", version, about)]
+struct Args {
+    /// Runs per Drover measurement (and jobs per baseline measurement).
+    #[arg(long, default_value_t = 5000)]
+    runs: usize,
+    /// Concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    in_flight: Vec<usize>,
+    /// Rust SDK workers for the Drover measurement.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Capacity of each worker.
+    #[arg(long, default_value_t = 64)]
+    capacity: u32,
+    /// Simulated workers for the scale measurement (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    scale_workers: usize,
+    /// How many of them to kill at once.
+    #[arg(long, default_value_t = 500)]
+    scale_killed: usize,
+    /// Skip the Celery peer.
+    #[arg(long)]
+    skip_celery: bool,
+    /// Where results go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+fn machine(nats_server: &str) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or_else(
+            || "unknown".to_owned(),
+            |(_, model)| model.trim().to_owned(),
+        );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: f64 = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        memory_gib: memory_kib / 1024.0 / 1024.0,
+        nats_server: nats_server.to_owned(),
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn nats_server_version() -> String {
+    drover_testkit::nats_server_binary()
+        .ok()
+        .and_then(|binary| {
+            std::process::Command::new(binary)
+                .arg("--version")
+                .output()
+                .ok()
+        })
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn celery(runs: usize, in_flight: &[usize]) -> anyhow::Result<Vec<stats::Throughput>> {
+    let script = drover_testkit::workspace_root().join("bench/peers/celery/run.sh");
+    let concurrencies: Vec<String> = in_flight.iter().map(ToString::to_string).collect();
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args([
+            "--tasks",
+            &runs.to_string(),
+            "--in-flight",
+            &concurrencies.join(","),
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .with_context(|| format!("running {}", script.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the Celery peer failed ({})",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).context("reading a Celery result"))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut results = Results {
+        at: drover_protocol::Timestamp::now().to_string(),
+        machine: machine(&nats_server_version()),
+        runs: args.runs,
+        baseline: Vec::new(),
+        drover: Vec::new(),
+        ratios: Vec::new(),
+        scale: None,
+        celery: Vec::new(),
+        drover_over_celery: Default::default(),
+    };
+    eprintln!("machine: {:?}", results.machine);
+
+    eprintln!("== baseline: the raw JetStream job cycle");
+    {
+        let nats = NatsServer::start().await?;
+        // Warm up the server and the connections first.
+        baseline::job_cycle(&nats.url(), 16, 2000).await?;
+        for &in_flight in &args.in_flight {
+            let figures = baseline::job_cycle(&nats.url(), in_flight, args.runs).await?;
+            eprintln!(
+                "  {in_flight:>3} in flight: {:.0} jobs/s, p50 {:.2} ms, p99 {:.2} ms",
+                figures.per_second, figures.latency.p50_ms, figures.latency.p99_ms
+            );
+            results.baseline.push(figures);
+        }
+    }
+
+    eprintln!(
+        "== Drover end to end ({} workers × capacity {})",
+        args.workers, args.capacity
+    );
+    {
+        let bench = Arc::new(end_to_end::Bench::start(args.workers, args.capacity).await?);
+        bench.measure(16, 1000).await?;
+        for &in_flight in &args.in_flight {
+            let figures = bench.measure(in_flight, args.runs).await?;
+            let c = &figures.completion;
+            eprintln!(
+                "  {in_flight:>3} in flight: {:.0} runs/s, completion p50 {:.2} ms p99 {:.2} ms, starting p50 {:.2} ms",
+                c.per_second, c.latency.p50_ms, c.latency.p99_ms, figures.starting.p50_ms
+            );
+            results.drover.push(figures);
+        }
+        bench.stop();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    if args.scale_workers > 0 {
+        eprintln!(
+            "== scale: {} workers pulsing every second",
+            args.scale_workers
+        );
+        let figures = scale::measure(
+            args.scale_workers,
+            args.scale_killed,
+            Duration::from_secs(20),
+        )
+        .await?;
+        eprintln!(
+            "  monitor {:.3} cores, registry {:.3} cores; {} killed found in {:.2} s",
+            figures.monitor.cores, figures.registry.cores, figures.killed, figures.detect_seconds
+        );
+        results.scale = Some(figures);
+    }
+
+    if !args.skip_celery {
+        eprintln!("== peer: Celery + Redis, acks_late");
+        match celery(args.runs.min(5000), &args.in_flight).await {
+            Ok(figures) => results.celery = figures,
+            Err(error) => eprintln!("  skipped: {error:#}"),
+        }
+    }
+
+    results.derive();
+    let stem = results.at.replace(':', "-");
+    results.write(&args.out, &stem)?;
+    results.write(&args.out, "latest")?;
+    println!("{}", results.markdown());
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
