@@ -89,7 +89,8 @@ async fn exit_status_of_a_process_that_ends_by_itself() -> anyhow::Result<()> {
 #[tokio::test]
 async fn restart_starts_a_new_process_and_keeps_the_log() -> anyhow::Result<()> {
     let mut process = sleeper(&[("TESTKIT_X", "kept")], &["--echo-env", "TESTKIT_X"])?;
-    wait_for_log(&process, "sleeper started").await?;
+    // The sleeper prints its environment after its start line: wait for the last line.
+    wait_for_log(&process, "env TESTKIT_X=kept").await?;
     let first = process.pid();
 
     process.restart()?;
@@ -99,14 +100,22 @@ async fn restart_starts_a_new_process_and_keeps_the_log() -> anyhow::Result<()> 
     assert!(!process_exists(first));
     assert!(process.is_running());
     assert_eq!(process.starts(), 2);
-    wait_for_log(&process, &format!("sleeper started pid={second}")).await?;
+    wait_until(
+        "the second start's environment in the log",
+        Duration::from_secs(10),
+        || async { process.log_contents().matches("env TESTKIT_X=kept").count() == 2 },
+    )
+    .await?;
     let log = process.log_contents();
     assert!(
         log.contains(&format!("sleeper started pid={first}")),
         "{log}"
     );
+    assert!(
+        log.contains(&format!("sleeper started pid={second}")),
+        "{log}"
+    );
     assert!(log.contains("start #2 of testkit-sleeper"), "{log}");
-    assert_eq!(log.matches("env TESTKIT_X=kept").count(), 2, "{log}");
     Ok(())
 }
 
