@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::store::{RunStore, StoreError};
+use crate::store::{RunStore, StoreError, Stored};
 
 /// Trace context received with a request.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +80,10 @@ pub struct Intake {
     store: RunStore,
     keys: kv::Store,
     key_ttl: Duration,
+    /// Runs just stored, for the engine in this process: its actor can take the record
+    /// from here instead of reading it back (or waiting for it, when the queue message
+    /// arrived first).
+    stored: tokio::sync::broadcast::Sender<Stored>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -193,7 +197,13 @@ impl Intake {
             store,
             keys,
             key_ttl,
+            stored: tokio::sync::broadcast::channel(1024).0,
         })
+    }
+
+    /// Runs stored from now on, with their revision.
+    pub fn stored(&self) -> tokio::sync::broadcast::Receiver<Stored> {
+        self.stored.subscribe()
     }
 
     /// Stores and queues a run, or returns the existing one for a repeated key.
@@ -269,7 +279,16 @@ impl Intake {
         let mut record = record;
         record.queue_seq = Some(seq);
         match self.store.create(&record).await {
-            Ok(_) | Err(StoreError::Exists) => {}
+            Ok(revision) => {
+                if self.stored.receiver_count() > 0 {
+                    // A lagging or absent engine reads the record itself: nothing is lost.
+                    let _ = self.stored.send(Stored {
+                        record: record.clone(),
+                        revision,
+                    });
+                }
+            }
+            Err(StoreError::Exists) => {}
             Err(error) => return Err(unavailable(error, subject)),
         }
         info!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");

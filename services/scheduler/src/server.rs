@@ -229,7 +229,8 @@ impl Server {
             let server = self.clone();
             let span = tracing::info_span!("scheduler.request", endpoint = name);
             drover_telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
-            tasks.spawn(
+            // Boxed so that the task holds a pointer, not the whole request future.
+            tasks.spawn(Box::pin(
                 async move {
                     let message = &request.message;
                     let subject = message.subject.as_str();
@@ -252,7 +253,7 @@ impl Server {
                     }
                 }
                 .instrument(span),
-            );
+            ));
         }
     }
 

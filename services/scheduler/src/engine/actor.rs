@@ -90,6 +90,8 @@ pub enum Event {
     ChildEnded(Box<RunRecord>),
     /// The worker holding the run is gone or registered again.
     WorkerGone(Gone),
+    /// This process's intake has just stored the run.
+    Stored(Box<Stored>),
 }
 
 /// Deadlines the actor keeps for its run.
@@ -218,6 +220,7 @@ impl Actor {
             Event::ChildStarted(child) => self.on_child_started(&child).await,
             Event::ChildEnded(child) => self.on_child_ended(&child).await,
             Event::WorkerGone(gone) => self.on_worker_gone(gone).await,
+            Event::Stored(stored) => self.on_stored(*stored).await,
         }
     }
 
@@ -300,6 +303,16 @@ impl Actor {
                 warn!(%error, "could not read the run, will retry");
                 self.deadlines.reload = Some(Instant::now() + Duration::from_millis(500));
             }
+        }
+    }
+
+    /// The intake stored the record this actor may be waiting for.
+    async fn on_stored(&mut self, stored: Stored) {
+        if self.current.is_none() && self.lease.is_some() {
+            trace!("record handed over by the intake");
+            self.current = Some(stored);
+            self.deadlines.reload = None;
+            self.take_in_hand().await;
         }
     }
 
@@ -441,6 +454,9 @@ impl Actor {
             placement.incarnation,
             Timestamp::now(),
         );
+        // The record first, then the slot: a leader that dies in between leaves an
+        // ASSIGNED record that its successor adopts and, unacknowledged, takes back. The
+        // other order could leave a claimed slot that no record points to.
         match self.write(assigned.clone()).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {

@@ -103,8 +103,22 @@ impl Engine {
         actors.insert(run.clone(), sender);
         ::metrics::gauge!(crate::metrics::ACTORS).set(actors.len() as f64);
         let engine = Arc::clone(self);
-        self.tasks
-            .spawn(async move { actor::Actor::new(engine, run, receiver).run().await });
+        // Boxed: an actor's future is several kilobytes, and tokio would otherwise copy it
+        // into the task and again when the task ends (the largest cost in a profile).
+        self.tasks.spawn(Box::pin(async move {
+            actor::Actor::new(engine, run, receiver).run().await;
+        }));
+    }
+
+    /// Hands an event to the run's actor if it has one; otherwise drops it.
+    fn deliver_if_active(&self, run: &RunId, event: Event) {
+        let actors = self
+            .actors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = actors.get(run) {
+            let _ = sender.send(event);
+        }
     }
 
     /// Removes a finished actor, unless events arrived for it meanwhile.
@@ -126,6 +140,7 @@ impl Engine {
     /// directives and timers.
     pub async fn lead(self: Arc<Self>, workers: Arc<KvCache<WorkerRecord>>) -> anyhow::Result<()> {
         let mut changes = workers.subscribe();
+        let mut stored = self.intake.stored();
         for record in workers.values() {
             self.on_worker(record);
         }
@@ -146,6 +161,11 @@ impl Engine {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
+                // A run stored by this process's intake: its actor, if the queue message
+                // already reached it, need not read the record back.
+                Ok(run) = stored.recv() => {
+                    self.deliver_if_active(&run.record.run_id.clone(), Event::Stored(Box::new(run)));
+                }
             }
         }
         self.tasks.close();
