@@ -175,7 +175,7 @@ impl Bench {
         }
     }
 
-    /// The service processes, by name.
+    /// The measured processes, by name: the services, nats-server, and this one.
     pub fn service_pids(&self) -> Vec<(String, u32)> {
         self.stack
             .service_names()
@@ -184,10 +184,11 @@ impl Bench {
                 let pid = self.stack.service(&name).pid();
                 (name, pid)
             })
-            .chain(std::iter::once((
-                "nats-server".to_owned(),
-                self.stack.nats.pid(),
-            )))
+            .chain([
+                ("nats-server".to_owned(), self.stack.nats.pid()),
+                // The submitting client and the SDK workers live in this process.
+                ("client and workers".to_owned(), std::process::id()),
+            ])
             .collect()
     }
 
