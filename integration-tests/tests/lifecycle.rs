@@ -355,3 +355,95 @@ async fn the_worker_list_pages_with_limit_and_cursor() {
     assert_eq!(error.code, ErrorCode::SchemaViolation);
     drop(workers);
 }
+
+/// Slot claims and releases for one worker that arrive together are written together; each
+/// still gets its own answer, and capacity holds.
+#[tokio::test]
+async fn concurrent_claims_respect_capacity_and_are_written_in_batches() {
+    use drover_protocol::envelope::encode_internal;
+    use drover_protocol::subject::internal;
+    use drover_protocol::{Claim, InternalReply, Release, RunId};
+
+    let stack = stack().await;
+    let client = stack.client().await;
+    let worker = WorkerSpec::new("batched", &["r"])
+        .capacity(8)
+        .start(&client)
+        .await;
+    wait_until("worker is IDLE", Duration::from_secs(5), || async {
+        status(&client, "batched").await == Some(WorkerStatus::Idle)
+    })
+    .await
+    .unwrap();
+    let ask = |subject: &'static str, body: bytes::Bytes| {
+        let client = client.clone();
+        async move {
+            let reply = client.request(subject, body).await.unwrap();
+            serde_json::from_slice::<InternalReply>(&reply.payload).unwrap()
+        }
+    };
+
+    let runs: Vec<RunId> = (0..20).map(|_| RunId::generate()).collect();
+    let claims = runs.iter().map(|run| {
+        ask(
+            internal::REGISTRY_CLAIM,
+            encode_internal(&Claim {
+                worker_id: WorkerId::parse("batched").unwrap(),
+                incarnation: worker.incarnation(),
+                run_id: run.clone(),
+                attempt: 1,
+            }),
+        )
+    });
+    let answers = futures::future::join_all(claims).await;
+    let granted: Vec<&RunId> = runs
+        .iter()
+        .zip(&answers)
+        .filter(|(_, answer)| answer.ok)
+        .map(|(run, _)| run)
+        .collect();
+    assert_eq!(granted.len(), 8, "capacity 8: {answers:?}");
+    let held = record(&client, "batched").await.unwrap();
+    assert_eq!(held.runs.len(), 8);
+    assert_eq!(held.status, WorkerStatus::Working);
+    for run in &granted {
+        assert!(held.runs.iter().any(|r| &&r.run_id == run));
+    }
+
+    let releases = granted.iter().map(|run| {
+        ask(
+            internal::REGISTRY_RELEASE,
+            encode_internal(&Release {
+                worker_id: WorkerId::parse("batched").unwrap(),
+                run_id: (*run).clone(),
+                attempt: 1,
+            }),
+        )
+    });
+    assert!(futures::future::join_all(releases)
+        .await
+        .iter()
+        .all(|answer| answer.ok));
+    let after = record(&client, "batched").await.unwrap();
+    assert!(after.runs.is_empty());
+    assert_eq!(after.status, WorkerStatus::Idle);
+
+    // 28 changes, fewer writes: the registry's histogram counts changes per write.
+    let (_, metrics) = stack
+        .admin_get(drover_testkit::REGISTRY, "/metrics")
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (changes, writes) = (
+        value("drover_registry_batch_size_sum"),
+        value("drover_registry_batch_size_count"),
+    );
+    assert!(changes >= 28.0, "{changes} changes counted");
+    assert!(writes < changes, "{writes} writes for {changes} changes");
+    drop(worker);
+}

@@ -439,10 +439,12 @@ impl Server {
         let result = match subject {
             internal::REGISTRY_CLAIM => match decode_internal::<Claim>(&message.payload) {
                 Ok(claim) => {
+                    let worker = claim.worker_id.clone();
                     self.store
-                        .mutate(&claim.worker_id, |existing| {
-                            transitions::claim(existing, &claim, now)
-                        })
+                        .mutate_batched(
+                            &worker,
+                            Box::new(move |existing| transitions::claim(existing, &claim, now)),
+                        )
                         .await
                 }
                 Err(error) => {
@@ -451,10 +453,12 @@ impl Server {
             },
             internal::REGISTRY_RELEASE => match decode_internal::<Release>(&message.payload) {
                 Ok(release) => {
+                    let worker = release.worker_id.clone();
                     self.store
-                        .mutate(&release.worker_id, |existing| {
-                            Ok(transitions::release(existing, &release))
-                        })
+                        .mutate_batched(
+                            &worker,
+                            Box::new(move |existing| Ok(transitions::release(existing, &release))),
+                        )
                         .await
                 }
                 Err(error) => {

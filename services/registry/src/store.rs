@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use async_nats::Client;
 use drover_protocol::{encode, subject, Timestamp, WorkerEvent, WorkerId, WorkerRecord};
+use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::metrics;
@@ -13,7 +14,7 @@ use crate::transitions::{Outcome, Rejection};
 use drover_service_kit::kv_cache::KvCache;
 
 /// Why a mutation did not happen.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MutateError {
     /// The request was refused.
     #[error("{}", .0.message)]
@@ -32,11 +33,27 @@ pub struct Applied {
     pub written: bool,
 }
 
+/// A change to a worker record: sees the current record and decides.
+pub type Change = Box<dyn FnMut(Option<&WorkerRecord>) -> Result<Outcome, Rejection> + Send>;
+
+/// A batched change waiting for the worker's next write, and where its answer goes.
+struct Pending {
+    change: Change,
+    reply: oneshot::Sender<Result<Applied, MutateError>>,
+}
+
+/// Per worker: the lock that serialises writes, and the batched changes queued for it.
+#[derive(Default)]
+struct Slot {
+    lock: tokio::sync::Mutex<()>,
+    queued: Mutex<Vec<Pending>>,
+}
+
 /// The registry's worker records.
 pub struct WorkerStore {
     cache: Arc<KvCache<WorkerRecord>>,
     client: Client,
-    locks: Mutex<HashMap<WorkerId, Arc<tokio::sync::Mutex<()>>>>,
+    slots: Mutex<HashMap<WorkerId, Arc<Slot>>>,
 }
 
 impl std::fmt::Debug for WorkerStore {
@@ -51,7 +68,7 @@ impl WorkerStore {
         Self {
             cache,
             client,
-            locks: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -79,12 +96,144 @@ impl WorkerStore {
         records
     }
 
-    fn lock_for(&self, worker: &WorkerId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .locks
+    fn slot_for(&self, worker: &WorkerId) -> Arc<Slot> {
+        let mut slots = self
+            .slots
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(locks.entry(worker.clone()).or_default())
+        Arc::clone(slots.entry(worker.clone()).or_default())
+    }
+
+    /// Like [`WorkerStore::mutate`], but changes to one worker that arrive while its
+    /// record is being written are applied together, in arrival order, in one write.
+    ///
+    /// Slot claims and releases come in bursts under load; writing each on its own costs a
+    /// JetStream write and a delivery to every watcher of the bucket. Each change still
+    /// gets its own answer: the record after the batch, or its own refusal.
+    pub async fn mutate_batched(
+        &self,
+        worker: &WorkerId,
+        change: Change,
+    ) -> Result<Applied, MutateError> {
+        let slot = self.slot_for(worker);
+        let (reply, answer) = oneshot::channel();
+        slot.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Pending { change, reply });
+        {
+            let _guard = slot.lock.lock().await;
+            let batch = std::mem::take(
+                &mut *slot
+                    .queued
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            // Empty when the previous holder of the lock took this change along.
+            if !batch.is_empty() {
+                ::metrics::histogram!(metrics::BATCH_SIZE).record(batch.len() as f64);
+                self.apply_batch(worker, batch).await;
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(MutateError::Store("the batch was dropped".to_owned())))
+    }
+
+    /// Applies a batch under the worker's lock and answers each change.
+    async fn apply_batch(&self, worker: &WorkerId, mut batch: Vec<Pending>) {
+        let key = worker.as_str();
+        let mut current = self.cache.get(key);
+        let mut fresh = false;
+        loop {
+            let record = current.as_ref().map(|entry| entry.value.as_ref());
+            let mut working = record.cloned();
+            let mut decisions = Vec::with_capacity(batch.len());
+            for pending in &mut batch {
+                let decision = (pending.change)(working.as_ref());
+                if let Ok(Outcome::Write(next)) = &decision {
+                    let mut next = (**next).clone();
+                    next.status = next.derive_status();
+                    working = Some(next);
+                }
+                decisions.push(decision.map(|outcome| matches!(outcome, Outcome::Write(_))));
+            }
+            let undecided = decisions.iter().any(|d| !matches!(d, Ok(true)));
+            if undecided && !fresh {
+                // A refusal or a no-op decided on cached data: decide again on the bucket.
+                match self.refetch(key).await {
+                    Ok(entry) => {
+                        current = entry;
+                        fresh = true;
+                        continue;
+                    }
+                    Err(error) => return answer_all(batch, |_| Err(error.clone())),
+                }
+            }
+            let written = decisions.iter().any(|d| matches!(d, Ok(true)));
+            let (Some(mut next), true) = (working, written) else {
+                let as_is = record.cloned();
+                return answer_batch(batch, decisions, as_is, false);
+            };
+            let now = Timestamp::now();
+            let previous = record.cloned();
+            if previous.as_ref().map(|p| p.status) != Some(next.status) {
+                next.status_changed_at = now;
+            }
+            match self
+                .write(key, current.as_ref().map(|c| c.revision), &next)
+                .await
+            {
+                Ok(revision) => {
+                    self.cache.note_written(key, next.clone(), revision);
+                    self.announce(previous.as_ref(), &next, now).await;
+                    return answer_batch(batch, decisions, Some(next), true);
+                }
+                Err(None) => {
+                    ::metrics::counter!(metrics::WRITE_CONFLICTS).increment(1);
+                    match self.refetch(key).await {
+                        Ok(entry) => {
+                            current = entry;
+                            fresh = true;
+                        }
+                        Err(error) => return answer_all(batch, |_| Err(error.clone())),
+                    }
+                }
+                Err(Some(error)) => {
+                    return answer_all(batch, |_| Err(MutateError::Store(error.clone())))
+                }
+            }
+        }
+    }
+
+    /// Creates (no revision) or compare-and-sets a record. `Err(None)` is a conflict.
+    async fn write(
+        &self,
+        key: &str,
+        revision: Option<u64>,
+        next: &WorkerRecord,
+    ) -> Result<u64, Option<String>> {
+        let body = serde_json::to_vec(next).map_err(|error| Some(error.to_string()))?;
+        match revision {
+            None => self
+                .cache
+                .bucket()
+                .create(key, body.into())
+                .await
+                .map_err(|error| match error.kind() {
+                    CreateErrorKind::AlreadyExists => None,
+                    _ => Some(error.to_string()),
+                }),
+            Some(revision) => self
+                .cache
+                .bucket()
+                .update(key, body.into(), revision)
+                .await
+                .map_err(|error| match error.kind() {
+                    UpdateErrorKind::WrongLastRevision => None,
+                    _ => Some(error.to_string()),
+                }),
+        }
     }
 
     /// Applies `change` to the worker's record under compare-and-set.
@@ -96,8 +245,8 @@ impl WorkerStore {
     where
         F: FnMut(Option<&WorkerRecord>) -> Result<Outcome, Rejection>,
     {
-        let lock = self.lock_for(worker);
-        let _guard = lock.lock().await;
+        let slot = self.slot_for(worker);
+        let _guard = slot.lock.lock().await;
         let key = worker.as_str();
         let mut current = self.cache.get(key);
         let mut fresh = false;
@@ -209,5 +358,31 @@ impl WorkerStore {
         {
             warn!(worker = %next.worker_id, %error, "could not publish worker event");
         }
+    }
+}
+
+/// Answers every change of a batch with `answer`.
+fn answer_all(batch: Vec<Pending>, answer: impl Fn(usize) -> Result<Applied, MutateError>) {
+    for (index, pending) in batch.into_iter().enumerate() {
+        let _ = pending.reply.send(answer(index));
+    }
+}
+
+/// Answers each change of a batch with its own decision and the record it led to.
+fn answer_batch(
+    batch: Vec<Pending>,
+    decisions: Vec<Result<bool, Rejection>>,
+    record: Option<WorkerRecord>,
+    written: bool,
+) {
+    for (pending, decision) in batch.into_iter().zip(decisions) {
+        let answer = match decision {
+            Ok(wrote) => Ok(Applied {
+                record: record.clone(),
+                written: written && wrote,
+            }),
+            Err(rejection) => Err(MutateError::Rejected(rejection)),
+        };
+        let _ = pending.reply.send(answer);
     }
 }
