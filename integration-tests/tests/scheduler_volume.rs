@@ -17,8 +17,12 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 /// Counts terminal events per run from `v1.run.events.*`.
+/// `(previousStatus, status)` of one run event.
+type Step = (Option<String>, String);
+
 struct Outcomes {
     ended: Arc<Mutex<HashMap<RunId, Vec<String>>>>,
+    steps: Arc<Mutex<HashMap<RunId, Vec<Step>>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -27,18 +31,29 @@ impl Outcomes {
         let mut events = client.subscribe("v1.run.events.*").await.unwrap();
         client.flush().await.unwrap();
         let ended = Arc::new(Mutex::new(HashMap::<RunId, Vec<String>>::new()));
+        let steps = Arc::new(Mutex::new(HashMap::<RunId, Vec<Step>>::new()));
         let sink = Arc::clone(&ended);
+        let step_sink = Arc::clone(&steps);
         let task = tokio::spawn(async move {
             while let Some(message) = events.next().await {
                 let body: Value = serde_json::from_slice(&message.payload).unwrap();
                 let status = body["payload"]["status"].as_str().unwrap().to_owned();
+                let previous = body["payload"]["previousStatus"]
+                    .as_str()
+                    .map(str::to_owned);
+                let run = RunId::parse(body["payload"]["runID"].as_str().unwrap()).unwrap();
+                step_sink
+                    .lock()
+                    .unwrap()
+                    .entry(run.clone())
+                    .or_default()
+                    .push((previous, status.clone()));
                 if matches!(status.as_str(), "SUCCEEDED" | "FAILED" | "CANCELLED") {
-                    let run = RunId::parse(body["payload"]["runID"].as_str().unwrap()).unwrap();
                     sink.lock().unwrap().entry(run).or_default().push(status);
                 }
             }
         });
-        Self { ended, task }
+        Self { ended, steps, task }
     }
 
     fn count(&self) -> usize {
@@ -140,6 +155,28 @@ async fn ten_thousand_runs_succeed_exactly_once() {
         .filter(|(_, runs)| runs.len() != 1)
         .collect();
     assert!(twice.is_empty(), "executed more than once: {twice:?}");
+    // Every transition was announced once, in order, even where the scheduler stored
+    // RUNNING and SUCCEEDED in one write. (PENDING comes from the intake, ASSIGNED on
+    // from the run's actor, so only the actor's steps are compared in order.)
+    let steps = outcomes.steps.lock().unwrap().clone();
+    let step = |previous: &str, status: &str| (Some(previous.to_owned()), status.to_owned());
+    for (run, _) in &submitted {
+        let seen = &steps[run];
+        assert!(
+            seen.contains(&(None, "PENDING".to_owned())),
+            "run {run}: {seen:?}"
+        );
+        let actor: Vec<&Step> = seen.iter().filter(|s| s.0.is_some()).collect();
+        assert_eq!(
+            actor,
+            [
+                &step("PENDING", "ASSIGNED"),
+                &step("ASSIGNED", "RUNNING"),
+                &step("RUNNING", "SUCCEEDED")
+            ],
+            "run {run}"
+        );
+    }
     // Spot-check records: the store agrees with the events.
     for (run, _) in submitted.iter().step_by(500) {
         wait_status(&client, run, RunStatus::Succeeded, Duration::from_secs(5)).await;
@@ -164,6 +201,15 @@ async fn ten_thousand_runs_succeed_exactly_once() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
     );
+    let (_, metrics) = stack
+        .admin_get(drover_testkit::SCHEDULER, "/metrics")
+        .await
+        .unwrap();
+    let coalesced = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("drover_scheduler_directives_coalesced_total"))
+        .map_or("0", str::trim);
+    println!("RUNNING and SUCCEEDED stored in one write for {coalesced} of {RUNS} runs");
     for runner in &runners {
         assert!(!runner.executions().is_empty(), "{} got no work", runner.id);
     }

@@ -278,21 +278,21 @@ impl Intake {
             .map_err(|error| unavailable(error, subject))?;
         let mut record = record;
         record.queue_seq = Some(seq);
-        match self.store.create(&record).await {
-            Ok(revision) => {
-                if self.stored.receiver_count() > 0 {
-                    // A lagging or absent engine reads the record itself: nothing is lost.
-                    let _ = self.stored.send(Stored {
-                        record: record.clone(),
-                        revision,
-                    });
-                }
-            }
-            Err(StoreError::Exists) => {}
+        let revision = match self.store.create(&record).await {
+            Ok(revision) => Some(revision),
+            Err(StoreError::Exists) => None,
             Err(error) => return Err(unavailable(error, subject)),
-        }
+        };
         info!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
         self.store.announce(None, &record).await;
+        // After the PENDING event, so that the ASSIGNED one cannot overtake it.
+        if let Some(revision) = revision.filter(|_| self.stored.receiver_count() > 0) {
+            // A lagging or absent engine reads the record itself: nothing is lost.
+            let _ = self.stored.send(Stored {
+                record: record.clone(),
+                revision,
+            });
+        }
         Ok(Submitted {
             accepted: Accepted {
                 run_id: record.run_id.clone(),

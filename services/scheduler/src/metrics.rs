@@ -22,3 +22,5 @@ pub const DIRECTIVES_REJECTED: &str = "drover_scheduler_directives_rejected_tota
 pub const ACTORS: &str = "drover_scheduler_run_actors";
 /// 1 while this replica is the leader.
 pub const LEADER: &str = "drover_scheduler_leader";
+/// `starting` directives stored in one write with the completion right behind them.
+pub const DIRECTIVES_COALESCED: &str = "drover_scheduler_directives_coalesced_total";

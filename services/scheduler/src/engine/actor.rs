@@ -6,6 +6,7 @@
 //! actor applies its events and ends, and the run is taken in hand again when its queue
 //! message comes back.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +131,9 @@ pub(super) struct Actor {
     deadlines: Deadlines,
     /// Next pause while waiting for the record to appear.
     reload_backoff: Duration,
+    /// Events taken from the mailbox early (to look for a completion behind a
+    /// `starting`), handled before anything new.
+    stash: VecDeque<Event>,
 }
 
 impl Actor {
@@ -148,6 +152,7 @@ impl Actor {
             reserved: None,
             deadlines: Deadlines::default(),
             reload_backoff: FIRST_RELOAD,
+            stash: VecDeque::new(),
         }
     }
 
@@ -155,6 +160,10 @@ impl Actor {
         let span = tracing::debug_span!("run", run = %self.run);
         async move {
             loop {
+                if let Some(event) = self.stash.pop_front() {
+                    self.handle(event).await;
+                    continue;
+                }
                 if self.idle() && self.engine.retire(&self.run, &mut self.receiver) {
                     break;
                 }
@@ -241,12 +250,29 @@ impl Actor {
     /// Writes `next` over the current record. On a conflict the record is reloaded and
     /// the caller must decide again.
     async fn write(&mut self, next: RunRecord) -> Result<(), StoreError> {
+        self.write_through(None, next).await
+    }
+
+    /// Like [`Actor::write`]; with `via`, a state the run passed through without being
+    /// stored is announced first, so that watchers see every transition.
+    async fn write_through(
+        &mut self,
+        via: Option<&RunRecord>,
+        next: RunRecord,
+    ) -> Result<(), StoreError> {
         let Some(current) = &self.current else {
             return Err(StoreError::Unavailable("no record loaded".to_owned()));
         };
         let previous = current.record.status;
         match self.engine.store.update(&next, current.revision).await {
             Ok(revision) => {
+                let previous = match via {
+                    Some(via) => {
+                        self.engine.store.announce(Some(previous), via).await;
+                        via.status
+                    }
+                    None => previous,
+                };
                 self.engine.store.announce(Some(previous), &next).await;
                 self.current = Some(Stored {
                     record: next,
@@ -864,24 +890,105 @@ impl Actor {
         let Some(next) = transitions::start(record, Timestamp::now()) else {
             return Ok(());
         };
+        if self.completion_is_next(&next) {
+            return self.started_and_completed(next).await;
+        }
         self.write(next.clone()).await?;
+        self.after_started(&next);
+        Ok(())
+    }
+
+    /// The attempt is RUNNING: time it, and tell the parent.
+    fn after_started(&mut self, next: &RunRecord) {
         if self.lease.is_some() {
-            self.arm_timers(&next);
+            self.arm_timers(next);
         }
         if let Some(parent) = &next.parent_run_id {
             self.engine
                 .deliver(parent.clone(), Event::ChildStarted(Box::new(next.clone())));
         }
+    }
+
+    /// True when the next event in the mailbox is this attempt's completion: short runs
+    /// report `starting` and `completed` back to back, and both can then be stored in one
+    /// write. Only the very next event counts, so that nothing queued before the completion
+    /// (a cancel, a timeout, a lost worker) is overtaken.
+    fn completion_is_next(&mut self, started: &RunRecord) -> bool {
+        while let Ok(event) = self.receiver.try_recv() {
+            self.stash.push_back(event);
+        }
+        matches!(
+            self.stash.front(),
+            Some(Event::Directive { worker, body: DirectiveBody::Completed(completed), .. })
+                if started.worker_id.as_ref() == Some(worker) && completed.attempt == started.attempt
+        )
+    }
+
+    /// `starting` and the completion right behind it, stored as one write (RUNNING is
+    /// still announced). On failure the completion goes back to be handled on its own.
+    async fn started_and_completed(&mut self, started: RunRecord) -> Result<(), StoreError> {
+        let (worker, completed, message) = match self.stash.pop_front() {
+            Some(Event::Directive {
+                worker,
+                body: DirectiveBody::Completed(completed),
+                message,
+            }) => (worker, completed, message),
+            other => {
+                // Not a completion after all: store the start alone.
+                if let Some(other) = other {
+                    self.stash.push_front(other);
+                }
+                self.write(started.clone()).await?;
+                self.after_started(&started);
+                return Ok(());
+            }
+        };
+        let incarnation = self
+            .engine
+            .dispatcher
+            .worker(&worker)
+            .map(|record| record.incarnation);
+        let put_back = |actor: &mut Self, completed: Completed, message: jetstream::Message| {
+            actor.stash.push_front(Event::Directive {
+                worker: worker.clone(),
+                body: DirectiveBody::Completed(completed),
+                message,
+            });
+        };
+        if transitions::check_directive(&started, &worker, completed.attempt, incarnation).is_err()
+        {
+            put_back(self, completed, message);
+            self.write(started.clone()).await?;
+            self.after_started(&started);
+            return Ok(());
+        }
+        let next = self.outcome(&started, &completed);
+        if let Err(error) = self.write_through(Some(&started), next.clone()).await {
+            put_back(self, completed, message);
+            return Err(error);
+        }
+        trace!("starting and completion stored together");
+        ::metrics::counter!(metrics::DIRECTIVES_COALESCED).increment(1);
+        if let Some(parent) = &started.parent_run_id {
+            self.engine.deliver(
+                parent.clone(),
+                Event::ChildStarted(Box::new(started.clone())),
+            );
+        }
+        if let Err(error) = message.ack().await {
+            debug!(%error, "could not acknowledge a directive");
+        }
+        if let Some(worker) = &started.worker_id {
+            self.free_slot(worker, started.attempt).await;
+        }
+        self.after_attempt(&next).await;
         Ok(())
     }
 
-    async fn completed(
-        &mut self,
-        record: &RunRecord,
-        completed: &Completed,
-    ) -> Result<(), StoreError> {
+    /// The record after an attempt's completion.
+    fn outcome(&self, record: &RunRecord, completed: &Completed) -> RunRecord {
         let now = Timestamp::now();
-        let next = match completed.outcome {
+        match completed.outcome {
             Outcome::Succeeded => transitions::succeed(record, completed.result.clone(), now),
             Outcome::Failed => {
                 let error = completed.error.clone().unwrap_or_else(|| RunError {
@@ -891,7 +998,15 @@ impl Actor {
                 });
                 transitions::fail_attempt(record, AttemptFailure::Error(error), now)
             }
-        };
+        }
+    }
+
+    async fn completed(
+        &mut self,
+        record: &RunRecord,
+        completed: &Completed,
+    ) -> Result<(), StoreError> {
+        let next = self.outcome(record, completed);
         self.write(next.clone()).await?;
         if let Some(worker) = &record.worker_id {
             self.free_slot(worker, record.attempt).await;
