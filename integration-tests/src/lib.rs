@@ -78,6 +78,18 @@ pub async fn list_workers(
     }
 }
 
+/// How many workers have `status` (0 when the registry does not answer, so that callers
+/// can poll across restarts).
+pub async fn count_workers(client: &Client, status: drover_protocol::WorkerStatus) -> usize {
+    let filter = RegistryList {
+        status: Some(status),
+        ..Default::default()
+    };
+    list_workers(client, &filter)
+        .await
+        .map_or(0, |workers| workers.len())
+}
+
 /// Sends raw bytes as a request and returns the raw reply body.
 pub async fn raw_call(client: &Client, subject: impl Into<String>, body: Bytes) -> Bytes {
     raw_call_with_headers(client, subject, HeaderMap::new(), body).await

@@ -7,9 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use async_nats::Client;
-use drover_integration_tests::{list_workers, Fleet, ProcStats, Recorder};
-use drover_protocol::{RegistryList, WorkerStatus};
+use drover_integration_tests::{count_workers, Fleet, ProcStats, Recorder};
+use drover_protocol::WorkerStatus;
 use drover_testkit::{wait_until, Stack, HEARTBEAT_MONITOR, REGISTRY};
 
 const WORKERS: usize = 1000;
@@ -17,16 +16,6 @@ const KILLED: usize = 100;
 const INTERVAL_MS: u64 = 1000;
 const LOST_AFTER_MS: u64 = 3000;
 const MEASURE: Duration = Duration::from_secs(10);
-
-async fn count(client: &Client, status: WorkerStatus) -> usize {
-    let filter = RegistryList {
-        status: Some(status),
-        ..Default::default()
-    };
-    list_workers(client, &filter)
-        .await
-        .map_or(0, |workers| workers.len())
-}
 
 fn report(name: &str, before: ProcStats, after: ProcStats, over: Duration) {
     let cores = (after.cpu - before.cpu).as_secs_f64() / over.as_secs_f64();
@@ -65,7 +54,7 @@ async fn thousand_workers_none_lost_and_exactly_the_dead_are() {
     )
     .await;
     wait_until("every worker is IDLE", Duration::from_secs(60), || async {
-        count(&client, WorkerStatus::Idle).await == WORKERS
+        count_workers(&client, WorkerStatus::Idle).await == WORKERS
     })
     .await
     .unwrap();
@@ -103,7 +92,7 @@ async fn thousand_workers_none_lost_and_exactly_the_dead_are() {
         lost_so_far.is_empty(),
         "live workers flagged: {lost_so_far:?}"
     );
-    assert_eq!(count(&client, WorkerStatus::Idle).await, WORKERS);
+    assert_eq!(count_workers(&client, WorkerStatus::Idle).await, WORKERS);
 
     // Kill every tenth worker.
     let victims: Vec<_> = fleet
@@ -118,7 +107,7 @@ async fn thousand_workers_none_lost_and_exactly_the_dead_are() {
     wait_until(
         "the killed workers are LOST",
         Duration::from_secs(15),
-        || async { count(&client, WorkerStatus::Lost).await == KILLED },
+        || async { count_workers(&client, WorkerStatus::Lost).await == KILLED },
     )
     .await
     .unwrap();
@@ -138,5 +127,8 @@ async fn thousand_workers_none_lost_and_exactly_the_dead_are() {
         .collect();
     let expected: BTreeSet<String> = victims.iter().map(|id| id.to_string()).collect();
     assert_eq!(lost, expected);
-    assert_eq!(count(&client, WorkerStatus::Idle).await, WORKERS - KILLED);
+    assert_eq!(
+        count_workers(&client, WorkerStatus::Idle).await,
+        WORKERS - KILLED
+    );
 }

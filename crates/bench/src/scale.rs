@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use drover_integration_tests::{list_workers, Fleet};
-use drover_protocol::{RegistryList, WorkerStatus};
+use drover_integration_tests::{count_workers, Fleet};
+use drover_protocol::WorkerStatus;
 use drover_testkit::{ProcStats, Stack, HEARTBEAT_MONITOR, REGISTRY};
 use serde::{Deserialize, Serialize};
 
@@ -46,16 +46,6 @@ pub struct ScaleFigures {
     pub false_losses: usize,
 }
 
-async fn count(client: &async_nats::Client, status: WorkerStatus) -> usize {
-    let filter = RegistryList {
-        status: Some(status),
-        ..Default::default()
-    };
-    list_workers(client, &filter)
-        .await
-        .map_or(0, |workers| workers.len())
-}
-
 fn cost(before: ProcStats, after: ProcStats, over: Duration) -> Cost {
     Cost {
         cores: (after.cpu - before.cpu).as_secs_f64() / over.as_secs_f64(),
@@ -93,7 +83,7 @@ pub async fn measure(
         Duration::from_millis(INTERVAL_MS),
     )
     .await;
-    while count(&client, WorkerStatus::Idle).await < workers {
+    while count_workers(&client, WorkerStatus::Idle).await < workers {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
             "workers did not all come up"
@@ -110,8 +100,8 @@ pub async fn measure(
     tokio::time::sleep(steady).await;
     let (monitor_after, registry_after) =
         (ProcStats::of(monitor_pid)?, ProcStats::of(registry_pid)?);
-    let false_losses =
-        count(&client, WorkerStatus::Lost).await + count(&client, WorkerStatus::Unresponsive).await;
+    let false_losses = count_workers(&client, WorkerStatus::Lost).await
+        + count_workers(&client, WorkerStatus::Unresponsive).await;
 
     let victims: Vec<_> = fleet
         .ids
@@ -122,7 +112,7 @@ pub async fn measure(
         .collect();
     let killed_at = Instant::now();
     fleet.kill(&victims);
-    while count(&client, WorkerStatus::Lost).await < victims.len() {
+    while count_workers(&client, WorkerStatus::Lost).await < victims.len() {
         anyhow::ensure!(
             killed_at.elapsed() < Duration::from_secs(60),
             "the killed workers were not all found"

@@ -281,28 +281,9 @@ impl WorkerStore {
             if previous.as_ref().map(|p| p.status) != Some(next.status) {
                 next.status_changed_at = now;
             }
-            let body =
-                serde_json::to_vec(&next).map_err(|error| MutateError::Store(error.to_string()))?;
-            let written = match &current {
-                None => self
-                    .cache
-                    .bucket()
-                    .create(key, body.into())
-                    .await
-                    .map_err(|error| match error.kind() {
-                        CreateErrorKind::AlreadyExists => None,
-                        _ => Some(error.to_string()),
-                    }),
-                Some(entry) => self
-                    .cache
-                    .bucket()
-                    .update(key, body.into(), entry.revision)
-                    .await
-                    .map_err(|error| match error.kind() {
-                        UpdateErrorKind::WrongLastRevision => None,
-                        _ => Some(error.to_string()),
-                    }),
-            };
+            let written = self
+                .write(key, current.as_ref().map(|entry| entry.revision), &next)
+                .await;
             match written {
                 Ok(revision) => {
                     self.cache.note_written(key, next.clone(), revision);

@@ -50,6 +50,9 @@ pub enum DirectiveBody {
     Completed(Completed),
 }
 
+/// A completion taken from the mailbox: who sent it, what it says, the stored directive.
+type QueuedCompletion = (WorkerId, Completed, jetstream::Message);
+
 /// Everything that can happen to a run.
 pub enum Event {
     /// The run's queue message was delivered (or delivered again).
@@ -890,8 +893,8 @@ impl Actor {
         let Some(next) = transitions::start(record, Timestamp::now()) else {
             return Ok(());
         };
-        if self.completion_is_next(&next) {
-            return self.started_and_completed(next).await;
+        if let Some(completion) = self.take_next_completion(&next) {
+            return self.started_and_completed(next, completion).await;
         }
         self.write(next.clone()).await?;
         self.after_started(&next);
@@ -909,62 +912,57 @@ impl Actor {
         }
     }
 
-    /// True when the next event in the mailbox is this attempt's completion: short runs
+    /// This attempt's completion, when it is the next event in the mailbox: short runs
     /// report `starting` and `completed` back to back, and both can then be stored in one
     /// write. Only the very next event counts, so that nothing queued before the completion
     /// (a cancel, a timeout, a lost worker) is overtaken.
-    fn completion_is_next(&mut self, started: &RunRecord) -> bool {
+    fn take_next_completion(&mut self, started: &RunRecord) -> Option<QueuedCompletion> {
         while let Ok(event) = self.receiver.try_recv() {
             self.stash.push_back(event);
         }
-        matches!(
-            self.stash.front(),
-            Some(Event::Directive { worker, body: DirectiveBody::Completed(completed), .. })
-                if started.worker_id.as_ref() == Some(worker) && completed.attempt == started.attempt
-        )
-    }
-
-    /// `starting` and the completion right behind it, stored as one write (RUNNING is
-    /// still announced). On failure the completion goes back to be handled on its own.
-    async fn started_and_completed(&mut self, started: RunRecord) -> Result<(), StoreError> {
-        let (worker, completed, message) = match self.stash.pop_front() {
-            Some(Event::Directive {
-                worker,
-                body: DirectiveBody::Completed(completed),
-                message,
-            }) => (worker, completed, message),
-            other => {
-                // Not a completion after all: store the start alone.
-                if let Some(other) = other {
-                    self.stash.push_front(other);
-                }
-                self.write(started.clone()).await?;
-                self.after_started(&started);
-                return Ok(());
-            }
+        let Some(Event::Directive {
+            worker,
+            body: DirectiveBody::Completed(completed),
+            ..
+        }) = self.stash.front()
+        else {
+            return None;
         };
         let incarnation = self
             .engine
             .dispatcher
-            .worker(&worker)
+            .worker(worker)
             .map(|record| record.incarnation);
-        let put_back = |actor: &mut Self, completed: Completed, message: jetstream::Message| {
-            actor.stash.push_front(Event::Directive {
-                worker: worker.clone(),
+        if started.worker_id.as_ref() != Some(worker)
+            || transitions::check_directive(started, worker, completed.attempt, incarnation)
+                .is_err()
+        {
+            return None;
+        }
+        match self.stash.pop_front() {
+            Some(Event::Directive {
+                worker,
+                body: DirectiveBody::Completed(completed),
+                message,
+            }) => Some((worker, completed, message)),
+            _ => None,
+        }
+    }
+
+    /// `starting` and the completion right behind it, stored as one write (RUNNING is
+    /// still announced). On failure the completion goes back to be handled on its own.
+    async fn started_and_completed(
+        &mut self,
+        started: RunRecord,
+        (worker, completed, message): QueuedCompletion,
+    ) -> Result<(), StoreError> {
+        let next = self.outcome(&started, &completed);
+        if let Err(error) = self.write_through(Some(&started), next.clone()).await {
+            self.stash.push_front(Event::Directive {
+                worker,
                 body: DirectiveBody::Completed(completed),
                 message,
             });
-        };
-        if transitions::check_directive(&started, &worker, completed.attempt, incarnation).is_err()
-        {
-            put_back(self, completed, message);
-            self.write(started.clone()).await?;
-            self.after_started(&started);
-            return Ok(());
-        }
-        let next = self.outcome(&started, &completed);
-        if let Err(error) = self.write_through(Some(&started), next.clone()).await {
-            put_back(self, completed, message);
             return Err(error);
         }
         trace!("starting and completion stored together");
