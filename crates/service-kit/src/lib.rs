@@ -3,6 +3,7 @@
 //! then a bounded drain.
 
 pub mod admin;
+mod backoff;
 mod consume;
 pub mod kv_cache;
 pub mod metrics;
@@ -12,7 +13,9 @@ pub mod reply;
 mod resources;
 mod run;
 mod settings;
+mod settle;
 
+pub use backoff::{retry_until_cancelled, Backoff};
 pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};
 pub use nats::{connect, next_delay, ConnectError, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
 pub use readiness::{Check, Readiness};
@@ -25,6 +28,7 @@ pub use settings::{
     default_instance_id, load_from, load_settings, CommonArgs, ConfigError, Settings, CONFIG_ENV,
     DEFAULT_NATS_URL, ENV_PREFIX, NATS_URL_ENV,
 };
+pub use settle::{settle, Settlement, DIRECTIVE_RETRY_DELAY};
 
 /// This machine's host name, or `localhost` when it cannot be found.
 pub fn hostname() -> String {
