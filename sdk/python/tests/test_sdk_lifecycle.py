@@ -54,6 +54,67 @@ async def test_logs_are_published_with_the_run(drover: Drover):
     assert "KeyError: 'oops'" in by_message["it broke"]["fields"]["exception"]
 
 
+async def test_async_with_starts_the_worker_and_stops_it_gracefully(drover: Drover):
+    worker = drover.worker("py-sdk-with")
+    gate, leave = Gate(), asyncio.Event()
+    entered: list[object] = []
+
+    @worker.routine("sdk.with")
+    async def held(ctx: Context, params: dict) -> dict:
+        await gate.wait()
+        return params
+
+    async def application() -> None:
+        async with worker as started:
+            entered.append(started)
+            await leave.wait()
+
+    task = asyncio.ensure_future(application())
+    await until("the block is entered", lambda: entered == [worker])
+    assert worker.is_ready and worker.incarnation == 1  # entering is start(): registered and ready
+    await drover.wait_worker("py-sdk-with", "IDLE")
+    run_id = await drover.submit("sdk.with", {"x": 1})
+    await until("the routine runs", lambda: gate.waiting == 1)
+    leave.set()
+    # Leaving the block is stop(): TERMINATING while the held run finishes.
+    await drover.wait_worker("py-sdk-with", "TERMINATING")
+    assert not task.done()
+    gate.open()
+    await asyncio.wait_for(task, 10)
+    assert worker.status == "TERMINATING" and not worker.is_ready
+    done = await drover.wait_run(run_id)
+    assert done["status"] == "SUCCEEDED" and done["result"] == {"x": 1}, done
+    await drover.wait_worker("py-sdk-with", "OFFLINE")
+
+
+async def test_a_cancelled_async_with_block_stops_the_worker_at_once(drover: Drover):
+    worker = drover.worker("py-sdk-with-cancel")
+    gate = Gate()
+    cancelled: list[str | None] = []
+
+    @worker.routine("sdk.with.hold")
+    async def hold(ctx: Context, params: None) -> None:
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            cancelled.append(ctx.cancel_reason)
+            raise
+
+    async def application() -> None:
+        async with worker:
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(application())
+    await until("the worker is ready", lambda: worker.is_ready)
+    await drover.submit("sdk.with.hold")
+    await until("the routine runs", lambda: gate.waiting == 1)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert cancelled == ["worker stopping: grace period over"]  # no grace period
+    await drover.wait_worker("py-sdk-with-cancel", "OFFLINE")
+
+
 async def test_sigterm_lets_the_run_finish_then_goes_offline(drover: Drover, tmp_path: Path):
     events: list[str] = []
 
@@ -178,7 +239,7 @@ async def test_completion_survives_a_nats_restart(drover_with):
     await until("the routine runs", lambda: gate.waiting == 1)
 
     await drover.stack.nats.stop()
-    await until("the worker sees the outage", lambda: not worker._link.connected.is_set())
+    await until("the worker sees the outage", lambda: not worker._session.runtime.link.connected.is_set())
     gate.open()  # the routine ends while NATS is down: its completion must wait and retry
     await until("the routine returned", lambda: gate.waiting == 0)
     await drover.stack.restart_nats()

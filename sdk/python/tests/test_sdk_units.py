@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from types import SimpleNamespace
-
 import pytest
 
 from drover_worker import Context, ProtocolViolation, Worker, protocol
+from drover_worker.testing import RecordingRuntime
 from drover_worker.children import ChildWaiter, ChildWaiters, build_spec
 from drover_worker.logs import level_name, normalize_level
 
@@ -63,14 +62,14 @@ def test_worker_arguments_are_checked():
 
 
 def _ctx(run_id: str) -> Context:
-    return Context(SimpleNamespace(), {"runID": run_id, "attempt": 1, "routineID": "p.r"})  # type: ignore[arg-type]
+    return Context(RecordingRuntime(), {"runID": run_id, "attempt": 1, "routineID": "p.r"})
 
 
 async def test_a_completion_overtaking_the_reply_is_kept_for_its_waiter():
     waiters = ChildWaiters()
     # Two parents on one worker use the same localRunID.
-    first = ChildWaiter(_ctx("parent-1"), build_spec(_ctx("parent-1"), "c.r", None, "step", {}), {})
-    second = ChildWaiter(_ctx("parent-2"), build_spec(_ctx("parent-2"), "c.r", None, "step", {}), {})
+    first = ChildWaiter(build_spec("parent-1", "c.r", None, "step", {}), {}, 1)
+    second = ChildWaiter(build_spec("parent-2", "c.r", None, "step", {}), {}, 1)
     waiters.add(first)
     waiters.add(second)
     waiters.on_completed({"runID": "child-2", "localRunID": "step", "outcome": "succeeded", "result": 2})
@@ -86,7 +85,7 @@ async def test_a_completion_overtaking_the_reply_is_kept_for_its_waiter():
 
 
 def test_child_spec_takes_protocol_and_snake_case_fields():
-    spec = build_spec(_ctx("p"), "c.r", {"x": 1}, "one", {"max_retries": 2, "maxExecTimeMs": 50, "env": {"A": "b"}, "idempotency_key": None})
+    spec = build_spec("p", "c.r", {"x": 1}, "one", {"max_retries": 2, "maxExecTimeMs": 50, "env": {"A": "b"}, "idempotency_key": None})
     assert spec == {
         "routineID": "c.r",
         "parentRunID": "p",
@@ -97,7 +96,7 @@ def test_child_spec_takes_protocol_and_snake_case_fields():
         "env": {"A": "b"},
     }
     with pytest.raises(ProtocolViolation, match="env"):
-        build_spec(_ctx("p"), "c.r", None, "one", {"env": {"A": 1}})
+        build_spec("p", "c.r", None, "one", {"env": {"A": 1}})
 
 
 def test_log_levels():

@@ -11,8 +11,9 @@
         await ctx.log("info", "resizing", width=params["width"])
         return {"ok": True}
 
-    worker.run_forever()
+    worker.run_forever()        # or, in your own event loop: async with worker: ...
 
+:mod:`drover_worker.testing` runs a routine without a broker, for unit tests.
 The protocol this implements is docs/protocol.md of the Drover repository.
 """
 

@@ -1,4 +1,4 @@
-"""Child runs (docs/protocol.md section 6): requesting them and matching their forwarded ends.
+"""Child runs (docs/protocol.md section 6): the request, matching forwarded ends, the result.
 
 The scheduler forwards a child's ``starting`` and ``completed`` into the parent worker's
 inbox with the child's ``runID`` and the parent's ``localRunID``, but without the parent's
@@ -12,24 +12,23 @@ completion of a memoized child can overtake the ``v1.routine.accepted`` reply. S
   child's ``runID`` yet is kept until the reply comes.
 
 Forwarded messages are core NATS, so one can be lost while the worker is disconnected.
-Two safety nets cover that: after a reconnection every waiting child is requested again
-(memoization makes that harmless, and the scheduler then forwards an ended child's
-completion again), and a waiter that hears nothing for ``child_poll_interval`` seconds
-reads the child's record with ``v1.run.get``.
+Two safety nets cover that (both in :class:`~drover_worker.runtime.NatsRuntime`): after a
+reconnection every waiting child is requested again (memoization makes that harmless, and
+the scheduler then forwards an ended child's completion again), and a waiter that hears
+nothing for ``child_poll_interval`` seconds reads the child's record with ``v1.run.get``.
+
+Nothing here does I/O, so the same spec building and result mapping serve the NATS worker
+and :mod:`drover_worker.testing`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-from . import protocol, tracing
-from .errors import ChildFailed, DroverError, ProtocolViolation
-from .link import LinkClosed
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .context import Context
+from . import protocol
+from .errors import ChildFailed, ProtocolViolation
 
 log = logging.getLogger("drover_worker")
 
@@ -37,10 +36,11 @@ log = logging.getLogger("drover_worker")
 class ChildWaiter:
     """One ``run_child`` call waiting for its child's end."""
 
-    def __init__(self, ctx: "Context", spec: dict[str, Any], headers: dict[str, str]):
-        self.ctx = ctx
+    def __init__(self, spec: dict[str, Any], headers: dict[str, str], parent_attempt: int):
         self.spec = spec
         self.headers = headers
+        self.parent_run_id: str = spec["parentRunID"]
+        self.parent_attempt = parent_attempt  # a reconnection asks again only for attempts still held
         self.local_run_id: str = spec["localRunID"]
         self.routine_id: str = spec["routineID"]
         self.child_run_id: str | None = None
@@ -48,6 +48,7 @@ class ChildWaiter:
         self.future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
     def resolve(self, payload: Mapping[str, Any]) -> None:
+        """Hands the child's end to the waiting ``run_child`` (the first end wins)."""
         if not self.future.done():
             self.future.set_result(dict(payload))
 
@@ -60,9 +61,11 @@ class ChildWaiters:
         self._early: dict[str, dict[str, dict[str, Any]]] = {}
 
     def add(self, waiter: ChildWaiter) -> None:
+        """Registers a waiter; done before its request goes out (see the module docs)."""
         self._by_local.setdefault(waiter.local_run_id, []).append(waiter)
 
     def remove(self, waiter: ChildWaiter) -> None:
+        """Forgets a waiter, and any early completion kept for its ``localRunID`` once none is left."""
         waiters = self._by_local.get(waiter.local_run_id, [])
         if waiter in waiters:
             waiters.remove(waiter)
@@ -104,11 +107,11 @@ class ChildWaiters:
         return [w for waiters in self._by_local.values() for w in waiters if not w.future.done()]
 
 
-def build_spec(ctx: "Context", routine: str, params: Any, local_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``v1.routine.request_start`` payload of a child request."""
+def build_spec(parent_run_id: str, routine: str, params: Any, local_id: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``v1.routine.request_start`` payload of a child request (checked against the protocol)."""
     protocol.check_routine_id(routine)
     protocol.check_local_run_id(local_id)
-    spec: dict[str, Any] = {"routineID": routine, "parentRunID": ctx.run_id, "localRunID": local_id}
+    spec: dict[str, Any] = {"routineID": routine, "parentRunID": parent_run_id, "localRunID": local_id}
     if params is not None:
         spec["params"] = params
     for key, value in options.items():
@@ -138,78 +141,15 @@ def outcome_of_record(record: Mapping[str, Any], waiter: ChildWaiter) -> dict[st
     }
 
 
-async def run_child(ctx: "Context", routine: str, params: Any, local_id: str, options: Mapping[str, Any]) -> Any:
-    """The body of :meth:`Context.run_child`."""
-    worker = ctx.worker
-    spec = build_spec(ctx, routine, params, local_id, options)
-    headers = tracing.child_headers(ctx.traceparent, ctx.tracestate)
-    waiter = ChildWaiter(ctx, spec, headers)
-    worker._children.add(waiter)  # before the request: a memoized child's end comes right after the reply
-    ctx._waiting += 1
-    try:
-        accepted = await worker._link.call(
-            protocol.worker_subject(protocol.REQUEST_START, worker.worker_id),
-            protocol.REQUEST_START,
-            spec,
-            expect=protocol.ACCEPTED,
-            headers=headers,
-        )
-        worker._children.accepted(waiter, accepted["runID"])
-        payload = await _wait(worker, waiter)
-    finally:
-        ctx._waiting -= 1
-        worker._children.remove(waiter)
-    if payload.get("outcome") == "succeeded":
-        return payload.get("result")
+def child_result(end: Mapping[str, Any], routine: str, local_id: str) -> Any:
+    """The result of a child from its end (a forwarded completion); raises :class:`ChildFailed` if it did not succeed."""
+    if end.get("outcome") == "succeeded":
+        return end.get("result")
     raise ChildFailed(
-        run_id=payload.get("runID", waiter.child_run_id or ""),
+        run_id=end.get("runID", ""),
         local_run_id=local_id,
         routine_id=routine,
-        status=payload.get("status"),
-        failure_reason=payload.get("failureReason"),
-        error=payload.get("error"),
+        status=end.get("status"),
+        failure_reason=end.get("failureReason"),
+        error=end.get("error"),
     )
-
-
-async def _wait(worker: Any, waiter: ChildWaiter) -> dict[str, Any]:
-    interval = worker.child_poll_interval
-    while True:
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), interval)
-        except asyncio.TimeoutError:
-            pass
-        # Nothing heard for a while: read the child's record in case its end was lost.
-        try:
-            record = await worker._link.call(
-                protocol.RUN_GET,
-                protocol.RUN_GET,
-                {"runID": waiter.child_run_id},
-                expect=protocol.RUN_RECORD,
-                patience=interval,
-            )
-        except LinkClosed:
-            raise
-        except (DroverError, TimeoutError) as err:
-            log.debug("drover: could not read child run %s: %r", waiter.child_run_id, err)
-            continue
-        if record.get("status") in protocol.TERMINAL_RUN_STATUSES:
-            log.info("drover: child %s ended without a forwarded completion; read its record", waiter.child_run_id)
-            waiter.resolve(outcome_of_record(record, waiter))
-
-
-async def request_again(worker: Any, waiter: ChildWaiter) -> None:
-    """Requests a waiting child again after a reconnection, so that its end is forwarded again."""
-    try:
-        accepted = await worker._link.call(
-            protocol.worker_subject(protocol.REQUEST_START, worker.worker_id),
-            protocol.REQUEST_START,
-            waiter.spec,
-            expect=protocol.ACCEPTED,
-            headers=waiter.headers,
-            patience=30,
-        )
-    except (DroverError, TimeoutError) as err:
-        log.info("drover: could not request child %s again: %r", waiter.local_run_id, err)
-        return
-    if waiter.child_run_id is None:
-        worker._children.accepted(waiter, accepted["runID"])

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Mapping
 
-if TYPE_CHECKING:  # pragma: no cover
+from . import children, tracing
+from .runtime import Runtime
+
+if TYPE_CHECKING:  # pragma: no cover - only the annotation of Context.worker; nothing here uses Worker
     from .worker import Worker
 
 
@@ -21,17 +25,22 @@ class Context:
     - ``max_exec_time_ms``: the bound on this attempt, if the run has one. When it passes,
       Drover cancels the attempt (see :attr:`cancelled`).
     - ``traceparent`` / ``tracestate``: the run's W3C trace context from the NATS headers.
-    - ``worker``: the :class:`~drover_worker.Worker` running it.
+    - ``worker``: the :class:`~drover_worker.Worker` running it (``None`` under
+      :mod:`drover_worker.testing`).
+    - ``runtime``: what the attempt talks to (logs, directives, children): the worker's
+      :class:`~drover_worker.runtime.NatsRuntime`, or a test runtime.
     """
 
     def __init__(
         self,
-        worker: "Worker",
+        runtime: Runtime,
         assignment: Mapping[str, Any],
         *,
+        worker: Worker | None = None,
         traceparent: str | None = None,
         tracestate: str | None = None,
     ):
+        self.runtime = runtime
         self.worker = worker
         self.run_id: str = assignment["runID"]
         self.attempt: int = assignment["attempt"]
@@ -71,7 +80,7 @@ class Context:
         their ``str``). Best effort: a line that cannot be sent (NATS down and nats-py's
         buffer full) is dropped rather than delaying the routine.
         """
-        await self.worker.log(level, message, run_id=self.run_id, fields=fields)
+        await self.runtime.log(level, message, run_id=self.run_id, fields=fields)
 
     async def run_child(
         self,
@@ -100,6 +109,16 @@ class Context:
         While every run the worker holds is waiting here, its pulses say ``HANGING``.
         Several children can run at once: ``await asyncio.gather(ctx.run_child(...), ...)``.
         """
-        from .children import run_child
+        request = children.build_spec(self.run_id, routine, params, local_id, spec)
+        headers = tracing.child_headers(self.traceparent, self.tracestate)
+        self._waiting += 1
+        try:
+            end = await self.runtime.request_child(request, headers, parent_attempt=self.attempt)
+        finally:
+            self._waiting -= 1
+        return children.child_result(end, routine, local_id)
 
-        return await run_child(self, routine, params, local_id, spec)
+
+#: The context of the routine the current task is running, if any (asyncio copies it into
+#: the tasks a routine creates, and ``asyncio.to_thread`` into threads).
+current_context: ContextVar[Context | None] = ContextVar("drover_current_context", default=None)

@@ -1,25 +1,21 @@
-"""Shipping log lines as ``v1.log``: the current-run context variable and :class:`DroverLogHandler`.
+"""Shipping ``logging`` records as ``v1.log``: :class:`DroverLogHandler` and the level mapping.
 
 Every routine runs with :data:`current_context` set to its :class:`~drover_worker.Context`
 (asyncio copies context variables into tasks it creates, and ``asyncio.to_thread`` into
-threads), so a ``logging`` call anywhere inside a routine knows which run it belongs to.
+threads), so a ``logging`` call anywhere inside a routine knows which run it belongs to,
+and which runtime ships its lines.
 """
 
 from __future__ import annotations
 
 import logging
-from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Mapping, Protocol
 
-from . import protocol
+from .context import current_context
+from .protocol import normalize_level
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .context import Context
-    from .worker import Worker
-
-#: The context of the routine the current task is running, if any.
-current_context: ContextVar["Context | None"] = ContextVar("drover_current_context", default=None)
+__all__ = ["DroverLogHandler", "LogTarget", "current_context", "level_name", "normalize_level"]
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = frozenset(
@@ -30,6 +26,20 @@ _FORMATTER = logging.Formatter()
 
 # Loggers never shipped: the SDK's own and the NATS client's (shipping them could loop).
 _SKIPPED_LOGGERS = ("drover_worker", "nats")
+
+
+class LogTarget(Protocol):
+    """Where a handler ships lines logged outside routines: a :class:`~drover_worker.Worker`."""
+
+    def log_nowait(
+        self,
+        level: str,
+        message: str,
+        *,
+        run_id: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None: ...
 
 
 def level_name(levelno: int) -> str:
@@ -45,15 +55,6 @@ def level_name(levelno: int) -> str:
     return "error"
 
 
-def normalize_level(level: str) -> str:
-    """Accepts the protocol's levels plus ``warning`` and ``critical``; raises on others."""
-    value = level.lower()
-    value = {"warning": "warn", "critical": "error", "fatal": "error"}.get(value, value)
-    if value not in protocol.LOG_LEVELS:
-        raise ValueError(f"unknown log level {level!r}: use one of {', '.join(protocol.LOG_LEVELS)}")
-    return value
-
-
 class DroverLogHandler(logging.Handler):
     """A ``logging.Handler`` that publishes records as ``v1.log`` lines.
 
@@ -64,14 +65,15 @@ class DroverLogHandler(logging.Handler):
     loggers (``drover_worker``) and of ``nats`` are never shipped.
 
     Sending is best effort and never blocks the caller: the line is handed to the worker's
-    event loop, from any thread.
+    event loop, from any thread. Under :mod:`drover_worker.testing` the lines of the routine
+    under test are captured in ``env.logs`` instead.
 
     ::
 
         logging.getLogger().addHandler(DroverLogHandler(worker))
     """
 
-    def __init__(self, worker: "Worker | None" = None, level: int = logging.NOTSET, *, runs_only: bool = True):
+    def __init__(self, worker: LogTarget | None = None, level: int = logging.NOTSET, *, runs_only: bool = True):
         super().__init__(level)
         if worker is None and not runs_only:
             raise ValueError("runs_only=False needs a worker to ship lines logged outside routines")
@@ -82,12 +84,13 @@ class DroverLogHandler(logging.Handler):
         if record.name.split(".", 1)[0] in _SKIPPED_LOGGERS:
             return
         ctx = current_context.get()
+        target: LogTarget
         if ctx is not None and (self.worker is None or ctx.worker is self.worker):
-            worker, run_id = ctx.worker, ctx.run_id
+            target, run_id = ctx.runtime, ctx.run_id
         elif self.runs_only or self.worker is None:
             return
         else:
-            worker, run_id = self.worker, None
+            target, run_id = self.worker, None
         try:
             fields: dict[str, Any] = {"logger": record.name}
             for key, value in vars(record).items():
@@ -96,7 +99,7 @@ class DroverLogHandler(logging.Handler):
             if record.exc_info:
                 fields["exception"] = (self.formatter or _FORMATTER).formatException(record.exc_info)
             moment = datetime.fromtimestamp(record.created, timezone.utc)
-            worker.log_nowait(
+            target.log_nowait(
                 level_name(record.levelno), record.getMessage(), run_id=run_id, fields=fields, at=moment
             )
         except Exception:  # a log handler must never raise

@@ -115,6 +115,27 @@ OUTGOING: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     REGISTRY_GET: (frozenset({"workerID"}), frozenset({"workerID"})),
 }
 
+#: For each payload key that arrives in the worker's inbox (``v1.worker.<w>.*``): the fields
+#: the SDK reads from it. Not enforced on receipt (unknown fields are ignored, as the protocol
+#: asks of old peers); kept here so that a test can hold the SDK's spellings to the schemas.
+INBOX_READS: dict[str, frozenset[str]] = {
+    CHECK_PULSE: frozenset({"id"}),
+    REQUEST_START: frozenset({"runID", "attempt", "routineID", "params", "env", "maxExecTimeMs", "parentRunID"}),
+    CANCEL: frozenset({"runID", "attempt", "reason"}),
+    STARTING: frozenset({"runID", "localRunID", "workerID"}),
+    COMPLETED: frozenset({"runID", "localRunID", "outcome", "result", "error", "status", "failureReason"}),
+    ERROR: frozenset({"code", "message", "details", "inReplyTo"}),
+}
+
+#: For each reply the SDK waits for: the fields it reads from it (see :data:`INBOX_READS`).
+REPLY_READS: dict[str, frozenset[str]] = {
+    REGISTERED: frozenset({"incarnation", "heartbeatIntervalMs", "lostAfterMs"}),
+    ACCEPTED: frozenset({"runID"}),
+    RUN_RECORD: frozenset({"runID", "status", "result", "error", "failureReason"}),
+    REGISTRY_WORKER: frozenset({"incarnation", "status"}),
+    ERROR: frozenset({"code", "message", "details", "inReplyTo"}),
+}
+
 
 # ---------------------------------------------------------------------------------------
 # Subjects
@@ -182,6 +203,15 @@ def check_string_map(name: str, value: Mapping[str, str] | None) -> dict[str, st
     ):
         raise ProtocolViolation(f"{name} must map strings to strings, got {value!r}")
     return dict(value)
+
+
+def normalize_level(level: str) -> str:
+    """A ``v1.log`` level: the protocol's levels plus ``warning``, ``critical`` and ``fatal``; raises on others."""
+    value = level.lower()
+    value = {"warning": "warn", "critical": "error", "fatal": "error"}.get(value, value)
+    if value not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {level!r}: use one of {', '.join(LOG_LEVELS)}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------

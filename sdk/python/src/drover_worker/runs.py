@@ -6,6 +6,9 @@ already runs, then, when the routine returns or raises, waits for the ``starting
 PubAck. An attempt that is *dropped* (cancelled by Drover, refused as stale, or given up
 by a stopping worker) has its task cancelled and sends no ``completed``: the run has moved
 on, or will be placed again.
+
+Everything goes through the attempt's :class:`~drover_worker.runtime.Runtime`, so
+:mod:`drover_worker.testing` runs routines through this same code.
 """
 
 from __future__ import annotations
@@ -13,15 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from . import protocol, tracing
-from .context import Context
+from .context import Context, current_context
 from .errors import ChildFailed, Fail, ProtocolViolation
-from .logs import current_context
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .worker import Worker
 
 log = logging.getLogger("drover_worker")
 
@@ -30,7 +29,7 @@ Routine = Callable[[Context, Any], Awaitable[Any]]
 
 
 class Attempt:
-    """The worker's bookkeeping of one attempt it runs."""
+    """The bookkeeping of one attempt being run."""
 
     def __init__(self, ctx: Context, routine: Routine, incarnation: int | None):
         self.ctx = ctx
@@ -42,7 +41,20 @@ class Attempt:
 
     @property
     def key(self) -> tuple[str, int]:
+        """``(runID, attempt)``: how directives name this attempt."""
         return (self.ctx.run_id, self.ctx.attempt)
+
+    def drop(self, reason: str) -> bool:
+        """Stops the attempt without a ``completed``: tells the routine why and cancels its
+        task. Returns ``False`` when it was dropped already."""
+        if self.dropped:
+            return False
+        self.dropped = True
+        self.ctx.cancel_reason = reason
+        self.ctx.cancel_event.set()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return True
 
 
 def failure(message: str, error_type: str, retryable: bool) -> dict[str, Any]:
@@ -56,13 +68,25 @@ def describe(error: BaseException) -> str:
     return text if text else repr(error)
 
 
-async def execute(worker: "Worker", attempt: Attempt) -> None:
+def failure_of(error: Exception) -> dict[str, Any]:
+    """The ``error`` object reported for an exception a routine raised (see the README's table)."""
+    if isinstance(error, Fail):
+        return failure(error.message, error.error_type, error.retryable)
+    if isinstance(error, ChildFailed):
+        return failure(describe(error), "ChildFailed", False)
+    retryable = getattr(error, "retryable", True)
+    return failure(describe(error), type(error).__name__, retryable is not False)
+
+
+async def execute(attempt: Attempt) -> None:
     """The body of an attempt's task."""
     ctx = attempt.ctx
+    runtime = ctx.runtime
     current_context.set(ctx)  # this task's own copy of the context
-    starting = asyncio.ensure_future(worker._send_starting(ctx))
+    headers = tracing.assignment_headers(ctx.traceparent, ctx.tracestate)
+    starting = asyncio.ensure_future(runtime.send_starting(ctx.run_id, ctx.attempt, headers))
     try:
-        body = await _invoke(worker, attempt)
+        body = await _invoke(attempt)
     except asyncio.CancelledError:
         starting.cancel()
         raise
@@ -71,40 +95,34 @@ async def execute(worker: "Worker", attempt: Attempt) -> None:
         return
     attempt.completing = True
     await starting  # starting is stored before completed is sent
-    await worker._send_completed(ctx, body)
+    await runtime.send_completed(ctx.run_id, ctx.attempt, body, headers)
 
 
-async def _invoke(worker: "Worker", attempt: Attempt) -> bytes:
+async def _invoke(attempt: Attempt) -> bytes:
     """Runs the routine and returns the encoded ``completed`` message for its outcome."""
     ctx = attempt.ctx
+    runtime = ctx.runtime
     base = {"runID": ctx.run_id, "attempt": ctx.attempt}
     try:
-        with tracing.run_span(ctx.routine_id, ctx.run_id, ctx.attempt, worker.worker_id, ctx.traceparent, ctx.tracestate):
+        with tracing.run_span(ctx.routine_id, ctx.run_id, ctx.attempt, runtime.worker_id, ctx.traceparent, ctx.tracestate):
             result = await attempt.routine(ctx, ctx.params)
     except asyncio.CancelledError:
         if attempt.dropped:
             raise
         # The routine raised CancelledError itself (nobody cancelled the attempt).
         payload = {**base, "outcome": "failed", "error": failure("the routine was cancelled", "CancelledError", True)}
-    except Fail as error:
-        payload = {**base, "outcome": "failed", "error": failure(error.message, error.error_type, error.retryable)}
-    except ChildFailed as error:
-        payload = {**base, "outcome": "failed", "error": failure(describe(error), "ChildFailed", False)}
+    except (Fail, ChildFailed) as error:
+        payload = {**base, "outcome": "failed", "error": failure_of(error)}
     except Exception as error:
         if attempt.dropped:
             raise asyncio.CancelledError from error
-        await worker.log(
+        await runtime.log(
             "error",
             f"routine {ctx.routine_id} raised {type(error).__name__}: {describe(error)}",
             run_id=ctx.run_id,
             fields={"exception": "".join(traceback.format_exception(type(error), error, error.__traceback__))},
         )
-        retryable = getattr(error, "retryable", True)
-        payload = {
-            **base,
-            "outcome": "failed",
-            "error": failure(describe(error), type(error).__name__, retryable is not False),
-        }
+        payload = {**base, "outcome": "failed", "error": failure_of(error)}
     else:
         payload = {**base, "outcome": "succeeded", "result": result}
     try:

@@ -80,6 +80,16 @@ def run_span(
         yield span
 
 
+def assignment_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
+    """The trace headers an assignment carried, sent again on the directives about its attempt."""
+    headers = {}
+    if traceparent:
+        headers[TRACEPARENT] = traceparent
+    if tracestate:
+        headers[TRACESTATE] = tracestate
+    return headers
+
+
 def child_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
     """Trace headers for a child request: the current span's context when there is one,
     otherwise the ``traceparent``/``tracestate`` the run's assignment carried."""
