@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{call, Recorder};
+use drover_integration_tests::Recorder;
 use drover_protocol::subject::keys;
 use drover_protocol::{
     ErrorCode, GivePulse, RegistryGet, RegistryList, RoutineId, WorkerId, WorkerList, WorkerRecord,
     WorkerStatus,
 };
-use drover_testkit::{wait_for, wait_until, Stack};
+use drover_testkit::{call, wait_for, wait_until, Stack};
 
 const INTERVAL_MS: u64 = 200;
 const LOST_AFTER_MS: u64 = 1000;

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use async_nats::Client;
 use drover_integration_tests::worker::{SimWorker, WorkerSpec};
-use drover_integration_tests::{call, Recorder};
+use drover_integration_tests::Recorder;
 use drover_protocol::subject::keys;
 use drover_protocol::{
     Ready, RegistryGet, RegistryList, WorkerId, WorkerList, WorkerRecord, WorkerStatus,
 };
-use drover_testkit::{wait_until, ServiceProcess, Stack, HEARTBEAT_MONITOR, REGISTRY};
+use drover_testkit::{call, wait_until, ServiceProcess, Stack, HEARTBEAT_MONITOR, REGISTRY};
 
 const INTERVAL_MS: u64 = 200;
 const LOST_AFTER_MS: u64 = 1000;

@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use drover_integration_tests::{count_workers, Fleet, ProcStats, Recorder};
+use drover_integration_tests::{ProcStats, Recorder};
 use drover_protocol::WorkerStatus;
-use drover_testkit::{wait_until, Stack, HEARTBEAT_MONITOR, REGISTRY};
+use drover_testkit::{count_workers, wait_until, Fleet, Stack, HEARTBEAT_MONITOR, REGISTRY};
 
 const WORKERS: usize = 1000;
 const KILLED: usize = 100;

@@ -10,10 +10,12 @@ use std::time::Duration;
 use async_nats::Client;
 use drover_integration_tests::runs::{get, spec, try_submit, wait_terminal};
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{call, Act, Runner};
+use drover_integration_tests::{Act, Runner};
 use drover_protocol::subject::keys;
 use drover_protocol::{ErrorCode, RegistryGet, RunId, RunStatus, WorkerId, WorkerRecord};
-use drover_testkit::{free_port, http_get, wait_for, wait_until, ServiceProcess, Stack, SCHEDULER};
+use drover_testkit::{
+    call, free_port, http_get, wait_for, wait_until, ServiceProcess, Stack, SCHEDULER,
+};
 use rand::Rng;
 use serde_json::json;
 use tokio::task::JoinHandle;

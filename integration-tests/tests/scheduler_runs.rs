@@ -649,7 +649,7 @@ async fn runs_are_listed_newest_first_with_filters_and_pages() {
     let list = |filter: RunList| {
         let client = client.clone();
         async move {
-            drover_integration_tests::call::<_, RunPage>(&client, keys::RUN_LIST, &filter)
+            drover_testkit::call::<_, RunPage>(&client, keys::RUN_LIST, &filter)
                 .await
                 .unwrap()
         }
