@@ -16,7 +16,7 @@ use drover_protocol::{
     RunCancel, RunId, RunRecord, RunSpec, RunStatus, Starting, WorkerId, WorkerRecord,
     WorkerStatus,
 };
-use drover_testkit::{call, wait_until, Stack};
+use drover_testkit::{call, hold_for, wait_until, Stack};
 use serde_json::{json, Value};
 
 const LOST_AFTER_MS: u64 = 1000;
@@ -386,6 +386,6 @@ async fn cancelling_a_pending_run_removes_it_from_the_queue() {
         .start(&client)
         .await;
     let runner = Runner::start(worker, |_| Act::Succeed(json!(null)));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold_for(Duration::from_millis(500)).await;
     assert!(runner.executions().is_empty());
 }

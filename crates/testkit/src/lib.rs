@@ -13,7 +13,8 @@
 //! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
 //!   report them.
 //! - [`wait_until`], [`wait_for`] and [`assert_eventually!`] wait on conditions instead of
-//!   sleeping; their patience scales with `DROVER_TEST_PATIENCE`.
+//!   sleeping, and [`hold_for`] holds through a window in which nothing may happen; all
+//!   of them scale with `DROVER_TEST_PATIENCE`.
 //!
 //! Every process is killed (SIGKILL, then reaped) when its handle is dropped. When the drop
 //! happens during a panic, or when `DROVER_TEST_DUMP_LOGS` is set, the tail of each process
@@ -42,4 +43,4 @@ pub use proc_stats::ProcStats;
 pub use process::ServiceProcess;
 pub use request::{call, count_workers, list_workers, REQUEST_TIMEOUT};
 pub use stack::{Stack, StackBuilder, HEARTBEAT_MONITOR, LOG_COLLECTOR, REGISTRY, SCHEDULER};
-pub use wait::{patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};
+pub use wait::{hold_for, patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};
