@@ -1,94 +1,24 @@
-//! Helpers for Drover's cross-process tests: plain-NATS workers, requests, and process
-//! figures. The workers here use nothing but a NATS client and the protocol crate's types,
-//! as an outside worker author would.
+//! Helpers for Drover's cross-process tests: plain-NATS workers and raw requests. The
+//! workers here use nothing but a NATS client and the protocol crate's types, as an outside
+//! worker author would. Typed requests (`call`) and the scale `Fleet` are in
+//! `drover-testkit`, which the benchmark shares.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod fleet;
 pub mod runner;
 pub mod runs;
 pub mod worker;
 
-use std::time::Duration;
-
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use drover_protocol::envelope::decode_reply;
-use drover_protocol::subject::keys;
-use drover_protocol::{
-    encode, ErrorCode, ErrorPayload, Payload, RegistryList, WorkerList, WorkerRecord,
-};
+use drover_protocol::ErrorPayload;
+use drover_testkit::REQUEST_TIMEOUT;
 use futures::StreamExt;
 use serde_json::Value;
 
 pub use drover_testkit::ProcStats;
-pub use fleet::Fleet;
 pub use runner::{Act, Runner};
 pub use worker::{Inbound, SimWorker};
-
-/// How long a request waits for its reply.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Sends `payload` as a request and decodes the reply as `R` or the `v1.error` it carries.
-///
-/// A request nobody answers (no responders, timeout) comes back as an `unavailable`
-/// error, so that tests can poll across restarts.
-pub async fn call<T: Payload, R: Payload>(
-    client: &Client,
-    subject: impl Into<String>,
-    payload: &T,
-) -> Result<R, ErrorPayload> {
-    let subject = subject.into();
-    let request = client.request(subject.clone(), encode(payload));
-    let reply = match tokio::time::timeout(drover_testkit::patient(REQUEST_TIMEOUT), request).await
-    {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(error)) => {
-            return Err(ErrorPayload::new(
-                ErrorCode::Unavailable,
-                error.to_string(),
-                subject,
-            ))
-        }
-        Err(_) => {
-            return Err(ErrorPayload::new(
-                ErrorCode::Unavailable,
-                "no reply in time",
-                subject,
-            ))
-        }
-    };
-    decode_reply::<R>(&reply.payload).expect("the reply is an envelope")
-}
-
-/// Every worker that `filter` matches, following `nextCursor` across replies.
-pub async fn list_workers(
-    client: &Client,
-    filter: &RegistryList,
-) -> Result<Vec<WorkerRecord>, ErrorPayload> {
-    let mut filter = filter.clone();
-    let mut workers = Vec::new();
-    loop {
-        let page: WorkerList = call(client, keys::REGISTRY_LIST, &filter).await?;
-        workers.extend(page.workers);
-        match page.next_cursor {
-            Some(cursor) => filter.cursor = Some(cursor),
-            None => return Ok(workers),
-        }
-    }
-}
-
-/// How many workers have `status` (0 when the registry does not answer, so that callers
-/// can poll across restarts).
-pub async fn count_workers(client: &Client, status: drover_protocol::WorkerStatus) -> usize {
-    let filter = RegistryList {
-        status: Some(status),
-        ..Default::default()
-    };
-    list_workers(client, &filter)
-        .await
-        .map_or(0, |workers| workers.len())
-}
 
 /// Sends raw bytes as a request and returns the raw reply body.
 pub async fn raw_call(client: &Client, subject: impl Into<String>, body: Bytes) -> Bytes {

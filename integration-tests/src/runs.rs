@@ -7,9 +7,7 @@ use drover_protocol::subject::keys;
 use drover_protocol::{
     Accepted, ErrorPayload, RoutineId, RunGet, RunId, RunRecord, RunSpec, RunStatus,
 };
-use drover_testkit::wait_for;
-
-use crate::call;
+use drover_testkit::{call, wait_for};
 
 /// A spec for `routine` with everything else at its default.
 pub fn spec(routine: &str) -> RunSpec {

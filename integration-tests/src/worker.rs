@@ -11,13 +11,12 @@ use drover_protocol::{
     encode, CheckPulse, GivePulse, Payload, Ready, Register, Registered, RoutineId, RunRef,
     Terminating, WorkerId, WorkerStatus,
 };
+use drover_testkit::call;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use crate::call;
 
 /// A message from Drover into the worker's inbox.
 #[derive(Debug, Clone)]

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{call, Recorder};
+use drover_integration_tests::Recorder;
 use drover_protocol::subject::keys;
 use drover_protocol::{
     ErrorCode, GivePulse, RegistryGet, RegistryList, RoutineId, WorkerId, WorkerList, WorkerRecord,
     WorkerStatus,
 };
-use drover_testkit::{wait_for, wait_until, Stack};
+use drover_testkit::{call, hold_for, wait_for, wait_until, Stack};
 
 const INTERVAL_MS: u64 = 200;
 const LOST_AFTER_MS: u64 = 1000;
@@ -142,7 +142,7 @@ async fn register_ready_pulse_and_discovery() {
         .collect();
     assert_eq!(statuses[..2], ["INITIALIZING", "IDLE"]);
     // It stays IDLE while it pulses: no probe-driven status change in a few lost-after windows.
-    tokio::time::sleep(Duration::from_millis(3 * LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(3 * LOST_AFTER_MS)).await;
     assert_eq!(status(&client, "resizer-1").await, Some(WorkerStatus::Idle));
     drop(worker);
 }
@@ -225,7 +225,7 @@ async fn a_probe_answered_keeps_the_worker() {
     .await
     .unwrap();
     let _ = worker;
-    tokio::time::sleep(Duration::from_millis(2 * LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(2 * LOST_AFTER_MS)).await;
     assert_eq!(status(&client, "prober").await, Some(WorkerStatus::Idle));
     assert!(events
         .payloads_on("v1.registry.events.prober")
@@ -258,7 +258,7 @@ async fn terminating_then_quiet_is_offline_not_lost() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(LOST_AFTER_MS)).await;
     let statuses: Vec<String> = events
         .payloads_on("v1.registry.events.leaver")
         .iter()
@@ -296,7 +296,7 @@ async fn a_new_registration_wins_and_the_old_incarnation_goes_stale() {
     assert_eq!(error.payload["code"], ErrorCode::StaleIncarnation.as_str());
     assert_eq!(error.payload["details"]["current"], 2);
     // And the record is not disturbed by it.
-    tokio::time::sleep(Duration::from_millis(3 * INTERVAL_MS)).await;
+    hold_for(Duration::from_millis(3 * INTERVAL_MS)).await;
     assert_eq!(status(&client, "twin").await, Some(WorkerStatus::Idle));
 }
 

@@ -11,13 +11,13 @@ use async_nats::Client;
 use bytes::Bytes;
 use drover_integration_tests::runs::{get, spec, submit};
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{call, envelope, Recorder};
+use drover_integration_tests::{envelope, Recorder};
 use drover_protocol::subject::{self, keys, resources};
 use drover_protocol::{
     encode, Assignment, ErrorCode, ErrorPayload, LogLevel, LogLine, LogPage, LogRecord, LogsQuery,
     RunId, RunRecord, Starting, Timestamp, WorkerId,
 };
-use drover_testkit::{wait_for, wait_until, ProcStats, ServiceProcess, Stack, LOG_COLLECTOR};
+use drover_testkit::{call, wait_for, wait_until, ProcStats, ServiceProcess, Stack, LOG_COLLECTOR};
 use serde_json::json;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

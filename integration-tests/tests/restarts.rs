@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use async_nats::Client;
 use drover_integration_tests::worker::{SimWorker, WorkerSpec};
-use drover_integration_tests::{call, Recorder};
+use drover_integration_tests::Recorder;
 use drover_protocol::subject::keys;
 use drover_protocol::{
     Ready, RegistryGet, RegistryList, WorkerId, WorkerList, WorkerRecord, WorkerStatus,
 };
-use drover_testkit::{wait_until, ServiceProcess, Stack, HEARTBEAT_MONITOR, REGISTRY};
+use drover_testkit::{
+    call, hold_for, wait_until, ServiceProcess, Stack, HEARTBEAT_MONITOR, REGISTRY,
+};
 
 const INTERVAL_MS: u64 = 200;
 const LOST_AFTER_MS: u64 = 1000;
@@ -134,7 +136,7 @@ async fn registry_killed_and_restarted_loses_nothing() {
         .unwrap();
     client.flush().await.unwrap();
     // Down for longer than lostAfterMs.
-    tokio::time::sleep(Duration::from_millis(LOST_AFTER_MS + 500)).await;
+    hold_for(Duration::from_millis(LOST_AFTER_MS + 500)).await;
     stack.restart_service(REGISTRY).await.unwrap();
 
     let after = workers(&client).await;
@@ -164,7 +166,7 @@ async fn registry_killed_and_restarted_loses_nothing() {
         "the stored ready was not applied"
     );
     // Live workers were never declared lost.
-    tokio::time::sleep(Duration::from_millis(LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(LOST_AFTER_MS)).await;
     let lost = lost_events(&events);
     assert!(lost.is_empty(), "live workers declared lost: {lost:?}");
     pulses.abort();
@@ -180,7 +182,7 @@ async fn monitor_killed_and_restarted_declares_no_live_worker_lost() {
     stack.kill_service(HEARTBEAT_MONITOR);
     // While the monitor is down, one worker dies.
     workers_now[0].go_silent();
-    tokio::time::sleep(Duration::from_millis(2 * LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(2 * LOST_AFTER_MS)).await;
     stack.restart_service(HEARTBEAT_MONITOR).await.unwrap();
 
     // The restarted monitor gives everyone a full lostAfterMs, then finds the dead one.
@@ -189,7 +191,7 @@ async fn monitor_killed_and_restarted_declares_no_live_worker_lost() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(2 * LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(2 * LOST_AFTER_MS)).await;
     assert_eq!(lost_events(&events), ["v1.registry.events.w0"]);
     for index in 1..5 {
         assert_eq!(
@@ -225,7 +227,7 @@ async fn nats_restart_keeps_every_worker_record() {
     }
     // Workers pulsing across the restart stay live.
     let events = Recorder::start(&client, "v1.registry.events.*").await;
-    tokio::time::sleep(Duration::from_millis(5000)).await;
+    hold_for(Duration::from_millis(5000)).await;
     assert!(lost_events(&events).is_empty());
     for record in workers(&client).await {
         assert_eq!(record.status, WorkerStatus::Idle, "{}", record.worker_id);
@@ -258,7 +260,7 @@ async fn two_monitors_agree() {
     .unwrap();
     let events = Recorder::start(&client, "v1.registry.events.*").await;
     let workers_now = start_workers(&client, 4).await;
-    tokio::time::sleep(Duration::from_millis(2 * LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(2 * LOST_AFTER_MS)).await;
     assert!(lost_events(&events).is_empty());
     workers_now[1].go_silent();
     wait_until("w1 is LOST", Duration::from_secs(5), || async {
@@ -266,7 +268,7 @@ async fn two_monitors_agree() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(LOST_AFTER_MS)).await;
+    hold_for(Duration::from_millis(LOST_AFTER_MS)).await;
     // Both monitors reported; the registry applied it once.
     assert_eq!(lost_events(&events), ["v1.registry.events.w1"]);
     for index in [0, 2, 3] {

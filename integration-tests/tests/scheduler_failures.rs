@@ -10,10 +10,12 @@ use std::time::Duration;
 use async_nats::Client;
 use drover_integration_tests::runs::{get, spec, try_submit, wait_terminal};
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{call, Act, Runner};
+use drover_integration_tests::{Act, Runner};
 use drover_protocol::subject::keys;
 use drover_protocol::{ErrorCode, RegistryGet, RunId, RunStatus, WorkerId, WorkerRecord};
-use drover_testkit::{free_port, http_get, wait_for, wait_until, ServiceProcess, Stack, SCHEDULER};
+use drover_testkit::{
+    call, free_port, hold_for, http_get, wait_for, wait_until, ServiceProcess, Stack, SCHEDULER,
+};
 use rand::Rng;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -218,7 +220,7 @@ async fn a_killed_scheduler_loses_no_accepted_run() {
     .unwrap();
     println!("100 submitted at {:?}", t0.elapsed());
     stack.kill_service(SCHEDULER);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold_for(Duration::from_millis(500)).await;
     stack.restart_service(SCHEDULER).await.unwrap();
     println!("restarted at {:?}", t0.elapsed());
     submitter.await.unwrap();

@@ -16,7 +16,7 @@ use drover_protocol::{
     Completed, Conditions, ErrorCode, FailureReason, Outcome, RetryBackoff, RunError, RunStatus,
     WorkerId,
 };
-use drover_testkit::{wait_until, Stack};
+use drover_testkit::{hold_for, wait_until, Stack};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -370,7 +370,7 @@ async fn stale_completions_are_refused_and_change_nothing() {
         &completed(2, Outcome::Failed),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hold_for(Duration::from_millis(300)).await;
     let after = get(&client, &run).await.unwrap();
     assert_eq!(after.status, RunStatus::Succeeded);
     assert_eq!(after.result, Some(json!("real")));
@@ -504,7 +504,7 @@ async fn wait_timeout_fails_a_run_nobody_can_take() {
         Duration::from_secs(5),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    hold_for(Duration::from_millis(800)).await;
     assert_eq!(
         get(&client, &placed).await.unwrap().status,
         RunStatus::Succeeded
@@ -649,7 +649,7 @@ async fn runs_are_listed_newest_first_with_filters_and_pages() {
     let list = |filter: RunList| {
         let client = client.clone();
         async move {
-            drover_integration_tests::call::<_, RunPage>(&client, keys::RUN_LIST, &filter)
+            drover_testkit::call::<_, RunPage>(&client, keys::RUN_LIST, &filter)
                 .await
                 .unwrap()
         }

@@ -9,14 +9,14 @@ use async_nats::Client;
 use drover_integration_tests::runner::publish_acked;
 use drover_integration_tests::runs::{get, spec, submit, wait_status};
 use drover_integration_tests::worker::{SimWorker, WorkerSpec};
-use drover_integration_tests::{call, Act, Runner};
+use drover_integration_tests::{Act, Runner};
 use drover_protocol::subject::{self, keys};
 use drover_protocol::{
     Accepted, Assignment, Completed, ErrorCode, FailureReason, LocalRunId, Outcome, RegistryGet,
     RunCancel, RunId, RunRecord, RunSpec, RunStatus, Starting, WorkerId, WorkerRecord,
     WorkerStatus,
 };
-use drover_testkit::{wait_until, Stack};
+use drover_testkit::{call, hold_for, wait_until, Stack};
 use serde_json::{json, Value};
 
 const LOST_AFTER_MS: u64 = 1000;
@@ -386,6 +386,6 @@ async fn cancelling_a_pending_run_removes_it_from_the_queue() {
         .start(&client)
         .await;
     let runner = Runner::start(worker, |_| Act::Succeed(json!(null)));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold_for(Duration::from_millis(500)).await;
     assert!(runner.executions().is_empty());
 }

@@ -4,9 +4,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use drover_integration_tests::{count_workers, Fleet};
 use drover_protocol::WorkerStatus;
-use drover_testkit::{ProcStats, Stack, HEARTBEAT_MONITOR, REGISTRY};
+use drover_testkit::{count_workers, Fleet, ProcStats, Stack, HEARTBEAT_MONITOR, REGISTRY};
 use serde::{Deserialize, Serialize};
 
 /// Heartbeat interval of the simulated workers.

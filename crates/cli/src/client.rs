@@ -26,7 +26,10 @@ impl Drover {
         let client = tokio::time::timeout(timeout, options.connect(url))
             .await
             .map_err(|_| unreachable_nats(url, "no answer"))?
-            .map_err(|error| unreachable_nats(url, &error.to_string()))?;
+            .map_err(|source| CliError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
         Ok(Self {
             client,
             url: url.to_owned(),
@@ -67,10 +70,15 @@ impl Drover {
                 async_nats::RequestErrorKind::NoResponders => CliError::Unreachable(format!(
                     "no Drover service answers on {subject}: is the stack running?"
                 )),
-                _ => CliError::Unreachable(format!("request on {subject} failed: {error}")),
+                _ => CliError::Request {
+                    subject: subject.to_owned(),
+                    source: error,
+                },
             })?;
-        let decoded = decode_reply::<R>(&reply.payload)
-            .map_err(|error| CliError::Other(format!("unexpected reply on {subject}: {error}")))?;
+        let decoded = decode_reply::<R>(&reply.payload).map_err(|source| CliError::Reply {
+            subject: subject.to_owned(),
+            source,
+        })?;
         decoded.map_err(CliError::from)
     }
 }

@@ -8,7 +8,8 @@ mod output;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::client::Drover;
 use crate::error::{exit, CliError};
@@ -58,17 +59,17 @@ enum Command {
 }
 
 /// `NATS_URL` is honoured when neither `--nats-url` nor `DROVER_NATS_URL` is given.
-fn nats_url(cli: &Cli) -> String {
-    let from_flag_or_drover_env = std::env::args().any(|arg| arg.starts_with("--nats-url"))
-        || std::env::var_os("DROVER_NATS_URL").is_some();
-    if from_flag_or_drover_env {
-        return cli.nats_url.clone();
+fn nats_url(cli: &Cli, matches: &ArgMatches, nats_url_env: Option<String>) -> String {
+    let given = matches
+        .value_source("nats_url")
+        .is_some_and(|source| source != ValueSource::DefaultValue);
+    match nats_url_env {
+        Some(url) if !given => url,
+        _ => cli.nats_url.clone(),
     }
-    std::env::var("NATS_URL").unwrap_or_else(|_| cli.nats_url.clone())
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
-    let url = nats_url(&cli);
+async fn run(cli: Cli, url: String) -> Result<(), CliError> {
     let timeout = Duration::from_secs(cli.timeout.max(1));
     if let Command::Dev(dev) = cli.command {
         return dev.run().await;
@@ -88,18 +89,24 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// The CLI's own log filter unless `RUST_LOG` says otherwise: it reports its errors itself,
+/// one line each.
+const QUIET_LOG: &str = "error,async_nats=off";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Quiet unless asked: the CLI reports its own errors, one line each. The processes
-    // `drover dev` starts get the user's setting (or `info`), not this one.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)
+        .unwrap_or_else(|error| error.format(&mut Cli::command()).exit());
+    let url = nats_url(&cli, &matches, std::env::var("NATS_URL").ok());
+    // The processes `drover dev` starts get the user's setting (or `info`), not the CLI's.
     let user_log = std::env::var("RUST_LOG").ok();
     let _ = cmd::dev::CHILD_RUST_LOG.set(user_log.clone().unwrap_or_else(|| "info".to_owned()));
-    if user_log.is_none() {
-        std::env::set_var("RUST_LOG", "error,async_nats=off");
-    }
-    let telemetry = drover_telemetry::init("drover-cli");
-    let outcome = run(cli).await;
+    let telemetry = drover_telemetry::init_with_log_filter(
+        "drover-cli",
+        user_log.as_deref().unwrap_or(QUIET_LOG),
+    );
+    let outcome = run(cli, url).await;
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {
         Ok(()) => ExitCode::from(exit::OK),
@@ -107,5 +114,39 @@ async fn main() -> ExitCode {
             eprintln!("drover: {error}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The URL for this command line, with `DROVER_NATS_URL` read from `drover_env` instead
+    /// and `NATS_URL` given as `nats_env`.
+    fn resolve(args: &[&str], drover_env: &'static str, nats_env: Option<&str>) -> String {
+        let command = Cli::command().mut_arg("nats_url", |arg| arg.env(drover_env));
+        let matches = command.try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        nats_url(&cli, &matches, nats_env.map(str::to_owned))
+    }
+
+    #[test]
+    fn the_flag_wins_then_drover_nats_url_then_nats_url() {
+        const UNSET: &str = "DROVER_CLI_TEST_NATS_URL_UNSET";
+        const SET: &str = "DROVER_CLI_TEST_NATS_URL_SET";
+        let fallback = Some("nats://fallback:4222");
+        let status = ["drover", "status"];
+        assert_eq!(resolve(&status, UNSET, fallback), "nats://fallback:4222");
+        assert_eq!(resolve(&status, UNSET, None), "nats://127.0.0.1:4222");
+        // Before or after the subcommand, and even when it repeats the default.
+        let before = ["drover", "--nats-url", "nats://a:1", "status"];
+        assert_eq!(resolve(&before, UNSET, fallback), "nats://a:1");
+        let after = ["drover", "runs", "list", "--nats-url=nats://b:2"];
+        assert_eq!(resolve(&after, UNSET, fallback), "nats://b:2");
+        let default = ["drover", "status", "--nats-url", "nats://127.0.0.1:4222"];
+        assert_eq!(resolve(&default, UNSET, fallback), "nats://127.0.0.1:4222");
+        // A variable of this test's own, so that nothing else reads it.
+        std::env::set_var(SET, "nats://c:3");
+        assert_eq!(resolve(&status, SET, fallback), "nats://c:3");
     }
 }

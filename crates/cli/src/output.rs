@@ -12,16 +12,14 @@ use crate::error::CliError;
 
 /// Prints a value as pretty JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|error| CliError::Other(format!("cannot print JSON: {error}")))?;
+    let text = serde_json::to_string_pretty(value).map_err(CliError::Print)?;
     println!("{text}");
     Ok(())
 }
 
 /// Prints a value as one JSON line on stdout (for streams of records).
 pub fn json_line<T: Serialize>(value: &T) -> Result<(), CliError> {
-    let text = serde_json::to_string(value)
-        .map_err(|error| CliError::Other(format!("cannot print JSON: {error}")))?;
+    let text = serde_json::to_string(value).map_err(CliError::Print)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}")?;
     stdout.flush()?;
@@ -60,7 +58,9 @@ pub fn took(record: &RunRecord) -> String {
     }
 }
 
-/// The first 8 characters of a runID's random part, for narrow tables.
+/// The runID as the runs table shows it: whole, because runIDs are UUIDv7, whose leading
+/// characters are a timestamp that runs created together share, and because `drover runs
+/// get` and `drover logs --run` take only whole runIDs.
 pub fn short(run: &str) -> String {
     run.to_owned()
 }

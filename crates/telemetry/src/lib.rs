@@ -126,7 +126,14 @@ enum ExportPlan {
 /// `OTEL_SDK_DISABLED` is not `true`. A second call in the same process changes nothing and
 /// returns a guard that does nothing.
 pub fn init(service_name: &str) -> TelemetryGuard {
-    install(service_name, None)
+    install(service_name, env_value(EnvFilter::DEFAULT_ENV), None)
+}
+
+/// Like [`init`], with the log filter given as `directives` (the `RUST_LOG` syntax)
+/// instead of read from `RUST_LOG`: for a program that picks its own default without
+/// changing its environment. Empty directives mean the default of [`init`].
+pub fn init_with_log_filter(service_name: &str, directives: &str) -> TelemetryGuard {
+    install(service_name, trimmed(directives), None)
 }
 
 /// Like [`init`], with one more layer on the same subscriber: for example the worker SDK's
@@ -136,18 +143,23 @@ pub fn init_with_layer<L>(service_name: &str, layer: L) -> TelemetryGuard
 where
     L: Layer<Registry> + Send + Sync + 'static,
 {
-    install(service_name, Some(layer.boxed()))
+    install(
+        service_name,
+        env_value(EnvFilter::DEFAULT_ENV),
+        Some(layer.boxed()),
+    )
 }
 
 fn install(
     service_name: &str,
+    log_directives: Option<String>,
     extra: Option<Box<dyn Layer<Registry> + Send + Sync>>,
 ) -> TelemetryGuard {
     let (provider, plan) = build_provider(service_name);
     let tracer = provider.tracer("drover");
 
-    let trace_filter = filter_from_env(TRACE_FILTER_ENV);
-    let log_filter = filter_from_env(EnvFilter::DEFAULT_ENV);
+    let trace_filter = filter_from(env_value(TRACE_FILTER_ENV));
+    let log_filter = filter_from(log_directives);
     let ansi = std::io::stderr().is_terminal();
     let json =
         std::env::var(LOG_FORMAT_ENV).is_ok_and(|format| format.eq_ignore_ascii_case("json"));
@@ -199,10 +211,10 @@ fn install(
     }
 }
 
-/// The filter named by `var`; when unset, `info` with the NATS client's and the SDK's own
-/// chatter held to warnings (the kit logs connection events itself).
-fn filter_from_env(var: &str) -> EnvFilter {
-    match env_value(var) {
+/// The filter of `directives`; without any, `info` with the NATS client's and the SDK's
+/// own chatter held to warnings (the kit logs connection events itself).
+fn filter_from(directives: Option<String>) -> EnvFilter {
+    match directives {
         Some(directives) => EnvFilter::builder()
             .with_default_directive(LevelFilter::INFO.into())
             .parse_lossy(directives),
@@ -211,10 +223,11 @@ fn filter_from_env(var: &str) -> EnvFilter {
 }
 
 fn env_value(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|value| value.trim().to_owned())
-        .filter(|value| !value.is_empty())
+    std::env::var(name).ok().as_deref().and_then(trimmed)
+}
+
+fn trimmed(value: &str) -> Option<String> {
+    Some(value.trim().to_owned()).filter(|value| !value.is_empty())
 }
 
 /// Whether the environment asks for OTLP export.
@@ -269,6 +282,14 @@ mod tests {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     use super::*;
+
+    #[test]
+    fn given_directives_replace_the_default_and_blank_ones_keep_it() {
+        let quiet = filter_from(trimmed(" error,async_nats=off "));
+        assert_eq!(quiet.max_level_hint(), Some(LevelFilter::ERROR));
+        let default = filter_from(trimmed("  "));
+        assert_eq!(default.max_level_hint(), Some(LevelFilter::INFO));
+    }
 
     fn decide(vars: &[(&str, &str)]) -> bool {
         let vars: HashMap<String, String> = vars

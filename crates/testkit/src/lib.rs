@@ -6,10 +6,15 @@
 //!   its output in a log file.
 //! - [`Stack`] starts a NATS server plus any set of Drover services and waits until each
 //!   one reports ready on its admin port.
+//! - [`call`], [`list_workers`] and [`count_workers`] make requests to Drover's services
+//!   as an outside client does.
+//! - [`Fleet`] simulates many workers over a few connections, for scale tests and the
+//!   benchmark.
 //! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
 //!   report them.
 //! - [`wait_until`], [`wait_for`] and [`assert_eventually!`] wait on conditions instead of
-//!   sleeping; their patience scales with `DROVER_TEST_PATIENCE`.
+//!   sleeping, and [`hold_for`] holds through a window in which nothing may happen; all
+//!   of them scale with `DROVER_TEST_PATIENCE`.
 //!
 //! Every process is killed (SIGKILL, then reaped) when its handle is dropped. When the drop
 //! happens during a panic, or when `DROVER_TEST_DUMP_LOGS` is set, the tail of each process
@@ -18,20 +23,24 @@
 //!
 //! No mocks: the broker and the services are the real programs that users run.
 
+mod fleet;
 mod http;
 mod logfile;
 mod nats;
 mod paths;
 mod proc_stats;
 mod process;
+mod request;
 mod stack;
 mod supervised;
 mod wait;
 
+pub use fleet::Fleet;
 pub use http::http_get;
 pub use nats::{NatsOptions, NatsServer};
 pub use paths::{bin_dir, free_port, nats_server_binary, workspace_root};
 pub use proc_stats::ProcStats;
 pub use process::ServiceProcess;
+pub use request::{call, count_workers, list_workers, REQUEST_TIMEOUT};
 pub use stack::{Stack, StackBuilder, HEARTBEAT_MONITOR, LOG_COLLECTOR, REGISTRY, SCHEDULER};
-pub use wait::{patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};
+pub use wait::{hold_for, patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};

@@ -1,4 +1,5 @@
-//! Waiting on conditions instead of sleeping.
+//! Waiting on conditions instead of sleeping, and holding still where a test must see
+//! that nothing happens.
 
 use std::future::Future;
 use std::time::Duration;
@@ -71,6 +72,17 @@ where
         tokio::time::sleep(interval.min(deadline - now)).await;
         interval = (interval * 3 / 2).min(MAX_INTERVAL);
     }
+}
+
+/// Waits through a window in which nothing may happen, so that the test can then check
+/// that nothing did (no live worker declared lost, no late completion applied, a service
+/// outage ridden out).
+///
+/// This is the one fixed wait tests may use: a condition that must become true is awaited
+/// with [`wait_until`] instead. The window lasts `duration` scaled by [`patience`], so that
+/// on a slow machine the system under test has as long to misbehave as it has to behave.
+pub async fn hold_for(duration: Duration) {
+    tokio::time::sleep(patient(duration)).await;
 }
 
 /// Asserts that an async condition becomes true in time, panicking with the message if not.
@@ -160,6 +172,13 @@ mod tests {
             timeout = Duration::from_secs(1),
             "more calls"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_for_lasts_the_whole_scaled_window() {
+        let start = Instant::now();
+        hold_for(Duration::from_millis(1500)).await;
+        assert_eq!(start.elapsed(), patient(Duration::from_millis(1500)));
     }
 
     #[test]

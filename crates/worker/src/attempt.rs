@@ -10,16 +10,17 @@ use std::sync::Arc;
 use async_nats::HeaderMap;
 use drover_protocol::subject::keys;
 use drover_protocol::{
-    encode, Assignment, Completed, Outcome, Starting, DEFAULT_MAX_PAYLOAD_BYTES,
+    encode, Assignment, Completed, Outcome, Starting, WorkerId, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
-use crate::context::Context;
+use crate::context::{Backend, Context};
 use crate::deliver::send_acked;
 use crate::error::RoutineError;
-use crate::log::{tag_span, RunTag};
+use crate::handler::Handler;
+use crate::log::{tag_span, LogSink, RunTag};
 use crate::state::{lock, Shared, Slot};
 
 /// The error type of an attempt whose handler panicked.
@@ -45,22 +46,8 @@ pub(crate) fn start(shared: &Arc<Shared>, assignment: Assignment, headers: Optio
 
 async fn run(shared: Arc<Shared>, assignment: Assignment, headers: Option<HeaderMap>, slot: Slot) {
     let serial = slot.serial;
-    let span = tracing::info_span!(
-        target: "drover_worker",
-        "drover.run",
-        run_id = %assignment.run_id,
-        attempt = assignment.attempt,
-        routine_id = %assignment.routine_id,
-        worker_id = %shared.id,
-    );
+    let span = run_span(&shared.id, &assignment, &shared.logs);
     drover_telemetry::set_parent_from_headers(&span, headers.as_ref());
-    tag_span(
-        &span,
-        RunTag {
-            run_id: assignment.run_id.clone(),
-            sink: shared.logs.clone(),
-        },
-    );
     execute(&shared, assignment, slot).instrument(span).await;
     shared.task_ended(serial);
 }
@@ -108,7 +95,27 @@ async fn execute(shared: &Arc<Shared>, assignment: Assignment, slot: Slot) {
     }
 }
 
-/// Runs the handler on its own task; a panic becomes a failed attempt.
+/// The span a handler runs in, tagged so that `tracing` events inside it reach `logs`.
+pub(crate) fn run_span(worker_id: &WorkerId, assignment: &Assignment, logs: &LogSink) -> Span {
+    let span = tracing::info_span!(
+        target: "drover_worker",
+        "drover.run",
+        run_id = %assignment.run_id,
+        attempt = assignment.attempt,
+        routine_id = %assignment.routine_id,
+        worker_id = %worker_id,
+    );
+    tag_span(
+        &span,
+        RunTag {
+            run_id: assignment.run_id.clone(),
+            sink: logs.clone(),
+        },
+    );
+    span
+}
+
+/// Looks the routine's handler up and runs it.
 async fn call_handler(
     shared: &Arc<Shared>,
     assignment: &Assignment,
@@ -121,8 +128,21 @@ async fn call_handler(
         ))
         .with_type(UNKNOWN_ROUTINE_TYPE));
     };
-    let ctx = Context::new(Arc::clone(shared), assignment.clone(), slot.clone());
-    let future = handler(ctx, assignment.params.clone());
+    let ctx = Context::new(
+        Backend::Worker(Arc::clone(shared)),
+        assignment.clone(),
+        slot.clone(),
+    );
+    run_handler(&handler, ctx, assignment.params.clone()).await
+}
+
+/// Runs the handler on its own task; a panic becomes a failed attempt.
+pub(crate) async fn run_handler(
+    handler: &Handler,
+    ctx: Context,
+    params: Value,
+) -> Result<Value, RoutineError> {
+    let future = handler(ctx, params);
     let mut task = AbortOnDrop(tokio::spawn(future.in_current_span()));
     match (&mut task.0).await {
         Ok(result) => result,
@@ -156,7 +176,10 @@ fn panic_message(payload: Box<dyn Any + Send>) -> String {
 
 /// The `completed` for a handler's result; a result over the payload limit becomes a failure
 /// that says so, since Drover would refuse the message.
-fn completion(assignment: &Assignment, result: Result<Value, RoutineError>) -> Completed {
+pub(crate) fn completion(
+    assignment: &Assignment,
+    result: Result<Value, RoutineError>,
+) -> Completed {
     let failed = |error: &RoutineError| Completed {
         run_id: assignment.run_id.clone(),
         attempt: assignment.attempt,

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::context::Context;
+use crate::context::{Backend, Context};
 use crate::deliver::{Backoff, REQUEST_TIMEOUT};
 use crate::error::ChildError;
 use crate::state::Shared;
@@ -167,13 +167,19 @@ impl ChildRequest {
         if token.is_cancelled() {
             return Err(ChildError::Cancelled);
         }
-        let shared = Arc::clone(&ctx.inner.shared);
         let span = tracing::info_span!(
             target: "drover_worker",
             "drover.child",
             routine_id = %spec.routine_id,
             local_run_id = spec.local_run_id.as_ref().map(LocalRunId::as_str),
         );
+        let shared = match &ctx.inner.backend {
+            Backend::Worker(shared) => Arc::clone(shared),
+            Backend::Test(harness) => {
+                let harness = Arc::clone(harness);
+                return harness.answer_child(spec, &token).instrument(span).await;
+            }
+        };
         async move {
             // Counted as waiting, and listening, before the request goes out: the
             // completion of a memoized child comes at once.

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::child::ChildRequest;
 use crate::error::ChildError;
+use crate::log::LogSink;
 use crate::state::{lock, Shared, Slot};
+use crate::testing::Harness;
 
 /// The attempt a handler runs: its identity, parameters and environment, its cancellation
 /// token, and access to logs and child runs. Cheap to clone.
@@ -22,18 +24,46 @@ pub struct Context {
 }
 
 pub(crate) struct Inner {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) backend: Backend,
     pub(crate) assignment: Assignment,
     pub(crate) slot: Slot,
     /// Numbers children that are requested without a localRunID, in request order.
     pub(crate) child_seq: AtomicU64,
 }
 
+/// What a context reaches beyond its attempt: a running worker, or a test's harness.
+///
+/// An enum rather than a trait object, so that the worker's path stays a plain `Arc` clone.
+pub(crate) enum Backend {
+    /// A worker connected to Drover.
+    Worker(Arc<Shared>),
+    /// A [`RoutineEnvironment`](crate::testing::RoutineEnvironment): no broker.
+    Test(Arc<Harness>),
+}
+
+impl Backend {
+    /// The worker the attempt runs on.
+    pub(crate) fn worker_id(&self) -> &WorkerId {
+        match self {
+            Backend::Worker(shared) => &shared.id,
+            Backend::Test(harness) => &harness.worker_id,
+        }
+    }
+
+    /// Where the attempt's log lines go.
+    pub(crate) fn logs(&self) -> &LogSink {
+        match self {
+            Backend::Worker(shared) => &shared.logs,
+            Backend::Test(harness) => &harness.logs,
+        }
+    }
+}
+
 impl Context {
-    pub(crate) fn new(shared: Arc<Shared>, assignment: Assignment, slot: Slot) -> Self {
+    pub(crate) fn new(backend: Backend, assignment: Assignment, slot: Slot) -> Self {
         Self {
             inner: Arc::new(Inner {
-                shared,
+                backend,
                 assignment,
                 slot,
                 child_seq: AtomicU64::new(0),
@@ -78,7 +108,7 @@ impl Context {
 
     /// The worker running the attempt.
     pub fn worker_id(&self) -> &WorkerId {
-        &self.inner.shared.id
+        self.inner.backend.worker_id()
     }
 
     /// A token that fires when the attempt must stop: cancelled by Drover (on request, on
@@ -107,8 +137,8 @@ impl Context {
     /// Sends a log line about this run to Drover (`v1.log`); never blocks.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         self.inner
-            .shared
-            .logs
+            .backend
+            .logs()
             .send(self.run_id(), level, message.into(), None);
     }
 
@@ -120,8 +150,8 @@ impl Context {
             other => Map::from_iter([("value".to_owned(), other)]),
         };
         self.inner
-            .shared
-            .logs
+            .backend
+            .logs()
             .send(self.run_id(), level, message.into(), Some(fields));
     }
 

@@ -50,6 +50,27 @@
 //!     .init();
 //! ```
 //!
+//! Testing a handler without a broker: [`testing::RoutineEnvironment`] runs it with a real
+//! [`Context`] and reports the outcome the worker would send, the log lines, and the child
+//! runs requested (which the test answers); the test can also cancel the attempt.
+//!
+//! ```
+//! # use drover_worker::{Context, RoutineError};
+//! # use serde_json::{json, Value};
+//! # async fn resize(ctx: Context, params: Value) -> Result<Value, RoutineError> { Ok(params) }
+//! use drover_worker::testing::{AttemptOutcome, RoutineEnvironment};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let report = RoutineEnvironment::new()
+//!     .params(json!({"width": 640}))
+//!     .answer_child("images.thumbnail", Ok(json!("thumb.png")))
+//!     .run(resize)
+//!     .await;
+//! assert_eq!(report.outcome, AttemptOutcome::Succeeded(json!({"width": 640})));
+//! # }
+//! ```
+//!
 //! Tracing: each handler runs in a span `drover.run` whose parent is the assignment's
 //! `traceparent`, and child requests carry that span's context. For spans to have trace
 //! IDs, the subscriber needs an OpenTelemetry layer (`drover_telemetry::init` installs one).
@@ -66,6 +87,7 @@ mod lifecycle;
 mod log;
 mod runtime;
 mod state;
+pub mod testing;
 mod waiters;
 
 pub use attempt::{PANIC_TYPE, RESULT_TOO_LARGE_TYPE, UNKNOWN_ROUTINE_TYPE};

@@ -58,6 +58,22 @@ pub(crate) struct Slot {
     pub(crate) reason: Arc<Mutex<Option<String>>>,
 }
 
+impl Slot {
+    /// A slot that no worker holds: a test's attempt, numbered 0.
+    pub(crate) fn detached() -> Self {
+        Self {
+            serial: 0,
+            token: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Stops the attempt: records why (the first reason stays) and fires its token.
+    pub(crate) fn cancel(&self, reason: &str) {
+        stop_attempt(&self.token, &self.reason, reason);
+    }
+}
+
 struct State {
     phase: Phase,
     incarnation: Incarnation,
@@ -389,8 +405,12 @@ impl Shared {
 }
 
 fn stop(held: Held, reason: &str) {
-    lock(&held.reason).get_or_insert_with(|| reason.to_owned());
-    held.token.cancel();
+    stop_attempt(&held.token, &held.reason, reason);
+}
+
+fn stop_attempt(token: &CancellationToken, why: &Mutex<Option<String>>, reason: &str) {
+    lock(why).get_or_insert_with(|| reason.to_owned());
+    token.cancel();
 }
 
 /// Keeps an attempt counted as waiting on a child while it lives.

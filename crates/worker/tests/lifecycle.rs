@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use common::{stack, start, Gate, PATIENCE};
 use drover_integration_tests::runs::{get, spec, submit, wait_status};
-use drover_integration_tests::{call, Recorder};
+use drover_integration_tests::Recorder;
 use drover_protocol::subject::{self, keys};
 use drover_protocol::{
     encode, Assignment, CheckPulse, Register, Registered, RoutineId, RunId, RunStatus, WorkerId,
     WorkerStatus,
 };
-use drover_testkit::{wait_for, wait_until};
+use drover_testkit::{call, wait_for, wait_until};
 use drover_worker::{Context, Worker};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::{stack, start, Gate, PATIENCE};
-use drover_integration_tests::call;
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::Recorder;
 use drover_protocol::subject::{self, keys};
@@ -17,7 +16,7 @@ use drover_protocol::{
     encode, CheckPulse, ErrorCode, ErrorPayload, FailureReason, RetryBackoff, RunCancel, RunRecord,
     RunStatus, WorkerId, WorkerStatus,
 };
-use drover_testkit::wait_for;
+use drover_testkit::{call, wait_for};
 use drover_worker::{Context, RoutineError, Worker, PANIC_TYPE};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

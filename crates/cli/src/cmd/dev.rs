@@ -103,9 +103,10 @@ fn spawn(
     for (key, value) in envs {
         command.env(key, value);
     }
-    let child = command
-        .spawn()
-        .map_err(|error| CliError::Other(format!("cannot start {}: {error}", program.display())))?;
+    let child = command.spawn().map_err(|source| CliError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })?;
     Ok(Process {
         name: name.to_owned(),
         child,
@@ -401,7 +402,7 @@ async fn run_demo(url: &str) -> Result<(), CliError> {
         "routineID": "demo.workflow",
         "params": {"images": ["cat.png", "dog.png", "fox.png"], "width": 320},
     }))
-    .map_err(|error| CliError::Other(error.to_string()))?;
+    .map_err(CliError::Json)?;
     let accepted: drover_protocol::Accepted = drover
         .call(drover_protocol::subject::keys::REQUEST_START, &spec)
         .await?;

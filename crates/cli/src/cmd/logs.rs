@@ -66,29 +66,25 @@ impl LogFollower {
     }
 }
 
-/// Parses `--since`: an RFC 3339 time, or an age such as `30s`, `10m`, `2h`, `1d`.
+/// Parses `--since`: an RFC 3339 time, or an age such as `30s`, `10m`, `2h`, `1d`, `1h30m`.
 pub fn parse_since(text: &str) -> Result<Timestamp, CliError> {
     if let Ok(at) = Timestamp::parse(text) {
         return Ok(at);
     }
-    let invalid = || {
-        CliError::Usage(format!("invalid --since {text:?}: expected a time like 2026-11-22T13:00:00Z or an age like 10m"))
+    let invalid = |source| CliError::InvalidSince {
+        text: text.to_owned(),
+        source,
     };
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(invalid)?,
-    );
-    let number: u64 = number.parse().map_err(|_| invalid())?;
-    let seconds = match unit {
-        "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86_400,
-        _ => return Err(invalid()),
-    };
-    Ok(Timestamp::from_millis(
-        Timestamp::now().as_millis() - (seconds * 1000) as i64,
-    ))
+    // One word, as the help shows ages: humantime alone would also take `10 minutes`.
+    if text.contains(char::is_whitespace) {
+        return Err(invalid(None));
+    }
+    let age = humantime::parse_duration(text).map_err(|error| invalid(Some(error)))?;
+    i64::try_from(age.as_millis())
+        .ok()
+        .and_then(|age| Timestamp::now().as_millis().checked_sub(age))
+        .map(Timestamp::from_millis)
+        .ok_or_else(|| invalid(None))
 }
 
 impl Logs {
@@ -97,19 +93,14 @@ impl Logs {
         let run_id = self
             .run
             .as_deref()
-            .map(|run| {
-                RunId::parse(run).map_err(|error| {
-                    CliError::Usage(format!("invalid run ID {run:?}: {}", error.reason))
-                })
-            })
+            .map(|run| RunId::parse(run).map_err(CliError::invalid_id(format!("run ID {run:?}"))))
             .transpose()?;
         let worker_id = self
             .worker
             .as_deref()
             .map(|worker| {
-                WorkerId::parse(worker).map_err(|error| {
-                    CliError::Usage(format!("invalid worker ID {worker:?}: {}", error.reason))
-                })
+                WorkerId::parse(worker)
+                    .map_err(CliError::invalid_id(format!("worker ID {worker:?}")))
             })
             .transpose()?;
         let since = self.since.as_deref().map(parse_since).transpose()?;
@@ -154,5 +145,45 @@ mod tests {
         assert!((599..=601).contains(&age));
         assert!(parse_since("10 minutes").is_err());
         assert!(parse_since("m").is_err());
+    }
+
+    #[test]
+    fn ages_take_every_unit_and_combinations() {
+        for (text, seconds) in [
+            ("30s", 30),
+            ("2h", 7200),
+            ("1d", 86_400),
+            ("1h30m", 5400),
+            ("0s", 0),
+        ] {
+            let seconds: u64 = seconds;
+            let age = Timestamp::now().since(parse_since(text).unwrap()).as_secs();
+            assert!(
+                (seconds.saturating_sub(1)..=seconds + 1).contains(&age),
+                "{text}: {age}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_age_says_what_is_expected() {
+        for text in [
+            "",
+            "10",
+            "-5m",
+            "10x",
+            "ten minutes",
+            "99999999999999999999d",
+        ] {
+            let error = parse_since(text).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "invalid --since {text:?}: expected a time like 2026-11-22T13:00:00Z or an \
+                     age like 10m"
+                )
+            );
+            assert_eq!(error.exit_code(), crate::error::exit::USAGE);
+        }
     }
 }

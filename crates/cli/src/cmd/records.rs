@@ -102,19 +102,15 @@ pub struct WorkersGet {
 }
 
 fn run_id(text: &str) -> Result<RunId, CliError> {
-    RunId::parse(text)
-        .map_err(|error| CliError::Usage(format!("invalid run ID {text:?}: {}", error.reason)))
+    RunId::parse(text).map_err(CliError::invalid_id(format!("run ID {text:?}")))
 }
 
 fn worker_id(text: &str) -> Result<WorkerId, CliError> {
-    WorkerId::parse(text)
-        .map_err(|error| CliError::Usage(format!("invalid worker ID {text:?}: {}", error.reason)))
+    WorkerId::parse(text).map_err(CliError::invalid_id(format!("worker ID {text:?}")))
 }
 
 fn routine_id(text: &str) -> Result<RoutineId, CliError> {
-    RoutineId::parse(text).map_err(|error| {
-        CliError::Usage(format!("invalid routine name {text:?}: {}", error.reason))
-    })
+    RoutineId::parse(text).map_err(CliError::invalid_id(format!("routine name {text:?}")))
 }
 
 impl Runs {

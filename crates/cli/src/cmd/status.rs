@@ -75,15 +75,12 @@ async fn ping(drover: &Drover) -> Result<BTreeMap<String, Vec<Instance>>, CliErr
     let mut answers = client
         .subscribe(inbox.clone())
         .await
-        .map_err(|error| CliError::Unreachable(error.to_string()))?;
+        .map_err(CliError::nats)?;
     client
         .publish_with_reply("$SRV.PING", inbox, bytes::Bytes::new())
         .await
-        .map_err(|error| CliError::Unreachable(error.to_string()))?;
-    client
-        .flush()
-        .await
-        .map_err(|error| CliError::Unreachable(error.to_string()))?;
+        .map_err(CliError::nats)?;
+    client.flush().await.map_err(CliError::nats)?;
     let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, answers.next()).await {

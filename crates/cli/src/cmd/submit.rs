@@ -87,21 +87,16 @@ fn pairs(flag: &str, entries: &[String]) -> Result<BTreeMap<String, String>, Cli
 impl Submit {
     /// Builds the run spec from the flags, checking what can be checked locally.
     pub fn spec(&self) -> Result<RunSpec, CliError> {
-        let routine = RoutineId::parse(self.routine.as_str()).map_err(|error| {
-            CliError::Usage(format!(
-                "invalid routine name {:?}: {}",
-                self.routine, error.reason
-            ))
-        })?;
-        let params = serde_json::from_str(&self.params)
-            .map_err(|error| CliError::Usage(format!("invalid --params: not JSON ({error})")))?;
+        let routine = RoutineId::parse(self.routine.as_str()).map_err(CliError::invalid_id(
+            format!("routine name {:?}", self.routine),
+        ))?;
+        let params = serde_json::from_str(&self.params).map_err(CliError::InvalidParams)?;
         let worker_ids = self
             .workers
             .iter()
             .map(|worker| {
-                WorkerId::parse(worker.as_str()).map_err(|error| {
-                    CliError::Usage(format!("invalid --worker {worker:?}: {}", error.reason))
-                })
+                WorkerId::parse(worker.as_str())
+                    .map_err(CliError::invalid_id(format!("--worker {worker:?}")))
             })
             .collect::<Result<_, _>>()?;
         let backoff = match (
@@ -122,11 +117,7 @@ impl Submit {
         let local_run_id = self
             .local_run_id
             .as_deref()
-            .map(|local| {
-                LocalRunId::parse(local).map_err(|error| {
-                    CliError::Usage(format!("invalid --local-run-id: {}", error.reason))
-                })
-            })
+            .map(|local| LocalRunId::parse(local).map_err(CliError::invalid_id("--local-run-id")))
             .transpose()?;
         Ok(RunSpec {
             routine_id: routine,
@@ -205,7 +196,10 @@ pub async fn wait_for_end(
         .nats()
         .subscribe(subject::run_events(run))
         .await
-        .map_err(|error| CliError::Unreachable(format!("cannot follow run {run}: {error}")))?;
+        .map_err(|source| CliError::Follow {
+            run: run.clone(),
+            source,
+        })?;
     let progress = ProgressBar::new_spinner();
     progress.set_style(
         ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")

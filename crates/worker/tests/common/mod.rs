@@ -7,10 +7,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::Client;
-use drover_integration_tests::call;
 use drover_protocol::subject::keys;
 use drover_protocol::{RegistryGet, WorkerId, WorkerRecord, WorkerStatus};
-use drover_testkit::{wait_for, Stack};
+use drover_testkit::{call, wait_for, Stack};
 use drover_worker::{CancellationToken, WorkerBuilder, WorkerError};
 use opentelemetry::trace::TracerProvider as _;
 use tokio::sync::Notify;

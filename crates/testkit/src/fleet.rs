@@ -1,7 +1,7 @@
 //! Many simulated workers multiplexed over a few connections, for scale tests.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -13,7 +13,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::call;
+use crate::request::call;
 
 struct Member {
     id: WorkerId,
@@ -42,13 +42,14 @@ impl Fleet {
         let alive = Arc::new(Mutex::new(HashSet::new()));
         let mut per_client: Vec<Vec<Member>> = (0..clients.len()).map(|_| Vec::new()).collect();
         let mut ids = Vec::with_capacity(count);
-        let routine = RoutineId::parse(routine).unwrap();
+        let routine = RoutineId::parse(routine).expect("the routine is a valid routineID");
         // Register in waves so the registry sees realistic concurrency, not 10k at once.
         for wave in (0..count).collect::<Vec<_>>().chunks(100) {
             let mut pending = Vec::new();
             for &index in wave {
                 let client = clients[index % clients.len()].clone();
-                let id = WorkerId::parse(format!("{prefix}-{index}")).unwrap();
+                let id = WorkerId::parse(format!("{prefix}-{index}"))
+                    .expect("the prefix makes valid workerIDs");
                 let routine = routine.clone();
                 pending.push(tokio::spawn(async move {
                     let register = Register {
@@ -76,13 +77,13 @@ impl Fleet {
                             }),
                         )
                         .await
-                        .unwrap();
+                        .unwrap_or_else(|error| panic!("ready of {id}: {error}"));
                     (index, id, registered.incarnation)
                 }));
             }
             for task in pending {
-                let (index, id, incarnation) = task.await.unwrap();
-                alive.lock().unwrap().insert(id.clone());
+                let (index, id, incarnation) = task.await.expect("registration does not fail");
+                lock(&alive).insert(id.clone());
                 ids.push(id.clone());
                 per_client[index % clients.len()].push(Member { id, incarnation });
             }
@@ -100,7 +101,7 @@ impl Fleet {
                     loop {
                         tick.tick().await;
                         let living: Vec<(WorkerId, u64)> = {
-                            let alive = alive.lock().unwrap();
+                            let alive = lock(&alive);
                             members
                                 .iter()
                                 .filter(|member| alive.contains(&member.id))
@@ -135,7 +136,7 @@ impl Fleet {
                 let mut probes = client
                     .subscribe("v1.worker.*.heartbeat.check_pulse")
                     .await
-                    .unwrap();
+                    .expect("the probe subscription is made");
                 tasks.push(tokio::spawn(async move {
                     while let Some(message) = probes.next().await {
                         let Ok((id, _)) = subject::parse_worker_inbox(message.subject.as_str())
@@ -145,13 +146,16 @@ impl Fleet {
                         let Some(&incarnation) = incarnations.get(&id) else {
                             continue;
                         };
-                        if !alive.lock().unwrap().contains(&id) {
+                        if !lock(&alive).contains(&id) {
                             continue;
                         }
                         let body: Value =
                             serde_json::from_slice(&message.payload).unwrap_or_default();
-                        let probe: CheckPulse =
-                            serde_json::from_value(body["payload"].clone()).unwrap();
+                        let Ok(probe) =
+                            serde_json::from_value::<CheckPulse>(body["payload"].clone())
+                        else {
+                            continue;
+                        };
                         let pulse = GivePulse {
                             incarnation,
                             status: WorkerStatus::Idle,
@@ -166,14 +170,14 @@ impl Fleet {
             }
         }
         for client in clients {
-            client.flush().await.unwrap();
+            client.flush().await.expect("the fleet's connections flush");
         }
         Self { ids, alive, tasks }
     }
 
     /// Stops the given workers' pulses and probe answers, as if their processes died.
     pub fn kill(&self, ids: &[WorkerId]) {
-        let mut alive = self.alive.lock().unwrap();
+        let mut alive = lock(&self.alive);
         for id in ids {
             alive.remove(id);
         }
@@ -186,4 +190,9 @@ impl Drop for Fleet {
             task.abort();
         }
     }
+}
+
+/// Locks the set of living workers, carrying on after a panic in another task.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
