@@ -78,6 +78,10 @@ pub mod resources {
     pub const RUN_KEYS_BUCKET: &str = "DROVER_RUN_KEYS";
     /// KV bucket holding leader leases.
     pub const LEADERS_BUCKET: &str = "DROVER_LEADERS";
+    /// Key in [`LEADERS_BUCKET`] of the scheduler leader's lease.
+    pub const SCHEDULER_LEASE: &str = "scheduler";
+    /// Key in [`LEADERS_BUCKET`] of the log intake leader's lease.
+    pub const LOG_COLLECTOR_LEASE: &str = "log-collector";
 
     /// Durable consumer through which the registry reads ready and terminating directives.
     pub const REGISTRY_CONSUMER: &str = "registry";
@@ -415,6 +419,21 @@ mod tests {
             direct_get(resources::LOGS_STREAM),
             "$JS.API.DIRECT.GET.DROVER_LOGS"
         );
+    }
+
+    #[test]
+    fn lease_keys_are_distinct_valid_kv_keys() {
+        let keys = [resources::SCHEDULER_LEASE, resources::LOG_COLLECTOR_LEASE];
+        for key in keys {
+            assert!(
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_/=.".contains(c)),
+                "{key}"
+            );
+        }
+        assert_ne!(keys[0], keys[1]);
     }
 
     #[test]

@@ -54,11 +54,8 @@ pub async fn serve(
     });
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(UPKEEP_INTERVAL);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => metrics.run_upkeep(),
-            }
+        while shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+            metrics.run_upkeep();
         }
     });
     info!(addr = %local, "admin listening");

@@ -9,6 +9,11 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+/// First delay of [`Backoff::default`].
+const DEFAULT_FIRST: Duration = Duration::from_millis(100);
+/// Longest delay of [`Backoff::default`].
+const DEFAULT_MAX: Duration = Duration::from_secs(3);
+
 /// Delays that double from `first` up to `max`, each stretched by a random part of itself
 /// (at most `max` in all).
 pub struct Backoff {
@@ -45,6 +50,14 @@ impl Backoff {
         self.delays.next().unwrap_or(self.max).min(self.max)
     }
 
+    /// The delay that follows `failures` failures, for a caller that is handed a count
+    /// rather than keeping a backoff (the NATS client's reconnection callback).
+    pub fn delay_after(mut self, failures: usize) -> Duration {
+        // Past this many doublings every delay is `max` anyway.
+        let steps = failures.min(32);
+        (0..steps).fold(self.next_delay(), |_, _| self.next_delay())
+    }
+
     /// Starts again from the first delay, after a success.
     pub fn reset(&mut self) {
         self.delays = self.builder.build();
@@ -57,6 +70,13 @@ impl Backoff {
             .run_until_cancelled(tokio::time::sleep(delay))
             .await
             .is_some()
+    }
+}
+
+impl Default for Backoff {
+    /// The backoff of start-up and reconnection: from 100 ms up to 3 s.
+    fn default() -> Self {
+        Self::new(DEFAULT_FIRST, DEFAULT_MAX)
     }
 }
 
@@ -104,6 +124,21 @@ mod tests {
         );
         backoff.reset();
         assert!(backoff.next_delay() <= 2 * first);
+    }
+
+    #[test]
+    fn delay_after_counts_failures_from_a_fresh_backoff() {
+        let first = Duration::from_millis(100);
+        let max = Duration::from_secs(3);
+        let after_none = Backoff::new(first, max).delay_after(0);
+        assert!(
+            after_none >= first && after_none <= 2 * first,
+            "{after_none:?}"
+        );
+        let after_two = Backoff::new(first, max).delay_after(2);
+        assert!(after_two >= 4 * first, "{after_two:?}");
+        assert!(Backoff::new(first, max).delay_after(usize::MAX) <= max);
+        assert!(Backoff::new(first, max).delay_after(40) >= max / 2);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::backoff::Backoff;
+
 /// How long one pull request waits for messages before it is renewed.
 pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
@@ -50,11 +52,14 @@ pub async fn consume<F, Fut>(
     F: FnMut(Message) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = connected(client) => {}
+        if shutdown
+            .run_until_cancelled(connected(client))
+            .await
+            .is_none()
+        {
+            return;
         }
         let pulled = consumer
             .batch()
@@ -66,15 +71,13 @@ pub async fn consume<F, Fut>(
             Ok(messages) => messages,
             Err(error) => {
                 warn!(%error, "pull request failed, retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -5,12 +5,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{Entry, Operation, Store};
+use async_nats::jetstream::kv::{Entry, EntryError, Operation, Store};
+use async_nats::jetstream::Context;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::backoff::Backoff;
+use crate::lookup::open_bucket;
 
 /// A value and the bucket revision it was read at.
 #[derive(Debug, Clone)]
@@ -57,6 +61,19 @@ impl<T> std::fmt::Debug for KvCache<T> {
 }
 
 impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
+    /// Opens the bucket `bucket_name` (retrying the look-up with backoff), follows it, and
+    /// waits until the cache has caught up. `None` when `shutdown` came first.
+    pub async fn open(
+        js: &Context,
+        bucket_name: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Arc<Self>> {
+        let bucket = open_bucket(js, bucket_name, shutdown).await?;
+        let cache = Self::spawn(bucket, shutdown.child_token());
+        shutdown.run_until_cancelled(cache.wait_caught_up()).await?;
+        Some(cache)
+    }
+
     /// Starts following the bucket. The cache fills in the background; see [`Self::wait_caught_up`].
     pub fn spawn(bucket: Store, shutdown: CancellationToken) -> Arc<Self> {
         let (changes, _) = broadcast::channel(4096);
@@ -127,15 +144,11 @@ impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
 
     /// Reads one key straight from the bucket and refreshes the cache with it.
     pub async fn fetch(&self, key: &str) -> Result<Option<Versioned<Arc<T>>>, FetchError> {
-        let entry = self
-            .bucket
-            .entry(key)
-            .await
-            .map_err(|error| FetchError(error.to_string()))?;
+        let entry = self.bucket.entry(key).await.map_err(FetchError::Read)?;
         match entry {
             Some(entry) if entry.operation == Operation::Put => {
-                let value: T = serde_json::from_slice(&entry.value)
-                    .map_err(|error| FetchError(format!("undecodable value: {error}")))?;
+                let value: T =
+                    serde_json::from_slice(&entry.value).map_err(FetchError::Undecodable)?;
                 let value = Arc::new(value);
                 self.apply_put(key, Arc::clone(&value), entry.revision, false);
                 Ok(Some(Versioned {
@@ -215,17 +228,15 @@ impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
 
     async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
         let mut last_revision = 0u64;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while !shutdown.is_cancelled() {
             match self.watch_once(&shutdown, &mut last_revision).await {
                 Ok(()) => return,
                 Err(error) => {
                     warn!(bucket = %self.bucket.name, %error, "watch failed, restarting");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&shutdown).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
@@ -256,9 +267,8 @@ impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
                 .map_err(|error| error.to_string())?
         };
         loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = watch.next() => next,
+            let Some(next) = shutdown.run_until_cancelled(watch.next()).await else {
+                return Ok(());
             };
             let entry = match next {
                 Some(Ok(entry)) => entry,
@@ -276,6 +286,12 @@ impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
 }
 
 /// A read from the bucket failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("reading the bucket failed: {0}")]
-pub struct FetchError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The bucket did not answer.
+    #[error("reading the bucket failed: {0}")]
+    Read(#[source] EntryError),
+    /// The value is not a `T`.
+    #[error("reading the bucket failed: undecodable value: {0}")]
+    Undecodable(#[source] serde_json::Error),
+}

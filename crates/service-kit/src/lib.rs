@@ -6,29 +6,35 @@ pub mod admin;
 mod backoff;
 mod consume;
 pub mod kv_cache;
+mod leader;
+mod lookup;
 pub mod metrics;
 mod nats;
 mod readiness;
 pub mod reply;
 mod resources;
 mod run;
+mod serve;
 mod settings;
 mod settle;
 
 pub use backoff::{retry_until_cancelled, Backoff};
 pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};
-pub use nats::{connect, next_delay, ConnectError, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
+pub use leader::{run_for_leadership, Lease};
+pub use lookup::{look_up, open_bucket, open_consumer, open_stream};
+pub use nats::{connect, ConnectError};
 pub use readiness::{Check, Readiness};
 pub use resources::{
     bucket_configs, consumer_configs, ensure_resources, stream_configs, ResourceError,
     CONSUMER_ACK_WAIT, DIRECTIVES_MAX_AGE, DUPLICATE_WINDOW, TTL_MARKER_LIFETIME,
 };
 pub use run::{run_service, ServiceContext, EXIT_CONFIG, EXIT_SECOND_SIGNAL};
+pub use serve::{start_service, Requests, WireError};
 pub use settings::{
     default_instance_id, load_from, load_settings, CommonArgs, ConfigError, Settings, CONFIG_ENV,
     DEFAULT_NATS_URL, ENV_PREFIX, NATS_URL_ENV,
 };
-pub use settle::{settle, Settlement, DIRECTIVE_RETRY_DELAY};
+pub use settle::{settle, settle_counting, Settlement, DIRECTIVE_RETRY_DELAY};
 
 /// This machine's host name, or `localhost` when it cannot be found.
 pub fn hostname() -> String {

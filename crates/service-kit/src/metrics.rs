@@ -22,6 +22,9 @@ pub const REPLY_PUBLISH_FAILURES_TOTAL: &str = "drover_reply_publish_failures_to
 pub const SERVICE_INFO: &str = "drover_service_info";
 /// Counter of shutdowns whose tasks outlived the drain grace period.
 pub const DRAIN_TIMEOUTS_TOTAL: &str = "drover_drain_timeouts_total";
+/// Counter of leadership changes, labelled `lease` and `change` (`elected`,
+/// `stepped_down` or `resigned`).
+pub const LEADERSHIP_CHANGES_TOTAL: &str = "drover_leadership_changes_total";
 
 /// Installs the global Prometheus recorder once and returns its handle.
 ///
@@ -67,5 +70,9 @@ fn describe() {
     describe_counter!(
         DRAIN_TIMEOUTS_TOTAL,
         "shutdowns whose tasks outlived the drain grace"
+    );
+    describe_counter!(
+        LEADERSHIP_CHANGES_TOTAL,
+        "leadership changes, by lease and change"
     );
 }

@@ -2,20 +2,15 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::metrics;
 use crate::settings::parse_server_addrs;
-
-/// First delay between connection attempts; it doubles up to [`MAX_RETRY_DELAY`].
-pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
-/// Longest delay between connection attempts.
-pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3);
 
 /// Why `connect` gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,11 +21,6 @@ pub enum ConnectError {
     /// The URL can never work, so retrying is pointless.
     #[error("invalid nats url: {0}")]
     InvalidUrl(String),
-}
-
-/// The next delay of an exponential backoff between `first` and `max`.
-pub fn next_delay(current: Duration, max: Duration) -> Duration {
-    current.saturating_mul(2).min(max)
 }
 
 /// Connects to NATS, retrying with backoff until connected or `shutdown` is cancelled.
@@ -81,14 +71,14 @@ pub(crate) async fn connect_observed(
         return Err(ConnectError::InvalidUrl("no server given".to_owned()));
     }
     let shown_url = crate::redact_url(url);
-    let mut delay = FIRST_RETRY_DELAY;
+    let mut backoff = Backoff::default();
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let attempt_result = tokio::select! {
-            () = shutdown.cancelled() => return Err(ConnectError::Cancelled),
-            result = options(name, connections.clone()).connect(addrs.clone()) => result,
-        };
+        let attempt_result = shutdown
+            .run_until_cancelled(options(name, connections.clone()).connect(addrs.clone()))
+            .await
+            .ok_or(ConnectError::Cancelled)?;
         match attempt_result {
             Ok(client) => {
                 info!(url = %shown_url, name, attempt, "connected to nats");
@@ -98,6 +88,7 @@ pub(crate) async fn connect_observed(
                 return Err(ConnectError::InvalidUrl(err.to_string()));
             }
             Err(err) => {
+                let delay = backoff.next_delay();
                 ::metrics::counter!(metrics::NATS_CONNECT_FAILURES_TOTAL).increment(1);
                 warn!(
                     url = %shown_url,
@@ -106,13 +97,12 @@ pub(crate) async fn connect_observed(
                     error = %err,
                     "nats connection failed"
                 );
+                shutdown
+                    .run_until_cancelled(tokio::time::sleep(delay))
+                    .await
+                    .ok_or(ConnectError::Cancelled)?;
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return Err(ConnectError::Cancelled),
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = next_delay(delay, MAX_RETRY_DELAY);
     }
 }
 
@@ -120,10 +110,7 @@ fn options(name: &str, connections: Option<Arc<Connections>>) -> ConnectOptions 
     ConnectOptions::new()
         .name(name)
         .max_reconnects(None)
-        .reconnect_delay_callback(|attempts| {
-            let exponent = u32::try_from(attempts.min(5)).unwrap_or(5);
-            (FIRST_RETRY_DELAY * 2u32.pow(exponent)).min(MAX_RETRY_DELAY)
-        })
+        .reconnect_delay_callback(|attempts| Backoff::default().delay_after(attempts))
         .event_callback(move |event| {
             if let (Event::Connected, Some(connections)) = (&event, &connections) {
                 connections.connected();
@@ -165,20 +152,9 @@ fn log_event(event: &Event) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut seen = vec![delay];
-        for _ in 0..8 {
-            delay = next_delay(delay, MAX_RETRY_DELAY);
-            seen.push(delay);
-        }
-        assert_eq!(seen[1], Duration::from_millis(200));
-        assert_eq!(*seen.last().unwrap(), MAX_RETRY_DELAY);
-        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
-    }
+    use super::*;
 
     #[tokio::test]
     async fn gives_up_only_when_cancelled() {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::backoff::Backoff;
 use crate::nats::{connect_observed, ConnectError, Connections};
 use crate::readiness::Readiness;
 use crate::settings::{load_settings, CommonArgs, Settings};
@@ -226,10 +227,7 @@ where
     tracker.close();
     if result.is_ok() && deadline.is_none() && !tracker.is_empty() {
         // The body spawned its work and returned: run until a signal or until the work ends.
-        tokio::select! {
-            () = tracker.wait() => {}
-            () = shutdown.cancelled() => {}
-        }
+        shutdown.run_until_cancelled(tracker.wait()).await;
     }
     readiness.set_draining();
     shutdown.cancel();
@@ -255,13 +253,15 @@ async fn ensure_until_done(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> bool {
-    let mut delay = crate::nats::FIRST_RETRY_DELAY;
+    let mut backoff = Backoff::default();
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let result = tokio::select! {
-            () = shutdown.cancelled() => return false,
-            result = resources::ensure_resources(js, settings) => result,
+        let Some(result) = shutdown
+            .run_until_cancelled(resources::ensure_resources(js, settings))
+            .await
+        else {
+            return false;
         };
         match result {
             Ok(()) => {
@@ -271,17 +271,20 @@ async fn ensure_until_done(
                 return true;
             }
             Err(error) => {
+                let delay = backoff.next_delay();
                 readiness.set_resources_ok(false);
                 ::metrics::gauge!(metrics::RESOURCES_READY).set(0.0);
                 ::metrics::counter!(metrics::RESOURCES_FAILURES_TOTAL).increment(1);
                 warn!(attempt, retry_in_ms = delay.as_millis() as u64, %error, "jetstream resources not ready");
+                if shutdown
+                    .run_until_cancelled(tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    return false;
+                }
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = crate::nats::next_delay(delay, crate::nats::MAX_RETRY_DELAY);
     }
 }
 
@@ -296,9 +299,12 @@ async fn reensure_on_reconnect(
 ) {
     let mut seen = connections.count();
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = connections.changed() => {}
+        if shutdown
+            .run_until_cancelled(connections.changed())
+            .await
+            .is_none()
+        {
+            return;
         }
         let now = connections.count();
         if now == seen {

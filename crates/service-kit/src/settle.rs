@@ -1,11 +1,12 @@
-//! Settling a directive read from a durable consumer: acknowledge it, refuse it for good
-//! (and tell the worker why), or have it delivered again later.
+//! Settling a message read from a durable consumer (a worker's directive, a log line):
+//! acknowledge it, refuse it for good (and tell the worker why), or have it delivered
+//! again later.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use async_nats::Client;
-use drover_protocol::{ErrorPayload, WorkerId};
+use drover_protocol::{ErrorCode, ErrorPayload, WorkerId};
 use tracing::{debug, warn};
 
 use crate::reply;
@@ -41,25 +42,39 @@ pub async fn settle(
     settlement: Settlement,
     rejected_metric: &'static str,
 ) {
+    settle_counting(nats, message, settlement, |code| {
+        ::metrics::counter!(rejected_metric, "code" => code.as_str()).increment(1);
+    })
+    .await;
+}
+
+/// [`settle`], for a service that counts rejections its own way: `count_rejection` is
+/// called with the error code of a rejection.
+pub async fn settle_counting(
+    nats: &Client,
+    message: &Message,
+    settlement: Settlement,
+    count_rejection: impl FnOnce(ErrorCode),
+) {
     let subject = message.subject.as_str();
     let acked = match settlement {
         Settlement::Applied => message.ack().await,
         Settlement::Rejected { error, worker } => {
-            ::metrics::counter!(rejected_metric, "code" => error.code.as_str()).increment(1);
-            debug!(subject, code = %error.code, message = %error.message, "directive rejected");
+            count_rejection(error.code);
+            debug!(subject, code = %error.code, message = %error.message, "message rejected");
             if let Some(worker) = worker {
                 reply::to_worker_error(nats, &worker, &error).await;
             }
             message.ack().await
         }
         Settlement::RetryLater { reason } => {
-            warn!(subject, reason, "directive not applied, will retry");
+            warn!(subject, reason, "message not applied, will retry");
             message
                 .ack_with(AckKind::Nak(Some(DIRECTIVE_RETRY_DELAY)))
                 .await
         }
     };
     if let Err(error) = acked {
-        warn!(subject, %error, "could not acknowledge a directive");
+        warn!(subject, %error, "could not acknowledge a message");
     }
 }

@@ -1,23 +1,30 @@
-//! `ensure_resources` and the admin server against a real nats-server.
+//! `ensure_resources`, the admin server, served endpoints, start-up look-ups and leases
+//! against a real nats-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer, ReplayPolicy};
 use async_nats::jetstream::stream::{
     Config as StreamConfig, DiscardPolicy, RetentionPolicy, StorageType,
 };
-use async_nats::jetstream::{self, Context};
-use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, Context};
+use async_nats::{HeaderMap, Message};
 use common::{http_get, wait_until, NatsServer};
 use drover_protocol::subject::{self, keys, resources, timers};
-use drover_protocol::{ErrorCode, ErrorPayload, Ready, RunId, WorkerId};
-use drover_service_kit::{admin, connect, ensure_resources, metrics, reply, Readiness, Settings};
+use drover_protocol::{DecodeError, ErrorCode, ErrorPayload, Ready, RunId, WorkerId};
+use drover_service_kit::kv_cache::KvCache;
+use drover_service_kit::{
+    admin, connect, ensure_resources, metrics, open_bucket, reply, run_for_leadership, Lease,
+    Readiness, Requests, Settings,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 async fn connected(server: &NatsServer) -> (async_nats::Client, Context) {
     let client = connect(&server.url, "service-kit-test", &CancellationToken::new())
@@ -459,21 +466,28 @@ async fn micro_service_replies_keep_the_error_body() {
         }
     });
 
-    let answer = client.request("test.micro", "ok".into()).await.unwrap();
     assert_eq!(
-        drover_protocol::decode_reply::<Ready>(&answer.payload).unwrap(),
+        ask(&client, "test.micro", "ok").await,
         Ok(Ready { incarnation: 1 })
     );
-    let answer = client.request("test.micro", "bad".into()).await.unwrap();
-    assert!(answer
-        .headers
-        .unwrap()
-        .get(reply::SERVICE_ERROR_CODE_HEADER)
-        .is_some());
-    let error = drover_protocol::decode_reply::<Ready>(&answer.payload)
-        .unwrap()
-        .unwrap_err();
+    let error = ask(&client, "test.micro", "bad").await.unwrap_err();
     assert_eq!(error.code, ErrorCode::SchemaViolation);
+}
+
+/// Requests `subject` of a micro service and decodes the answer; an error answer must
+/// carry the service error headers too.
+async fn ask(
+    client: &async_nats::Client,
+    subject: &'static str,
+    body: &'static str,
+) -> Result<Ready, ErrorPayload> {
+    let answer = client.request(subject, body.into()).await.unwrap();
+    let decoded = drover_protocol::decode_reply::<Ready>(&answer.payload).unwrap();
+    if decoded.is_err() {
+        let headers = answer.headers.expect("error headers");
+        assert!(headers.get(reply::SERVICE_ERROR_CODE_HEADER).is_some());
+    }
+    decoded
 }
 
 #[tokio::test]
@@ -489,4 +503,267 @@ async fn replicas_starting_together_all_succeed() {
     for handle in handles {
         handle.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn served_endpoints_answer_count_and_stop_with_shutdown() {
+    use async_nats::service::ServiceExt;
+
+    let server = NatsServer::start();
+    let (client, _js) = connected(&server).await;
+    let handle = metrics::install();
+    let service = client
+        .service_builder()
+        .start("drover-kit-serve-test", "0.1.0")
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let requests = Requests::new(&client, "drover_kit_test_requests_total", &shutdown, &tasks);
+    requests
+        .add(
+            &service,
+            "echo",
+            "test.serve",
+            |message: Message| async move {
+                if message.payload.as_ref() == b"ok" {
+                    Ok(drover_protocol::encode(&Ready { incarnation: 2 }))
+                } else {
+                    Err(DecodeError::InvalidJson("not ok".to_owned()))
+                }
+            },
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        ask(&client, "test.serve", "ok").await,
+        Ok(Ready { incarnation: 2 })
+    );
+    let error = ask(&client, "test.serve", "no").await.unwrap_err();
+    assert_eq!(error.code, ErrorCode::InvalidJson);
+    assert_eq!(error.in_reply_to, "test.serve");
+
+    let scrape = handle.render();
+    for outcome in ["ok", "invalid_json"] {
+        assert!(
+            scrape
+                .lines()
+                .any(|line| line.starts_with("drover_kit_test_requests_total{")
+                    && line.contains("endpoint=\"echo\"")
+                    && line.contains(&format!("outcome=\"{outcome}\""))
+                    && line.ends_with(" 1")),
+            "{outcome}: {scrape}"
+        );
+    }
+
+    shutdown.cancel();
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("the endpoint loop stops with shutdown");
+}
+
+#[tokio::test]
+async fn start_up_look_ups_wait_for_their_resource_or_shutdown() {
+    let server = NatsServer::start();
+    let (_client, js) = connected(&server).await;
+    let shutdown = CancellationToken::new();
+    let opening = tokio::spawn({
+        let js = js.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            KvCache::<serde_json::Value>::open(&js, "LATE", &shutdown)
+                .await
+                .map(|cache| cache.len())
+        }
+    });
+    // Let the first look-ups fail: the bucket comes later, as after a broker restart.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!opening.is_finished());
+    let bucket = js
+        .create_key_value(kv::Config {
+            bucket: "LATE".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    bucket.put("a", "{\"x\":1}".into()).await.unwrap();
+    let loaded = tokio::time::timeout(Duration::from_secs(10), opening)
+        .await
+        .expect("the cache opens once the bucket exists")
+        .unwrap();
+    assert_eq!(loaded, Some(1));
+
+    let never = tokio::spawn({
+        let js = js.clone();
+        let shutdown = shutdown.clone();
+        async move { open_bucket(&js, "NEVER", &shutdown).await.is_some() }
+    });
+    shutdown.cancel();
+    let opened = tokio::time::timeout(Duration::from_secs(5), never)
+        .await
+        .expect("shutdown ends the look-up")
+        .unwrap();
+    assert!(!opened);
+}
+
+/// Who leads, as seen by the `lead` closures of a lease test.
+#[derive(Default)]
+struct Terms {
+    leading: Mutex<Vec<&'static str>>,
+    overlapped: AtomicBool,
+}
+
+impl Terms {
+    fn leaders(&self) -> Vec<&'static str> {
+        self.leading.lock().unwrap().clone()
+    }
+
+    /// Waits until exactly `expected` lead.
+    async fn led_by(&self, expected: &[&str], within: Duration) -> bool {
+        wait_until(within, || async { self.leaders() == expected }).await
+    }
+}
+
+/// A replica competing for `key` of `bucket`; its terms are recorded in `terms`.
+fn contender(
+    bucket: &kv::Store,
+    key: &'static str,
+    name: &'static str,
+    lifetime: Duration,
+    terms: &Arc<Terms>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let lease = Lease::new(
+        bucket.clone(),
+        key,
+        name,
+        lifetime,
+        "drover_kit_test_leader",
+    );
+    let terms = Arc::clone(terms);
+    tokio::spawn(run_for_leadership(lease, stop.clone(), move |term| {
+        let terms = Arc::clone(&terms);
+        async move {
+            {
+                let mut leading = terms.leading.lock().unwrap();
+                leading.push(name);
+                if leading.len() > 1 {
+                    terms.overlapped.store(true, Ordering::SeqCst);
+                }
+            }
+            term.cancelled().await;
+            terms.leading.lock().unwrap().retain(|who| *who != name);
+        }
+    }))
+}
+
+/// A nats-server, a bucket of leases that live `lifetime` unless renewed (as in
+/// `DROVER_LEADERS`), and an empty record of terms.
+async fn leases(lifetime: Duration) -> (NatsServer, kv::Store, Arc<Terms>) {
+    let server = NatsServer::start();
+    let (_client, js) = connected(&server).await;
+    let bucket = js
+        .create_key_value(kv::Config {
+            bucket: "LEASES".to_owned(),
+            max_age: lifetime,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (server, bucket, Arc::new(Terms::default()))
+}
+
+async fn holder(bucket: &kv::Store, key: &str) -> Option<String> {
+    let value = bucket.get(key).await.unwrap()?;
+    Some(String::from_utf8(value.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn one_contender_leads_and_another_takes_over() {
+    let lifetime = Duration::from_millis(900);
+    let (_server, bucket, terms) = leases(lifetime).await;
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let a = contender(&bucket, "work", "a", lifetime, &terms, &stop_a);
+    let b = contender(&bucket, "work", "b", lifetime, &terms, &stop_b);
+
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            terms.leaders().len() == 1
+        })
+        .await,
+        "someone is elected"
+    );
+    let first = terms.leaders()[0];
+    assert_eq!(holder(&bucket, "work").await.as_deref(), Some(first));
+    // The lease is renewed: the leader outlives several lifetimes.
+    tokio::time::sleep(lifetime * 3).await;
+    assert_eq!(terms.leaders(), vec![first]);
+
+    // The leader resigns: the other takes over without waiting for the lease to expire.
+    let (resigning, resigner, other, stop_other) = if first == "a" {
+        (&stop_a, a, "b", &stop_b)
+    } else {
+        (&stop_b, b, "a", &stop_a)
+    };
+    let resigned_at = Instant::now();
+    resigning.cancel();
+    tokio::time::timeout(Duration::from_secs(5), resigner)
+        .await
+        .expect("the resigning contender stops")
+        .unwrap();
+    assert!(
+        terms.led_by(&[other], Duration::from_secs(5)).await,
+        "{other} takes over"
+    );
+    assert!(
+        resigned_at.elapsed() < lifetime,
+        "took over after {:?}",
+        resigned_at.elapsed()
+    );
+    assert_eq!(holder(&bucket, "work").await.as_deref(), Some(other));
+
+    // Someone else writes the key: the leader cannot renew, steps down, and is elected again
+    // once that write, never renewed, has expired.
+    bucket.put("work", "intruder".into()).await.unwrap();
+    assert!(
+        terms.led_by(&[], Duration::from_secs(5)).await,
+        "the leader steps down when its renewal fails"
+    );
+    assert!(
+        terms.led_by(&[other], Duration::from_secs(10)).await,
+        "the lease that nobody renews expires and {other} leads again"
+    );
+    assert!(
+        !terms.overlapped.load(Ordering::SeqCst),
+        "two leaders at once"
+    );
+    stop_other.cancel();
+}
+
+#[tokio::test]
+async fn a_lease_nobody_renews_is_taken_over_when_it_expires() {
+    let lifetime = Duration::from_millis(600);
+    let (_server, bucket, terms) = leases(lifetime).await;
+    // A leader that died without resigning.
+    bucket.create("work", "gone".into()).await.unwrap();
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let waiting = contender(&bucket, "work", "next", lifetime, &terms, &stop);
+    assert!(
+        terms.led_by(&["next"], Duration::from_secs(10)).await,
+        "the stale lease is taken over"
+    );
+    assert!(
+        started.elapsed() >= lifetime / 2,
+        "elected after {:?}, before the stale lease expired",
+        started.elapsed()
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the contender stops")
+        .unwrap();
+    assert_eq!(holder(&bucket, "work").await, None, "the lease is released");
 }

@@ -292,7 +292,8 @@ impl Tracker {
     }
 }
 
-fn stale(worker: &WorkerId, got: Incarnation, current: Incarnation) -> PulseRejection {
+/// The refusal of a pulse from incarnation `got` when `current` is the worker's.
+pub(crate) fn stale(worker: &WorkerId, got: Incarnation, current: Incarnation) -> PulseRejection {
     PulseRejection {
         code: ErrorCode::StaleIncarnation,
         message: format!(

@@ -11,19 +11,20 @@ use async_nats::jetstream::Message;
 use bytes::Bytes;
 use drover_protocol::envelope::decode;
 use drover_protocol::subject;
-use drover_protocol::{
-    DecodeError, ErrorCode, ErrorPayload, LogLine, LogRecord, RunId, Timestamp, WorkerId,
-};
-use drover_service_kit::reply;
+use drover_protocol::{DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId};
+use drover_service_kit::{settle, Backoff, Settlement, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::enrich::Lookup;
+use crate::error::LogError;
 use crate::intake::{record_id, Intake, Interrupted, Session};
 use crate::metrics;
 
 /// Attempts at storing one record before the batch is given up and read again.
 const PUBLISH_ATTEMPTS: u32 = 3;
+/// First delay before storing a record again.
+const PUBLISH_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// An intake message and what its delivery says about it.
 pub(crate) struct Received {
@@ -42,7 +43,7 @@ enum Step {
     /// An earlier leader stored it already.
     Stored,
     /// Refused: tell the worker, if it can be named.
-    Rejected(Option<WorkerId>, ErrorPayload),
+    Rejected(Option<WorkerId>, LogError),
     /// A valid line, to be stored.
     Line(WorkerId, LogLine),
 }
@@ -52,7 +53,7 @@ enum Plan {
     /// Its record was sent.
     Store(Pending),
     /// Refused: tell the worker, if it can be named.
-    Reject(Option<WorkerId>, ErrorPayload),
+    Reject(Option<WorkerId>, LogError),
     /// Already stored.
     Skip,
 }
@@ -103,7 +104,7 @@ impl Intake {
                     let run = line.run_id.as_ref().and_then(|run| runs.get(run)).cloned();
                     let record = record(worker, line, run.flatten(), &received, received_at);
                     let id = record_id(received.stream_seq, &session.epoch);
-                    match self.publish(&record, id, &received.message.subject).await {
+                    match self.publish(&record, id).await {
                         Ok(pending) => Plan::Store(pending),
                         Err(error) => Plan::Reject(Some(record.worker_id), error),
                     }
@@ -115,21 +116,27 @@ impl Intake {
         }
 
         for (received, plan) in planned {
-            match plan {
-                Plan::Store(pending) => self.settle(pending, term).await?,
-                Plan::Reject(worker, error) => {
-                    ::metrics::counter!(metrics::LINES_REJECTED, "code" => error.code.as_str())
-                        .increment(1);
-                    debug!(subject = %received.message.subject, code = %error.code, message = %error.message, "log line rejected");
-                    if let Some(worker) = worker {
-                        reply::to_worker_error(&self.nats, &worker, &error).await;
-                    }
+            let settlement = match plan {
+                Plan::Store(pending) => {
+                    self.confirm(pending, term).await?;
+                    Settlement::Applied
                 }
-                Plan::Skip => ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1),
-            }
-            if let Err(error) = received.message.ack().await {
-                debug!(%error, seq = received.stream_seq, "could not acknowledge an intake message");
-            }
+                Plan::Reject(worker, error) => Settlement::Rejected {
+                    error: error.to_wire(received.message.subject.as_str()),
+                    worker,
+                },
+                Plan::Skip => {
+                    ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1);
+                    Settlement::Applied
+                }
+            };
+            settle(
+                &self.nats,
+                &received.message,
+                settlement,
+                metrics::LINES_REJECTED,
+            )
+            .await;
         }
         Ok(())
     }
@@ -144,30 +151,18 @@ impl Intake {
             _ => None,
         };
         let Some(worker) = worker else {
-            let error = ErrorPayload::new(
-                ErrorCode::InvalidSubject,
-                format!("subject {subject:?} is not v1.log.<workerID>"),
-                subject,
-            );
-            return Step::Rejected(None, error);
+            return Step::Rejected(None, LogError::InvalidSubject(subject.to_owned()));
         };
         match decode::<LogLine>(&received.message.payload, self.max_payload_bytes) {
             Ok(line) => Step::Line(worker, line),
-            Err(error) => Step::Rejected(Some(worker), error.to_error(subject)),
+            Err(error) => Step::Rejected(Some(worker), error.into()),
         }
     }
 
     /// Sends a record without waiting for its PubAck; refuses one too large to store.
-    async fn publish(
-        &self,
-        record: &LogRecord,
-        msg_id: String,
-        in_reply_to: &str,
-    ) -> Result<Pending, ErrorPayload> {
+    async fn publish(&self, record: &LogRecord, msg_id: String) -> Result<Pending, LogError> {
         let subject = subject::logs(record.run_id.as_ref(), &record.worker_id);
-        let body = Bytes::from(serde_json::to_vec(record).map_err(|error| {
-            ErrorPayload::new(ErrorCode::Internal, error.to_string(), in_reply_to)
-        })?);
+        let body = Bytes::from(serde_json::to_vec(record).map_err(LogError::Unserializable)?);
         let message = PublishMessage::build()
             .payload(body.clone())
             .message_id(&msg_id);
@@ -181,7 +176,7 @@ impl Intake {
             Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 let size = body.len();
                 let limit = self.nats.server_info().max_payload;
-                Err(DecodeError::TooLarge { size, limit }.to_error(in_reply_to))
+                Err(DecodeError::TooLarge { size, limit }.into())
             }
             Err(error) => {
                 debug!(%error, %msg_id, "record not sent, will retry");
@@ -196,11 +191,12 @@ impl Intake {
     }
 
     /// Awaits a record's PubAck, publishing it again (same message ID) if it failed.
-    async fn settle(&self, pending: Pending, term: &CancellationToken) -> Result<(), Interrupted> {
+    async fn confirm(&self, pending: Pending, term: &CancellationToken) -> Result<(), Interrupted> {
         let mut outcome = match pending.ack {
             Some(ack) => ack.await.map_err(|error| error.to_string()),
             None => Err("not sent".to_owned()),
         };
+        let mut backoff = Backoff::new(PUBLISH_RETRY_DELAY, PUBLISH_RETRY_DELAY * 4);
         let mut attempt = 1;
         while let Err(error) = &outcome {
             if attempt >= PUBLISH_ATTEMPTS || term.is_cancelled() {
@@ -208,7 +204,9 @@ impl Intake {
             }
             warn!(error, msg_id = %pending.msg_id, attempt, "storing a log record failed, retrying");
             ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
-            tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(attempt)).await;
+            if !backoff.wait(term).await {
+                return Err(Interrupted::Publish(error.clone()));
+            }
             attempt += 1;
             let message = PublishMessage::build()
                 .payload(pending.body.clone())

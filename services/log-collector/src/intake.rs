@@ -14,13 +14,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::connection::State;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::{ConsumerResetErrorKind, Stream};
 use async_nats::jetstream::{self, Message};
 use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::Timestamp;
+use drover_service_kit::{connected, connection_lost, Backoff};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ pub(crate) struct Intake {
 impl Intake {
     /// Stores intake until `term` is cancelled (leadership ended or shutdown).
     pub(crate) async fn lead(self: Arc<Self>, term: CancellationToken) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut reason = "takeover";
         // What an earlier leader stored is read once per term: after a break of its own,
         // this leader relies on dedup, so that nothing it failed to store is skipped.
@@ -79,8 +79,7 @@ impl Intake {
                 Ok(session) => session,
                 Err(error) => {
                     warn!(error, "could not take over the intake consumer, retrying");
-                    pause(&term, delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait(&term).await;
                     continue;
                 }
             };
@@ -101,8 +100,7 @@ impl Intake {
                 Err(Interrupted::Publish(error)) => {
                     warn!(error, "records could not be stored, reading them again");
                     reason = "publish";
-                    pause(&term, delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    backoff.wait(&term).await;
                 }
             }
         }
@@ -135,7 +133,8 @@ impl Intake {
             if info.num_waiting == 0 || Instant::now() >= deadline {
                 break;
             }
-            pause(term, Duration::from_millis(100)).await;
+            term.run_until_cancelled(tokio::time::sleep(Duration::from_millis(100)))
+                .await;
         }
         let next_delivery = match self
             .intake
@@ -198,11 +197,14 @@ impl Intake {
     /// Pulls batches and stores them until `term`, or until deliveries were missed.
     async fn drain(&self, session: &Session, term: &CancellationToken) -> Result<(), Interrupted> {
         let mut expected = session.next_delivery;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
-            tokio::select! {
-                () = term.cancelled() => return Ok(()),
-                () = connected(&self.nats) => {}
+            if term
+                .run_until_cancelled(connected(&self.nats))
+                .await
+                .is_none()
+            {
+                return Ok(());
             }
             let pulled = session
                 .consumer
@@ -215,12 +217,11 @@ impl Intake {
                 Ok(messages) => messages,
                 Err(error) => {
                     warn!(%error, "intake pull request failed, retrying");
-                    pause(term, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff.wait(term).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
+            backoff.reset();
             let mut chunks = messages.ready_chunks(PULL_BATCH);
             loop {
                 let chunk = tokio::select! {
@@ -294,27 +295,6 @@ fn received(message: Message) -> Option<Received> {
         delivery,
         arrived: Timestamp::from_millis(i64::try_from(millis).unwrap_or(i64::MAX)),
     })
-}
-
-async fn pause(term: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        () = term.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
-}
-
-/// Resolves once `client` is connected.
-async fn connected(client: &Client) {
-    while client.connection_state() != State::Connected {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Resolves once `client` is no longer connected: a pull request dies with the connection.
-async fn connection_lost(client: &Client) {
-    while client.connection_state() == State::Connected {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[cfg(test)]

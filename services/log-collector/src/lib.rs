@@ -12,8 +12,8 @@
 mod batch;
 pub mod cursor;
 pub mod enrich;
+mod error;
 pub mod intake;
-pub mod leader;
 pub mod metrics;
 mod query;
 mod server;
@@ -21,13 +21,13 @@ mod server;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::Client;
 use drover_protocol::subject::resources;
-use drover_service_kit::{Readiness, Settings};
+use drover_service_kit::{open_bucket, open_stream, Readiness, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::enrich::RunCache;
+pub use crate::error::LogError;
 use crate::intake::Intake;
 use crate::query::Queries;
 
@@ -43,22 +43,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     metrics::describe();
     let js = async_nats::jetstream::new(nats.clone());
-    let intake_stream = js
-        .get_stream(resources::LOG_INTAKE_STREAM)
-        .await
-        .context("opening the log intake stream")?;
-    let logs = js
-        .get_stream(resources::LOGS_STREAM)
-        .await
-        .context("opening the logs stream")?;
-    let runs = js
-        .get_key_value(resources::RUNS_BUCKET)
-        .await
-        .context("opening the runs bucket")?;
-    let leaders = js
-        .get_key_value(resources::LEADERS_BUCKET)
-        .await
-        .context("opening the leaders bucket")?;
+    // Each look-up is retried until it succeeds; `None` when shutdown came first.
+    let opened = async {
+        let intake = open_stream(&js, resources::LOG_INTAKE_STREAM, &shutdown).await?;
+        let logs = open_stream(&js, resources::LOGS_STREAM, &shutdown).await?;
+        let runs = open_bucket(&js, resources::RUNS_BUCKET, &shutdown).await?;
+        let leaders = open_bucket(&js, resources::LEADERS_BUCKET, &shutdown).await?;
+        Some((intake, logs, runs, leaders))
+    };
+    let Some((intake_stream, logs, runs, leaders)) = opened.await else {
+        return Ok(());
+    };
 
     let intake = Intake {
         nats: nats.clone(),

@@ -16,7 +16,7 @@ pub const CONSUMER_RESETS: &str = "drover_logs_consumer_resets_total";
 pub const RUN_LOOKUPS: &str = "drover_logs_run_lookups_total";
 /// 1 while this replica leads the intake.
 pub const INTAKE_LEADER: &str = "drover_logs_intake_leader";
-/// `v1.logs.query` requests, by `outcome` (`ok` or an error code).
+/// `v1.logs.query` requests, by `endpoint` (`query`) and `outcome` (`ok` or an error code).
 pub const QUERIES: &str = "drover_logs_queries_total";
 /// Records returned by one `v1.logs.query`.
 pub const QUERY_RECORDS: &str = "drover_logs_query_records";

@@ -12,12 +12,13 @@ use async_nats::{Client, Message, StatusCode};
 use bytes::Bytes;
 use drover_protocol::envelope::decode_query;
 use drover_protocol::subject::{self, resources};
-use drover_protocol::{encode, ErrorCode, ErrorPayload, LogPage, LogsQuery};
+use drover_protocol::{encode, LogPage, LogsQuery};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::cursor::{assemble, Cursor, Scanned};
+use crate::error::LogError;
 use crate::metrics;
 
 /// How long a query waits for the stream to answer.
@@ -47,22 +48,13 @@ pub(crate) struct Queries {
 
 impl Queries {
     /// Answers one request with an encoded `v1.logs.records`, or the error to reply with.
-    pub(crate) async fn answer(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
+    pub(crate) async fn answer(&self, message: &Message) -> Result<Bytes, LogError> {
         let started = Instant::now();
-        let subject = message.subject.as_str();
-        let query: LogsQuery = decode_query(&message.payload, self.max_payload_bytes)
-            .map_err(|error| error.to_error(subject))?;
+        let query: LogsQuery = decode_query(&message.payload, self.max_payload_bytes)?;
         let cursor = match query.cursor.as_deref() {
-            Some(text) => Some(Cursor::parse(text).ok_or_else(|| {
-                ErrorPayload::new(
-                    ErrorCode::InvalidCursor,
-                    format!(
-                        "cursor {:?} was not handed out by v1.logs.query",
-                        truncate(text)
-                    ),
-                    subject,
-                )
-            })?),
+            Some(text) => {
+                Some(Cursor::parse(text).ok_or_else(|| LogError::InvalidCursor(truncate(text)))?)
+            }
             None => None,
         };
         let limit = query
@@ -75,13 +67,7 @@ impl Queries {
         let scanned = self
             .scan(&filter, start, limit, budget)
             .await
-            .map_err(|reason| {
-                ErrorPayload::new(
-                    ErrorCode::Unavailable,
-                    format!("the log store did not answer: {reason}"),
-                    subject,
-                )
-            })?;
+            .map_err(LogError::StoreUnavailable)?;
         let page = assemble(scanned, start, query.since, budget);
         if page.unreadable > 0 {
             ::metrics::counter!(metrics::UNREADABLE_RECORDS).increment(page.unreadable);

@@ -6,6 +6,7 @@
 //! liveness on `drover.internal.registry.*`. Every status is derived in one place,
 //! [`drover_protocol::WorkerRecord::derive_status`].
 
+mod error;
 pub mod metrics;
 mod server;
 pub mod store;
@@ -13,16 +14,16 @@ pub mod transitions;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use async_nats::Client;
 use drover_protocol::{subject::resources, WorkerRecord};
+use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::{Readiness, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use crate::error::RegistryError;
 use crate::store::WorkerStore;
 use crate::transitions::Timings;
-use drover_service_kit::kv_cache::KvCache;
 
 /// Runs the registry until `shutdown` is cancelled.
 pub async fn run(
@@ -32,15 +33,11 @@ pub async fn run(
     readiness: Readiness,
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
-    let bucket = js
-        .get_key_value(resources::WORKERS_BUCKET)
-        .await
-        .context("opening the workers bucket")?;
-    let cache: Arc<KvCache<WorkerRecord>> = KvCache::spawn(bucket, shutdown.child_token());
-    tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
-        () = cache.wait_caught_up() => {}
-    }
+    let Some(cache) =
+        KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await
+    else {
+        return Ok(());
+    };
     info!(workers = cache.len(), "worker records loaded");
 
     let store = Arc::new(WorkerStore::new(cache, nats.clone()));

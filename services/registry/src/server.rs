@@ -4,29 +4,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, AckKind};
-use async_nats::service::ServiceExt;
+use async_nats::jetstream;
 use async_nats::{Client, Message, Subject};
 use bytes::Bytes;
 use drover_protocol::envelope::{decode, decode_internal, decode_query, encode_internal};
 use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{
-    Claim, ErrorCode, ErrorPayload, InternalReply, LivenessReport, Ready, Register, Registered,
-    RegistryGet, RegistryList, Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList,
-    WorkerRecord,
+    Claim, InternalReply, LivenessReport, Ready, Register, Registered, RegistryGet, RegistryList,
+    Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList, WorkerRecord,
 };
-use drover_service_kit::{consume, reply, Readiness, Settings};
+use drover_service_kit::{
+    consume, open_consumer, settle_counting, start_service, Readiness, Requests, Settings,
+    Settlement, WireError,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
+use crate::error::RegistryError;
 use crate::metrics;
-use crate::store::{MutateError, WorkerStore};
+use crate::store::{Applied, MutateError, WorkerStore};
 use crate::transitions::{self, Outcome, Rejection, Timings};
 
+/// What `$SRV.INFO` says this service does.
+const DESCRIPTION: &str = "Drover worker registry: registration, statuses and discovery";
+
 /// Everything the handlers need.
-#[derive(Clone)]
 pub(crate) struct Server {
     pub settings: Arc<Settings>,
     pub nats: Client,
@@ -40,52 +44,47 @@ fn count(endpoint: &'static str, outcome: &str) {
         .increment(1);
 }
 
-fn rejection_error(rejection: Rejection, in_reply_to: &str) -> ErrorPayload {
-    ErrorPayload::new(rejection.code, rejection.message, in_reply_to)
-        .with_details(rejection.details)
-}
-
-fn store_error(error: MutateError, in_reply_to: &str) -> ErrorPayload {
-    match error {
-        MutateError::Rejected(rejection) => rejection_error(rejection, in_reply_to),
-        MutateError::Store(message) => {
-            ErrorPayload::new(ErrorCode::Unavailable, message, in_reply_to)
-        }
-    }
-}
-
 impl Server {
     pub(crate) async fn serve(
         self,
         shutdown: CancellationToken,
         readiness: Readiness,
     ) -> anyhow::Result<()> {
+        let Some(consumer) = open_consumer(
+            &self.js,
+            resources::DIRECTIVES_STREAM,
+            resources::REGISTRY_CONSUMER,
+            &shutdown,
+        )
+        .await
+        else {
+            return Ok(());
+        };
+        let server = Arc::new(self);
         let tasks = TaskTracker::new();
-        let service = self
-            .nats
-            .service_builder()
-            .description("Drover worker registry: registration, statuses and discovery")
-            .start("drover-registry", env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|error| anyhow::anyhow!("starting the micro service: {error}"))?;
-        let register = service
-            .endpoint_builder()
-            .name("register")
-            .add(subject::from_any_worker(keys::REGISTER))
-            .await
-            .map_err(|error| anyhow::anyhow!("adding the register endpoint: {error}"))?;
-        let list = service
-            .endpoint_builder()
-            .name("list")
-            .add(keys::REGISTRY_LIST)
-            .await
-            .map_err(|error| anyhow::anyhow!("adding the list endpoint: {error}"))?;
-        let get = service
-            .endpoint_builder()
-            .name("get")
-            .add(keys::REGISTRY_GET)
-            .await
-            .map_err(|error| anyhow::anyhow!("adding the get endpoint: {error}"))?;
+        let service = start_service(&server.nats, "drover-registry", DESCRIPTION).await?;
+        let requests = Requests::new(&server.nats, metrics::REQUESTS, &shutdown, &tasks);
+        let register = Arc::clone(&server);
+        requests
+            .add(
+                &service,
+                "register",
+                subject::from_any_worker(keys::REGISTER),
+                move |message| Arc::clone(&register).register(message),
+            )
+            .await?;
+        let list = Arc::clone(&server);
+        requests
+            .add(&service, "list", keys::REGISTRY_LIST, move |message| {
+                std::future::ready(list.list(&message))
+            })
+            .await?;
+        let get = Arc::clone(&server);
+        requests
+            .add(&service, "get", keys::REGISTRY_GET, move |message| {
+                std::future::ready(get.get(&message))
+            })
+            .await?;
 
         let internal_subjects = [
             internal::REGISTRY_CLAIM,
@@ -95,7 +94,7 @@ impl Server {
         ];
         let mut internal_subs = Vec::new();
         for name in internal_subjects {
-            let sub = self
+            let sub = server
                 .nats
                 .queue_subscribe(name, "drover-registry".to_owned())
                 .await
@@ -103,45 +102,20 @@ impl Server {
             internal_subs.push(sub);
         }
         let internal = futures::stream::select_all(internal_subs);
-
-        let consumer: jetstream::consumer::PullConsumer = self
-            .js
-            .get_stream(resources::DIRECTIVES_STREAM)
-            .await
-            .context("opening the directives stream")?
-            .get_consumer(resources::REGISTRY_CONSUMER)
-            .await
-            .map_err(|error| anyhow::anyhow!("opening the registry consumer: {error}"))?;
-
-        tasks.spawn(
-            self.clone()
-                .requests(register, "register", shutdown.clone(), tasks.clone()),
-        );
-        tasks.spawn(
-            self.clone()
-                .requests(list, "list", shutdown.clone(), tasks.clone()),
-        );
-        tasks.spawn(
-            self.clone()
-                .requests(get, "get", shutdown.clone(), tasks.clone()),
-        );
-        tasks.spawn(
-            self.clone()
-                .internal(internal, shutdown.clone(), tasks.clone()),
-        );
+        tasks.spawn(Arc::clone(&server).internal(internal, shutdown.clone(), tasks.clone()));
         {
-            let server = self.clone();
-            let client = self.nats.clone();
+            let server = Arc::clone(&server);
+            let client = server.nats.clone();
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 consume(consumer, &client, 64, stop, move |message| {
-                    let server = server.clone();
+                    let server = Arc::clone(&server);
                     async move { server.directive(message).await }
                 })
                 .await;
             });
         }
-        tasks.spawn(self.clone().report_gauges(shutdown.clone()));
+        tasks.spawn(Arc::clone(&server).report_gauges(shutdown.clone()));
         readiness.set_serving(true);
         info!("registry serving");
 
@@ -155,64 +129,14 @@ impl Server {
         Ok(())
     }
 
-    async fn requests(
-        self,
-        mut endpoint: async_nats::service::endpoint::Endpoint,
-        name: &'static str,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) {
-        loop {
-            let request = tokio::select! {
-                () = shutdown.cancelled() => return,
-                request = endpoint.next() => match request {
-                    Some(request) => request,
-                    None => return,
-                },
-            };
-            let server = self.clone();
-            let span = tracing::info_span!("registry.request", endpoint = name);
-            drover_telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
-            tasks.spawn(
-                async move {
-                    let subject = request.message.subject.to_string();
-                    let result = match name {
-                        "register" => server.register(&request.message).await,
-                        "list" => server.list(&request.message),
-                        _ => server.get(&request.message),
-                    };
-                    match result {
-                        Ok(body) => {
-                            count(name, "ok");
-                            reply::ok_bytes_request(&request, body).await;
-                        }
-                        Err(error) => {
-                            count(name, error.code.as_str());
-                            debug!(subject, code = %error.code, message = %error.message, "request rejected");
-                            reply::error_request(&server.nats, &request, &error).await;
-                        }
-                    }
-                }
-                .instrument(span),
-            );
-        }
-    }
-
-    async fn register(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
-        let subject = message.subject.as_str();
-        let worker = parse_worker(subject)?;
-        let request: Register = decode(&message.payload, self.settings.max_payload_bytes)
-            .map_err(|error| error.to_error(subject))?;
+    async fn register(self: Arc<Self>, message: Message) -> Result<Bytes, RegistryError> {
+        let worker = parse_worker(message.subject.as_str())?;
+        let request: Register = decode(&message.payload, self.settings.max_payload_bytes)?;
         if request.worker_id != worker {
-            return Err(ErrorPayload::new(
-                ErrorCode::WorkerIdMismatch,
-                format!(
-                    "payload workerID {:?} differs from the subject's {:?}",
-                    request.worker_id.as_str(),
-                    worker.as_str()
-                ),
-                subject,
-            ));
+            return Err(RegistryError::WorkerIdMismatch {
+                payload: request.worker_id,
+                subject: worker,
+            });
         }
         let timings = self.timings;
         let now = Timestamp::now();
@@ -223,11 +147,8 @@ impl Server {
                     existing, &request, timings, now,
                 ))))
             })
-            .await
-            .map_err(|error| store_error(error, subject))?;
-        let record = applied.record.ok_or_else(|| {
-            ErrorPayload::new(ErrorCode::Internal, "registration wrote no record", subject)
-        })?;
+            .await?;
+        let record = applied.record.ok_or(RegistryError::NoRecord)?;
         info!(worker = %worker, incarnation = record.incarnation, routines = record.routines.len(), "worker registered");
         Ok(drover_protocol::encode(&Registered {
             worker_id: worker,
@@ -237,23 +158,12 @@ impl Server {
         }))
     }
 
-    fn list(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
-        let subject = message.subject.as_str();
-        let filter: RegistryList = decode_query(&message.payload, self.settings.max_payload_bytes)
-            .map_err(|error| error.to_error(subject))?;
+    fn list(&self, message: &Message) -> Result<Bytes, RegistryError> {
+        let filter: RegistryList = decode_query(&message.payload, self.settings.max_payload_bytes)?;
         let limit = match filter.limit {
             None => usize::MAX,
             Some(limit @ 1..=RegistryList::MAX_LIMIT) => limit as usize,
-            Some(limit) => {
-                return Err(ErrorPayload::new(
-                    ErrorCode::SchemaViolation,
-                    format!(
-                        "limit {limit} is out of range: 1 to {}",
-                        RegistryList::MAX_LIMIT
-                    ),
-                    subject,
-                ))
-            }
+            Some(limit) => return Err(RegistryError::LimitOutOfRange(limit)),
         };
         // A reply must fit in one NATS message: keep room for the envelope and the cursor.
         let max_payload = match self.nats.server_info().max_payload {
@@ -311,72 +221,63 @@ impl Server {
         }))
     }
 
-    fn get(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
-        let subject = message.subject.as_str();
-        let request: RegistryGet = decode(&message.payload, self.settings.max_payload_bytes)
-            .map_err(|error| error.to_error(subject))?;
+    fn get(&self, message: &Message) -> Result<Bytes, RegistryError> {
+        let request: RegistryGet = decode(&message.payload, self.settings.max_payload_bytes)?;
         match self.store.get(&request.worker_id) {
             Some(record) => Ok(drover_protocol::encode(&record)),
-            None => Err(ErrorPayload::new(
-                ErrorCode::UnknownWorker,
-                format!("worker {:?} is not registered", request.worker_id.as_str()),
-                subject,
-            )),
+            None => Err(RegistryError::UnknownWorker(request.worker_id)),
         }
     }
 
     /// `v1.ready.<w>` and `v1.terminating.<w>`, read from `DROVER_DIRECTIVES`.
     async fn directive(&self, message: jetstream::Message) {
-        let subject = message.subject.to_string();
-        let outcome = self.apply_directive(&subject, &message.payload).await;
-        let ack = match outcome {
-            Ok(()) => message.ack().await,
-            Err(Failure::Rejected(error, worker)) => {
-                count("directive", error.code.as_str());
-                debug!(subject, code = %error.code, message = %error.message, "directive rejected");
-                if let Some(worker) = worker {
-                    reply::to_worker_error(&self.nats, &worker, &error).await;
-                }
-                message.ack().await
-            }
-            Err(Failure::Retry(reason)) => {
-                warn!(subject, reason, "directive not applied, will retry");
-                message
-                    .ack_with(AckKind::Nak(Some(Duration::from_millis(500))))
-                    .await
-            }
+        let subject = message.subject.as_str();
+        let outcome = match parse_worker(subject) {
+            Ok(worker) => self
+                .apply_directive(&worker, subject, &message.payload)
+                .await
+                .map_err(|error| (error, Some(worker))),
+            Err(error) => Err((error, None)),
         };
-        if let Err(error) = ack {
-            warn!(subject, %error, "could not acknowledge a directive");
-        }
+        let settlement = match outcome {
+            Ok(()) => Settlement::Applied,
+            Err((RegistryError::Unavailable(reason), _)) => Settlement::RetryLater { reason },
+            Err((error, worker)) => Settlement::Rejected {
+                error: error.to_wire(subject),
+                worker,
+            },
+        };
+        settle_counting(&self.nats, &message, settlement, |code| {
+            count("directive", code.as_str());
+        })
+        .await;
     }
 
-    async fn apply_directive(&self, subject: &str, body: &[u8]) -> Result<(), Failure> {
-        let worker = match parse_worker(subject) {
-            Ok(worker) => worker,
-            Err(error) => return Err(Failure::Rejected(error, None)),
-        };
-        let inbound = subject::parse_inbound(subject).map_err(|error| {
-            Failure::Rejected(invalid_subject(subject, &error.to_string()), None)
-        })?;
+    async fn apply_directive(
+        &self,
+        worker: &WorkerId,
+        subject: &str,
+        body: &[u8],
+    ) -> Result<(), RegistryError> {
+        let key = subject::parse_inbound(subject)
+            .map_err(|error| invalid_subject(subject, &error.to_string()))?
+            .key;
         let limit = self.settings.max_payload_bytes;
-        let reject = |error: ErrorPayload| Failure::Rejected(error, Some(worker.clone()));
-        let result = match inbound.key {
+        let applied = match key {
             keys::READY => {
-                let ready: Ready = decode(body, limit).map_err(|e| reject(e.to_error(subject)))?;
+                let ready: Ready = decode(body, limit)?;
                 let now = Timestamp::now();
                 self.store
-                    .mutate(&worker, |existing| {
+                    .mutate(worker, |existing| {
                         transitions::ready(existing, worker.as_str(), ready.incarnation, now)
                     })
-                    .await
+                    .await?
             }
             keys::TERMINATING => {
-                let terminating: Terminating =
-                    decode(body, limit).map_err(|e| reject(e.to_error(subject)))?;
+                let terminating: Terminating = decode(body, limit)?;
                 let reason = terminating.reason.as_deref();
                 self.store
-                    .mutate(&worker, |existing| {
+                    .mutate(worker, |existing| {
                         transitions::terminating(
                             existing,
                             worker.as_str(),
@@ -384,45 +285,25 @@ impl Server {
                             reason,
                         )
                     })
-                    .await
+                    .await?
             }
-            _ => {
-                return Err(Failure::Rejected(
-                    invalid_subject(subject, "not a registry directive"),
-                    Some(worker),
-                ))
-            }
+            _ => return Err(invalid_subject(subject, "not a registry directive")),
         };
-        match result {
-            Ok(applied) => {
-                count("directive", "ok");
-                if applied.written {
-                    info!(worker = %worker, directive = inbound.key, "worker directive applied");
-                }
-                Ok(())
-            }
-            Err(MutateError::Rejected(rejection)) => {
-                Err(reject(rejection_error(rejection, subject)))
-            }
-            Err(MutateError::Store(reason)) => Err(Failure::Retry(reason)),
+        count("directive", "ok");
+        if applied.written {
+            info!(worker = %worker, directive = key, "worker directive applied");
         }
+        Ok(())
     }
 
     async fn internal(
-        self,
+        self: Arc<Self>,
         mut messages: futures::stream::SelectAll<async_nats::Subscriber>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) {
-        loop {
-            let message = tokio::select! {
-                () = shutdown.cancelled() => return,
-                message = messages.next() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
-            let server = self.clone();
+        while let Some(Some(message)) = shutdown.run_until_cancelled(messages.next()).await {
+            let server = Arc::clone(&self);
             tasks.spawn(async move {
                 let reply_to = message.reply.clone();
                 let answer = server.apply_internal(&message).await;
@@ -435,86 +316,78 @@ impl Server {
 
     async fn apply_internal(&self, message: &Message) -> InternalReply {
         let subject = message.subject.as_str();
-        let now = Timestamp::now();
-        let result = match subject {
-            internal::REGISTRY_CLAIM => match decode_internal::<Claim>(&message.payload) {
-                Ok(claim) => {
-                    let worker = claim.worker_id.clone();
-                    self.store
-                        .mutate_batched(
-                            &worker,
-                            Box::new(move |existing| transitions::claim(existing, &claim, now)),
-                        )
-                        .await
-                }
-                Err(error) => {
-                    return InternalReply::error(ErrorCode::InvalidJson, error.to_string())
-                }
-            },
-            internal::REGISTRY_RELEASE => match decode_internal::<Release>(&message.payload) {
-                Ok(release) => {
-                    let worker = release.worker_id.clone();
-                    self.store
-                        .mutate_batched(
-                            &worker,
-                            Box::new(move |existing| Ok(transitions::release(existing, &release))),
-                        )
-                        .await
-                }
-                Err(error) => {
-                    return InternalReply::error(ErrorCode::InvalidJson, error.to_string())
-                }
-            },
-            internal::REGISTRY_WAITING => match decode_internal::<Waiting>(&message.payload) {
-                Ok(report) => {
-                    self.store
-                        .mutate(&report.worker_id, |existing| {
-                            Ok(transitions::waiting(existing, &report))
-                        })
-                        .await
-                }
-                Err(error) => {
-                    return InternalReply::error(ErrorCode::InvalidJson, error.to_string())
-                }
-            },
-            internal::REGISTRY_LIVENESS => {
-                match decode_internal::<LivenessReport>(&message.payload) {
-                    Ok(report) => {
-                        let applied = self
-                            .store
-                            .mutate(&report.worker_id, |existing| {
-                                Ok(transitions::liveness(existing, &report))
-                            })
-                            .await;
-                        if let (Ok(applied), Some(liveness)) = (&applied, report.liveness) {
-                            if applied.written {
-                                info!(worker = %report.worker_id, incarnation = report.incarnation, ?liveness, "liveness applied");
-                            }
-                        }
-                        applied
-                    }
-                    Err(error) => {
-                        return InternalReply::error(ErrorCode::InvalidJson, error.to_string())
-                    }
-                }
-            }
-            _ => {
-                return InternalReply::error(ErrorCode::InvalidSubject, "unknown internal subject")
-            }
-        };
         let endpoint = subject.rsplit('.').next().unwrap_or("internal");
-        match result {
+        match self.internal_change(subject, &message.payload).await {
             Ok(_) => {
                 count("internal", "ok");
                 InternalReply::ok()
             }
-            Err(MutateError::Rejected(rejection)) => {
-                count("internal", rejection.code.as_str());
-                debug!(endpoint, code = %rejection.code, message = %rejection.message, "internal request refused");
-                InternalReply::error(rejection.code, rejection.message)
+            Err(error) => {
+                if let RegistryError::Rejected(rejection) = &error {
+                    count("internal", rejection.code.as_str());
+                    debug!(endpoint, code = %rejection.code, message = %rejection.message, "internal request refused");
+                }
+                InternalReply::error(error.code(), error.to_string())
             }
-            Err(MutateError::Store(reason)) => InternalReply::error(ErrorCode::Unavailable, reason),
         }
+    }
+
+    /// Claims, releases, waiting reports and liveness reports from the other services.
+    async fn internal_change(&self, subject: &str, body: &[u8]) -> Result<Applied, RegistryError> {
+        let applied = match subject {
+            internal::REGISTRY_CLAIM => {
+                let claim: Claim = decode_internal(body)?;
+                self.batched(claim.worker_id.clone(), claim, transitions::claim)
+                    .await
+            }
+            internal::REGISTRY_RELEASE => {
+                let release: Release = decode_internal(body)?;
+                let change = |existing: Option<&WorkerRecord>, release: &Release, _| {
+                    Ok(transitions::release(existing, release))
+                };
+                self.batched(release.worker_id.clone(), release, change)
+                    .await
+            }
+            internal::REGISTRY_WAITING => {
+                let report: Waiting = decode_internal(body)?;
+                self.store
+                    .mutate(&report.worker_id, |existing| {
+                        Ok(transitions::waiting(existing, &report))
+                    })
+                    .await
+            }
+            internal::REGISTRY_LIVENESS => {
+                let report: LivenessReport = decode_internal(body)?;
+                let applied = self
+                    .store
+                    .mutate(&report.worker_id, |existing| {
+                        Ok(transitions::liveness(existing, &report))
+                    })
+                    .await;
+                if let (Ok(applied), Some(liveness)) = (&applied, report.liveness) {
+                    if applied.written {
+                        info!(worker = %report.worker_id, incarnation = report.incarnation, ?liveness, "liveness applied");
+                    }
+                }
+                applied
+            }
+            _ => return Err(RegistryError::UnknownInternalSubject),
+        };
+        Ok(applied?)
+    }
+
+    /// Applies `change` for `request` to the record of `worker`, together with the other
+    /// claims and releases that arrive for it meanwhile.
+    async fn batched<T: Send + 'static>(
+        &self,
+        worker: WorkerId,
+        request: T,
+        change: fn(Option<&WorkerRecord>, &T, Timestamp) -> Result<Outcome, Rejection>,
+    ) -> Result<Applied, MutateError> {
+        let now = Timestamp::now();
+        let change =
+            Box::new(move |existing: Option<&WorkerRecord>| change(existing, &request, now));
+        self.store.mutate_batched(&worker, change).await
     }
 
     async fn answer_internal(&self, reply_to: Subject, answer: &InternalReply) {
@@ -523,13 +396,9 @@ impl Server {
         }
     }
 
-    async fn report_gauges(self, shutdown: CancellationToken) {
+    async fn report_gauges(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
             let mut counts = std::collections::HashMap::new();
             for record in self.store.list() {
                 *counts.entry(record.status).or_insert(0u64) += 1;
@@ -542,20 +411,14 @@ impl Server {
     }
 }
 
-enum Failure {
-    Rejected(ErrorPayload, Option<WorkerId>),
-    Retry(String),
+fn invalid_subject(subject: &str, reason: &str) -> RegistryError {
+    RegistryError::InvalidSubject {
+        subject: subject.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
-fn invalid_subject(subject: &str, reason: &str) -> ErrorPayload {
-    ErrorPayload::new(
-        ErrorCode::InvalidSubject,
-        format!("subject {subject:?} is not usable: {reason}"),
-        subject,
-    )
-}
-
-fn parse_worker(subject: &str) -> Result<WorkerId, ErrorPayload> {
+fn parse_worker(subject: &str) -> Result<WorkerId, RegistryError> {
     match subject::parse_inbound(subject) {
         Ok(inbound) => inbound
             .worker

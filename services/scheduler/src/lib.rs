@@ -7,7 +7,6 @@
 
 pub mod engine;
 pub mod intake;
-pub mod leader;
 pub mod metrics;
 mod queries;
 mod server;
@@ -17,12 +16,11 @@ pub mod transitions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::WorkerRecord;
 use drover_service_kit::kv_cache::KvCache;
-use drover_service_kit::{Readiness, Settings};
+use drover_service_kit::{look_up, open_bucket, Readiness, Settings};
 use tokio_util::sync::CancellationToken;
 
 use crate::intake::Intake;
@@ -37,26 +35,24 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(nats.clone());
     let retention = Duration::from_millis(settings.run_retention_ms);
-    let store = RunStore::open(js.clone(), nats.clone(), retention)
-        .await
-        .context("opening the runs bucket")?;
-    let intake = Intake::open(js.clone(), store.clone(), retention)
-        .await
-        .context("opening the run keys bucket")?;
-    let workers_bucket = js
-        .get_key_value(resources::WORKERS_BUCKET)
-        .await
-        .context("opening the workers bucket")?;
-    let workers: Arc<KvCache<WorkerRecord>> =
-        KvCache::spawn(workers_bucket, shutdown.child_token());
-    tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
-        () = workers.wait_caught_up() => {}
-    }
-    let leaders = js
-        .get_key_value(resources::LEADERS_BUCKET)
-        .await
-        .context("opening the leaders bucket")?;
+    // Each look-up is retried until it succeeds; `None` when shutdown came first.
+    let opened = async {
+        let store = look_up("opening the runs bucket", &shutdown, || {
+            RunStore::open(js.clone(), nats.clone(), retention)
+        })
+        .await?;
+        let intake = look_up("opening the run keys bucket", &shutdown, || {
+            Intake::open(js.clone(), store.clone(), retention)
+        })
+        .await?;
+        let workers =
+            KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await?;
+        let leaders = open_bucket(&js, resources::LEADERS_BUCKET, &shutdown).await?;
+        Some((store, intake, workers, leaders))
+    };
+    let Some((store, intake, workers, leaders)) = opened.await else {
+        return Ok(());
+    };
     let server = server::Server::new(Arc::new(settings), nats, store, intake, workers);
     server.serve(leaders, shutdown, readiness).await
 }

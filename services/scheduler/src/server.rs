@@ -4,19 +4,20 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
-use async_nats::service::ServiceExt;
 use async_nats::{Client, Message};
 use bytes::Bytes;
 use drover_protocol::envelope::decode;
-use drover_protocol::subject::{self, internal, keys};
+use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{encode, ErrorCode, ErrorPayload, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::kv_cache::KvCache;
-use drover_service_kit::{reply, Readiness, Settings};
+use drover_service_kit::{
+    reply, run_for_leadership, start_service, Lease, Readiness, Requests, Settings,
+};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Event};
 use crate::intake::{Intake, Origin, TraceContext};
@@ -24,10 +25,26 @@ use crate::metrics;
 use crate::queries;
 use crate::store::RunStore;
 
+/// What `$SRV.INFO` says this service does.
+const DESCRIPTION: &str = "Drover scheduler: run intake, queries and cancellation";
+
 /// Header carrying the original subject of a request forwarded to the leader.
 const FORWARDED_SUBJECT: &str = "Drover-Subject";
 /// How long a follower keeps trying to reach a leader (covers an election).
 const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Who answers a request endpoint.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// Run requests, on every replica.
+    Submit,
+    /// `v1.run.get`, on every replica.
+    Get,
+    /// `v1.run.list`, on every replica.
+    List,
+    /// Cancellations and child requests: the leader, reached through forwarding.
+    Leader,
+}
 
 #[derive(Clone)]
 pub(crate) struct Server {
@@ -37,11 +54,8 @@ pub(crate) struct Server {
     intake: Intake,
     workers: Arc<KvCache<WorkerRecord>>,
     engine: Arc<RwLock<Option<Arc<Engine>>>>,
-}
-
-fn count(endpoint: &'static str, outcome: &str) {
-    ::metrics::counter!(metrics::REQUESTS, "endpoint" => endpoint, "outcome" => outcome.to_owned())
-        .increment(1);
+    /// Every task of the service, so that shutdown waits for them.
+    tasks: TaskTracker,
 }
 
 impl Server {
@@ -59,6 +73,7 @@ impl Server {
             intake,
             workers,
             engine: Arc::new(RwLock::new(None)),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -75,56 +90,22 @@ impl Server {
         shutdown: CancellationToken,
         readiness: Readiness,
     ) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
-        let service = self
-            .nats
-            .service_builder()
-            .description("Drover scheduler: run intake, queries and cancellation")
-            .start("drover-scheduler", env!("CARGO_PKG_VERSION"))
-            .await
-            .map_err(|error| anyhow::anyhow!("starting the micro service: {error}"))?;
-        let endpoints = [
-            ("request_start", keys::REQUEST_START.to_owned()),
-            (
-                "request_start_child",
-                subject::from_any_worker(keys::REQUEST_START),
-            ),
-            ("get", keys::RUN_GET.to_owned()),
-            ("list", keys::RUN_LIST.to_owned()),
-            ("cancel", keys::RUN_CANCEL.to_owned()),
-        ];
-        for (name, subject) in endpoints {
-            let endpoint = service
-                .endpoint_builder()
-                .name(name)
-                .add(subject)
-                .await
-                .map_err(|error| anyhow::anyhow!("adding the {name} endpoint: {error}"))?;
-            tasks.spawn(
-                self.clone()
-                    .requests(endpoint, name, shutdown.clone(), tasks.clone()),
-            );
-        }
+        let tasks = self.tasks.clone();
+        let service = start_service(&self.nats, "drover-scheduler", DESCRIPTION).await?;
+        self.add_endpoints(&service, &shutdown).await?;
 
         let instance = self.settings.instance_id.clone();
-        let election_instance = instance.clone();
-        let lease = Duration::from_millis(self.settings.leader_lease_ms);
-        let leader_server = self.clone();
-        let election_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            crate::leader::run_for_leadership(
-                leaders,
-                "scheduler",
-                &election_instance,
-                lease,
-                election_shutdown,
-                move |term| {
-                    let server = leader_server.clone();
-                    async move { server.lead(term).await }
-                },
-            )
-            .await;
-        });
+        let lease = Lease::new(
+            leaders,
+            resources::SCHEDULER_LEASE,
+            instance.clone(),
+            Duration::from_millis(self.settings.leader_lease_ms),
+            metrics::LEADER,
+        );
+        let leader = self.clone();
+        tasks.spawn(run_for_leadership(lease, shutdown.clone(), move |term| {
+            leader.clone().lead(term)
+        }));
         readiness.set_serving(true);
         info!(instance, "scheduler serving");
 
@@ -138,9 +119,57 @@ impl Server {
         Ok(())
     }
 
+    /// Run requests and queries on every replica; cancellations and child requests too,
+    /// forwarded to the leader by a follower.
+    async fn add_endpoints(
+        &self,
+        service: &async_nats::service::Service,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let requests = Requests::new(&self.nats, metrics::REQUESTS, shutdown, &self.tasks);
+        let server = Arc::new(self.clone());
+        let endpoints = [
+            (
+                "request_start",
+                keys::REQUEST_START.to_owned(),
+                Route::Submit,
+            ),
+            (
+                "request_start_child",
+                subject::from_any_worker(keys::REQUEST_START),
+                Route::Leader,
+            ),
+            ("get", keys::RUN_GET.to_owned(), Route::Get),
+            ("list", keys::RUN_LIST.to_owned(), Route::List),
+            ("cancel", keys::RUN_CANCEL.to_owned(), Route::Leader),
+        ];
+        for (name, subject, route) in endpoints {
+            let server = Arc::clone(&server);
+            requests
+                .add(service, name, subject, move |message| {
+                    Arc::clone(&server).answer(route, message)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Answers a request of an endpoint.
+    async fn answer(
+        self: Arc<Self>,
+        route: Route,
+        message: Message,
+    ) -> Result<Bytes, ErrorPayload> {
+        match route {
+            Route::Submit => self.submit(&message).await,
+            Route::Get => queries::get(&self.store, &self.settings, &message).await,
+            Route::List => queries::list(&self.store, &self.settings, &message).await,
+            Route::Leader => self.leader_call(&message).await,
+        }
+    }
+
     /// The leader's term: run the engine and take forwarded requests.
     async fn lead(self, term: CancellationToken) {
-        ::metrics::gauge!(metrics::LEADER).set(1.0);
         let engine = Engine::new(
             Arc::clone(&self.settings),
             self.nats.clone(),
@@ -159,8 +188,10 @@ impl Server {
                 None
             }
         };
-        let forwarding = forwarded
-            .map(|subscriber| tokio::spawn(self.clone().take_forwarded(subscriber, term.clone())));
+        let forwarding = forwarded.map(|subscriber| {
+            self.tasks
+                .spawn(self.clone().take_forwarded(subscriber, term.clone()))
+        });
         if let Err(error) = Arc::clone(&engine).lead(Arc::clone(&self.workers)).await {
             warn!(%error, "the engine stopped");
         }
@@ -172,20 +203,12 @@ impl Server {
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        ::metrics::gauge!(metrics::LEADER).set(0.0);
     }
 
     async fn take_forwarded(self, mut subscriber: async_nats::Subscriber, term: CancellationToken) {
-        loop {
-            let message = tokio::select! {
-                () = term.cancelled() => return,
-                message = subscriber.next() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
+        while let Some(Some(message)) = term.run_until_cancelled(subscriber.next()).await {
             let server = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let Some(reply_to) = message.reply.clone() else {
                     return;
                 };
@@ -211,52 +234,6 @@ impl Server {
         }
     }
 
-    async fn requests(
-        self,
-        mut endpoint: async_nats::service::endpoint::Endpoint,
-        name: &'static str,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) {
-        loop {
-            let request = tokio::select! {
-                () = shutdown.cancelled() => return,
-                request = endpoint.next() => match request {
-                    Some(request) => request,
-                    None => return,
-                },
-            };
-            let server = self.clone();
-            let span = tracing::info_span!("scheduler.request", endpoint = name);
-            drover_telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
-            // Boxed so that the task holds a pointer, not the whole request future.
-            tasks.spawn(Box::pin(
-                async move {
-                    let message = &request.message;
-                    let subject = message.subject.as_str();
-                    let result = match name {
-                        "request_start" => server.submit(message).await,
-                        "get" => queries::get(&server.store, &server.settings, message).await,
-                        "list" => queries::list(&server.store, &server.settings, message).await,
-                        _ => server.leader_call(subject, message).await,
-                    };
-                    match result {
-                        Ok(body) => {
-                            count(name, "ok");
-                            reply::ok_bytes_request(&request, body).await;
-                        }
-                        Err(error) => {
-                            count(name, error.code.as_str());
-                            debug!(subject, code = %error.code, message = %error.message, "request rejected");
-                            reply::error_request(&server.nats, &request, &error).await;
-                        }
-                    }
-                }
-                .instrument(span),
-            ));
-        }
-    }
-
     async fn submit(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
         let subject = message.subject.as_str();
         let spec: RunSpec = decode(&message.payload, self.settings.max_payload_bytes)
@@ -270,7 +247,8 @@ impl Server {
     }
 
     /// Cancellation and child requests: done by the leader, forwarded there by followers.
-    async fn leader_call(&self, subject: &str, message: &Message) -> Result<Bytes, ErrorPayload> {
+    async fn leader_call(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
+        let subject = message.subject.as_str();
         // Check the request here too, so that a bad one is refused without a round trip.
         self.precheck(subject, message)?;
         if let Some(engine) = self.engine() {

@@ -1,11 +1,14 @@
-//! Settings shared by every service, loaded in layers: defaults, then a file, then
-//! `DROVER_*` environment variables, then flags, then `validate()` (STYLE "Start-up").
+//! Settings shared by every service and their validation. They are loaded in layers
+//! (STYLE "Start-up"): defaults, then a file, then `DROVER_*` environment variables, then
+//! flags (see `load`), then [`Settings::validate`].
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+mod load;
 
-use config::{Config, Environment, File, FileFormat};
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
+
+pub use load::{load_from, load_settings, CommonArgs};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -128,7 +131,7 @@ impl ConfigError {
     }
 }
 
-fn one_line(text: impl std::fmt::Display) -> String {
+pub(crate) fn one_line(text: impl std::fmt::Display) -> String {
     text.to_string()
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -243,160 +246,15 @@ pub(crate) fn parse_server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAdd
         .collect()
 }
 
-/// Flags every service binary accepts (`#[command(flatten)]` them).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct CommonArgs {
-    /// Config file (TOML, JSON or YAML, by extension); default: $DROVER_CONFIG.
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// NATS server URL; overrides DROVER_NATS_URL, NATS_URL and the config file.
-    #[arg(long, value_name = "URL")]
-    pub nats_url: Option<String>,
-    /// Admin HTTP address (health, readiness, metrics).
-    #[arg(long, value_name = "ADDR")]
-    pub admin_addr: Option<String>,
-}
-
-/// Loads settings from defaults, the config file, the process environment and `args`.
-pub fn load_settings(args: &CommonArgs) -> Result<Settings, ConfigError> {
-    load_from(args, std::env::vars())
-}
-
-/// Loads settings as [`load_settings`] does, reading `env` in place of the process
-/// environment.
-pub fn load_from(
-    args: &CommonArgs,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Settings, ConfigError> {
-    let env: HashMap<String, String> = env.into_iter().collect();
-    let defaults = Settings::default();
-    let known = known_keys(&defaults)?;
-
-    let mut builder = Config::builder().add_source(
-        Config::try_from(&defaults).map_err(|error| ConfigError::Load(one_line(error)))?,
-    );
-
-    let file = args.config.clone().or_else(|| {
-        env.get(CONFIG_ENV)
-            .filter(|p| !p.is_empty())
-            .map(PathBuf::from)
-    });
-    if let Some(path) = &file {
-        builder = builder.add_source(read_file(path)?);
-    }
-
-    // Only variables naming a field take part: other DROVER_* variables (DROVER_CONFIG,
-    // DROVER_LOG_FORMAT, ...) belong to someone else and must not trip the unknown-key check.
-    let prefix = format!("{ENV_PREFIX}_");
-    let mut drover_env: config::Map<String, String> = env
-        .iter()
-        .filter(|(name, _)| {
-            name.strip_prefix(&prefix)
-                .is_some_and(|key| known.contains(&key.to_ascii_lowercase()))
-        })
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect();
-    // NATS_URL ranks below DROVER_NATS_URL but above the file.
-    let drover_nats_url = format!("{prefix}NATS_URL");
-    if let Some(url) = env.get(NATS_URL_ENV).filter(|url| !url.trim().is_empty()) {
-        drover_env
-            .entry(drover_nats_url)
-            .or_insert_with(|| url.clone());
-    }
-    builder = builder.add_source(
-        Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("_")
-            .separator("__")
-            .try_parsing(true)
-            .source(Some(drover_env)),
-    );
-
-    builder = builder
-        .set_override_option("nats_url", args.nats_url.clone())
-        .and_then(|b| b.set_override_option("admin_addr", args.admin_addr.clone()))
-        .map_err(|error| ConfigError::Load(one_line(error)))?;
-
-    let settings: Settings =
-        builder
-            .build()
-            .and_then(Config::try_deserialize)
-            .map_err(|error| match (&file, error) {
-                (Some(path), config::ConfigError::FileParse { cause, .. }) => ConfigError::File {
-                    path: path.clone(),
-                    message: one_line(cause),
-                },
-                // Only the file can hold unknown keys: environment and flags are filtered.
-                (Some(path), error) if error.to_string().starts_with("unknown field") => {
-                    ConfigError::File {
-                        path: path.clone(),
-                        message: one_line(error),
-                    }
-                }
-                (_, error) => ConfigError::Load(one_line(error)),
-            })?;
-    settings.validate()?;
-    Ok(settings)
-}
-
-fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
-    let table = Config::try_from(defaults)
-        .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
-        .map_err(|error| ConfigError::Load(one_line(error)))?;
-    let mut keys: BTreeSet<String> = table.into_keys().collect();
-    // `None` fields may be left out of the serialised defaults.
-    keys.insert("admin_addr".to_owned());
-    Ok(keys)
-}
-
-fn read_file(path: &Path) -> Result<File<config::FileSourceString, FileFormat>, ConfigError> {
-    let file_error = |message: String| ConfigError::File {
-        path: path.to_owned(),
-        message,
-    };
-    let extension = path
-        .extension()
-        .and_then(|ext| ext.to_str())
-        .map(str::to_ascii_lowercase);
-    let format = match extension.as_deref() {
-        Some("toml") => FileFormat::Toml,
-        Some("json") => FileFormat::Json,
-        Some("yaml" | "yml") => FileFormat::Yaml,
-        _ => {
-            return Err(file_error(
-                "unknown file type; use a .toml, .json, .yaml or .yml extension".to_owned(),
-            ))
-        }
-    };
-    let text = std::fs::read_to_string(path).map_err(|error| file_error(one_line(error)))?;
-    Ok(File::from_str(&text, format))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-
     use super::*;
 
-    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// Environment variables as `load_from` takes them.
+    pub(super) fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
         vars.iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
-    }
-
-    fn file(extension: &str, text: &str) -> tempfile::TempPath {
-        let mut file = tempfile::Builder::new()
-            .suffix(&format!(".{extension}"))
-            .tempfile()
-            .unwrap();
-        file.write_all(text.as_bytes()).unwrap();
-        file.into_temp_path()
-    }
-
-    fn with_config(path: &Path) -> CommonArgs {
-        CommonArgs {
-            config: Some(path.to_owned()),
-            ..Default::default()
-        }
     }
 
     #[test]
@@ -419,104 +277,6 @@ mod tests {
             .instance_id
             .contains(&format!("-{}-", std::process::id())));
         settings.validate().unwrap();
-    }
-
-    #[test]
-    fn each_layer_overrides_the_one_below() {
-        let path = file(
-            "toml",
-            "heartbeat_interval_ms = 1000\nlost_after_ms = 4000\nleader_lease_ms = 2000\nadmin_addr = \"127.0.0.1:1\"\n",
-        );
-        let vars = env(&[
-            ("DROVER_LOST_AFTER_MS", "5000"),
-            ("DROVER_ADMIN_ADDR", "127.0.0.1:2"),
-        ]);
-        let from_file_and_env = load_from(&with_config(&path), vars.clone()).unwrap();
-        assert_eq!(
-            from_file_and_env.heartbeat_interval_ms, 1000,
-            "file over default"
-        );
-        assert_eq!(from_file_and_env.leader_lease_ms, 2000, "file over default");
-        assert_eq!(from_file_and_env.lost_after_ms, 5000, "env over file");
-        assert_eq!(
-            from_file_and_env.admin_addr.as_deref(),
-            Some("127.0.0.1:2"),
-            "env over file"
-        );
-
-        let args = CommonArgs {
-            admin_addr: Some("127.0.0.1:3".to_owned()),
-            ..with_config(&path)
-        };
-        let with_flags = load_from(&args, vars).unwrap();
-        assert_eq!(
-            with_flags.admin_addr.as_deref(),
-            Some("127.0.0.1:3"),
-            "flag over env"
-        );
-    }
-
-    #[test]
-    fn config_file_can_come_from_the_environment() {
-        let path = file("json", r#"{"js_replicas": 3, "logs_max_bytes": -1}"#);
-        let vars = env(&[(CONFIG_ENV, path.to_str().unwrap())]);
-        let settings = load_from(&CommonArgs::default(), vars).unwrap();
-        assert_eq!(settings.js_replicas, 3);
-        assert_eq!(settings.logs_max_bytes, -1);
-
-        // --config wins over DROVER_CONFIG.
-        let other = file("yaml", "js_replicas: 5\n");
-        let vars = env(&[(CONFIG_ENV, path.to_str().unwrap())]);
-        let settings = load_from(&with_config(&other), vars).unwrap();
-        assert_eq!(settings.js_replicas, 5);
-    }
-
-    #[test]
-    fn nats_url_precedence() {
-        let path = file("toml", "nats_url = \"nats://file:4222\"\n");
-        let url =
-            |args: &CommonArgs, vars: &[(&str, &str)]| load_from(args, env(vars)).unwrap().nats_url;
-        let no_file = CommonArgs::default();
-        let file_args = with_config(&path);
-        let flag_args = CommonArgs {
-            nats_url: Some("nats://flag:4222".to_owned()),
-            ..with_config(&path)
-        };
-        let both = [
-            ("DROVER_NATS_URL", "nats://drover:4222"),
-            ("NATS_URL", "nats://plain:4222"),
-        ];
-        assert_eq!(url(&no_file, &[]), DEFAULT_NATS_URL);
-        assert_eq!(url(&file_args, &[]), "nats://file:4222");
-        assert_eq!(
-            url(&file_args, &[("NATS_URL", "nats://plain:4222")]),
-            "nats://plain:4222"
-        );
-        assert_eq!(url(&file_args, &both), "nats://drover:4222");
-        assert_eq!(url(&flag_args, &both), "nats://flag:4222");
-        // An empty NATS_URL does not hide the file.
-        assert_eq!(url(&file_args, &[("NATS_URL", "")]), "nats://file:4222");
-    }
-
-    #[test]
-    fn env_keys_with_single_underscores_and_unrelated_vars() {
-        let vars = env(&[
-            ("DROVER_HEARTBEAT_INTERVAL_MS", "200"),
-            ("DROVER_LOST_AFTER_MS", "600"),
-            ("DROVER_ASSIGN_ACK_TIMEOUT_MS", "750"),
-            ("DROVER_MAX_REASSIGNMENTS", "9"),
-            ("DROVER_INSTANCE_ID", "1234"),
-            // Not ours: ignored rather than rejected as unknown keys.
-            ("DROVER_LOG_FORMAT", "json"),
-            ("DROVER_SOMETHING__NESTED", "x"),
-            ("HEARTBEAT_INTERVAL_MS", "1"),
-        ]);
-        let settings = load_from(&CommonArgs::default(), vars).unwrap();
-        assert_eq!(settings.heartbeat_interval_ms, 200);
-        assert_eq!(settings.lost_after_ms, 600);
-        assert_eq!(settings.assign_ack_timeout_ms, 750);
-        assert_eq!(settings.max_reassignments, 9);
-        assert_eq!(settings.instance_id, "1234");
     }
 
     #[test]
@@ -547,45 +307,6 @@ mod tests {
                 "{text}"
             );
         }
-    }
-
-    #[test]
-    fn type_errors_name_the_key() {
-        let error = load_from(
-            &CommonArgs::default(),
-            env(&[("DROVER_HEARTBEAT_INTERVAL_MS", "soon")]),
-        )
-        .unwrap_err();
-        let text = error.to_string();
-        assert!(text.contains("heartbeat_interval_ms"), "{text}");
-        assert!(!text.contains('\n'));
-    }
-
-    #[test]
-    fn bad_files_are_errors() {
-        let missing = with_config(Path::new("/nonexistent/drover.toml"));
-        assert!(matches!(
-            load_from(&missing, env(&[])),
-            Err(ConfigError::File { .. })
-        ));
-
-        let unknown_kind = file("ini", "x=1");
-        let error = load_from(&with_config(&unknown_kind), env(&[])).unwrap_err();
-        assert!(error.to_string().contains("extension"), "{error}");
-
-        let malformed = file("toml", "heartbeat_interval_ms = = 3\n");
-        let error = load_from(&with_config(&malformed), env(&[])).unwrap_err();
-        assert!(matches!(error, ConfigError::File { .. }), "{error}");
-        assert!(!error.to_string().contains('\n'), "{error}");
-
-        let typo = file("toml", "heartbeat_interval = 3\n");
-        let error = load_from(&with_config(&typo), env(&[])).unwrap_err();
-        assert!(matches!(error, ConfigError::File { .. }), "{error}");
-        assert!(error.to_string().contains("heartbeat_interval"), "{error}");
-
-        let wrong_type = file("json", r#"{"js_replicas": "many"}"#);
-        let error = load_from(&with_config(&wrong_type), env(&[])).unwrap_err();
-        assert!(error.to_string().contains("js_replicas"), "{error}");
     }
 
     #[test]
