@@ -29,7 +29,7 @@ pub use resources::{
     CONSUMER_ACK_WAIT, DIRECTIVES_MAX_AGE, DUPLICATE_WINDOW, TTL_MARKER_LIFETIME,
 };
 pub use run::{run_service, ServiceContext, EXIT_CONFIG, EXIT_SECOND_SIGNAL};
-pub use serve::{start_service, Requests, WireError};
+pub use serve::{drain, start_service, Requests, WireError};
 pub use settings::{
     default_instance_id, load_from, load_settings, CommonArgs, ConfigError, Settings, CONFIG_ENV,
     DEFAULT_NATS_URL, ENV_PREFIX, NATS_URL_ENV,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
-use crate::reply;
+use crate::{reply, Readiness};
 
 /// An error that a handler returns, put on the wire at the edge, where the subject it
 /// answers is known.
@@ -47,6 +47,17 @@ pub async fn start_service(
         .start(name, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|error| anyhow::anyhow!("starting the micro service: {error}"))
+}
+
+/// Ends serving: `/readyz` says not ready, the micro service stops taking requests, and
+/// the requests and loops tracked by `tasks` are waited for.
+pub async fn drain(service: Service, tasks: &TaskTracker, readiness: &Readiness) {
+    readiness.set_serving(false);
+    if let Err(error) = service.stop().await {
+        debug!(%error, "stopping the micro service");
+    }
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// What the request endpoints of one service share: the client that answers, the counter

@@ -14,7 +14,7 @@ use drover_protocol::{
     encode, CheckPulse, GivePulse, Liveness, LivenessReport, WorkerId, WorkerRecord,
 };
 use drover_service_kit::kv_cache::{Change, KvCache};
-use drover_service_kit::{reply, start_service, Readiness, Settings, WireError};
+use drover_service_kit::{drain, reply, start_service, Readiness, Settings, WireError};
 use futures::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
@@ -85,12 +85,7 @@ impl Monitor {
         readiness.set_serving(true);
 
         self.follow_records(changes, &shutdown).await;
-        readiness.set_serving(false);
-        if let Err(error) = service.stop().await {
-            debug!(%error, "stopping the micro service");
-        }
-        self.tasks.close();
-        self.tasks.wait().await;
+        drain(service, &self.tasks, &readiness).await;
         Ok(())
     }
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use async_nats::Client;
 use drover_protocol::subject::{keys, resources};
-use drover_service_kit::{run_for_leadership, start_service, Lease, Readiness, Requests};
+use drover_service_kit::{drain, run_for_leadership, start_service, Lease, Readiness, Requests};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::intake::Intake;
 use crate::metrics;
@@ -61,12 +61,7 @@ impl Server {
         readiness.set_serving(true);
         info!(instance = %self.instance_id, "log-collector serving");
         shutdown.cancelled().await;
-        readiness.set_serving(false);
-        if let Err(error) = service.stop().await {
-            debug!(%error, "stopping the micro service");
-        }
-        tasks.close();
-        tasks.wait().await;
+        drain(service, &tasks, &readiness).await;
         Ok(())
     }
 }

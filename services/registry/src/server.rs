@@ -14,7 +14,7 @@ use drover_protocol::{
     Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList, WorkerRecord,
 };
 use drover_service_kit::{
-    consume, open_consumer, settle_counting, start_service, Readiness, Requests, Settings,
+    consume, drain, open_consumer, settle_counting, start_service, Readiness, Requests, Settings,
     Settlement, WireError,
 };
 use futures::StreamExt;
@@ -120,12 +120,7 @@ impl Server {
         info!("registry serving");
 
         shutdown.cancelled().await;
-        readiness.set_serving(false);
-        if let Err(error) = service.stop().await {
-            debug!(%error, "stopping the micro service");
-        }
-        tasks.close();
-        tasks.wait().await;
+        drain(service, &tasks, &readiness).await;
         Ok(())
     }
 

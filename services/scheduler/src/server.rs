@@ -11,7 +11,7 @@ use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{encode, ErrorCode, ErrorPayload, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::{
-    reply, run_for_leadership, start_service, Lease, Readiness, Requests, Settings,
+    drain, reply, run_for_leadership, start_service, Lease, Readiness, Requests, Settings,
 };
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -110,12 +110,7 @@ impl Server {
         info!(instance, "scheduler serving");
 
         shutdown.cancelled().await;
-        readiness.set_serving(false);
-        if let Err(error) = service.stop().await {
-            debug!(%error, "stopping the micro service");
-        }
-        tasks.close();
-        tasks.wait().await;
+        drain(service, &tasks, &readiness).await;
         Ok(())
     }
 
