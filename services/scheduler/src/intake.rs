@@ -191,7 +191,7 @@ impl Intake {
         let keys = js
             .get_key_value(resources::RUN_KEYS_BUCKET)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
             js,
             store,

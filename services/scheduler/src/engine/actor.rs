@@ -264,7 +264,7 @@ impl Actor {
         next: RunRecord,
     ) -> Result<(), StoreError> {
         let Some(current) = &self.current else {
-            return Err(StoreError::Unavailable("no record loaded".to_owned()));
+            return Err(StoreError::unavailable("no record loaded"));
         };
         let previous = current.record.status;
         match self.engine.store.update(&next, current.revision).await {
