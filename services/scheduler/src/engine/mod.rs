@@ -8,6 +8,9 @@
 mod actor;
 pub mod dispatcher;
 mod fetch;
+#[cfg(test)]
+pub(crate) mod fixtures;
+mod placement;
 mod registry;
 
 use std::collections::HashMap;
