@@ -15,11 +15,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use drover_protocol::subject::{self, keys};
 use drover_protocol::{
-    encode, Accepted, Assignment, Cancel, ChildCompleted, ChildStarting, Claim, Completed,
-    ErrorCode, ErrorPayload, Outcome, RunError, RunId, RunRecord, RunSpec, RunStatus, Starting,
-    Timestamp, Waiting, WorkerId,
+    encode, Accepted, Assignment, Cancel, ChildCompleted, ChildStarting, Claim, Completed, Outcome,
+    RunError, RunId, RunRecord, RunSpec, RunStatus, Starting, Timestamp, Waiting, WorkerId,
 };
-use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn, Instrument};
@@ -27,6 +25,7 @@ use tracing::{debug, info, trace, warn, Instrument};
 use super::dispatcher::{Gone, Placement};
 use super::registry::RegistryError;
 use super::Engine;
+use crate::error::{CancelError, ChildError, DirectiveError, Error};
 use crate::intake::{Origin, TraceContext};
 use crate::metrics;
 use crate::store::{StoreError, Stored};
@@ -73,7 +72,7 @@ pub enum Event {
         /// Why.
         reason: String,
         /// Where the answer goes (none for a cascade from the parent).
-        reply: Option<oneshot::Sender<Result<RunRecord, ErrorPayload>>>,
+        reply: Option<oneshot::Sender<Result<RunRecord, CancelError>>>,
     },
     /// The worker running this run asks for a child.
     ChildRequest {
@@ -83,10 +82,8 @@ pub enum Event {
         worker: WorkerId,
         /// Trace context of the request.
         trace: TraceContext,
-        /// The subject it came on, for errors.
-        subject: String,
         /// Where the answer goes.
-        reply: oneshot::Sender<Result<Accepted, ErrorPayload>>,
+        reply: oneshot::Sender<Result<Accepted, ChildError>>,
     },
     /// A child of this run started.
     ChildStarted(Box<RunRecord>),
@@ -223,10 +220,9 @@ impl Actor {
                 spec,
                 worker,
                 trace,
-                subject,
                 reply,
             } => {
-                let result = self.on_child_request(spec, worker, trace, &subject).await;
+                let result = self.on_child_request(spec, worker, trace).await;
                 let _ = reply.send(result);
             }
             Event::ChildStarted(child) => self.on_child_started(&child).await,
@@ -810,10 +806,11 @@ impl Actor {
             DirectiveBody::Completed(completed) => completed.attempt,
         };
         let subject = message.subject.to_string();
-        let outcome = self.apply_directive(&worker, attempt, body, &subject).await;
+        let outcome = self.apply_directive(&worker, attempt, body).await;
         let ack = match outcome {
             Ok(()) => message.ack().await,
             Err(Some(error)) => {
+                let error = Error::from(error).to_wire(&subject);
                 ::metrics::counter!(metrics::DIRECTIVES_REJECTED, "code" => error.code.as_str())
                     .increment(1);
                 info!(run = %self.run, worker = %worker, attempt, code = %error.code, "directive rejected");
@@ -838,18 +835,11 @@ impl Actor {
         worker: &WorkerId,
         attempt: u64,
         body: DirectiveBody,
-        subject: &str,
-    ) -> Result<(), Option<ErrorPayload>> {
+    ) -> Result<(), Option<DirectiveError>> {
         loop {
             let record = match self.load().await {
                 Ok(Some(stored)) => stored.record.clone(),
-                Ok(None) => {
-                    return Err(Some(ErrorPayload::new(
-                        ErrorCode::UnknownRun,
-                        format!("no run {}", self.run),
-                        subject,
-                    )))
-                }
+                Ok(None) => return Err(Some(DirectiveError::UnknownRun(self.run.clone()))),
                 Err(error) => {
                     warn!(%error, "could not read the run for a directive");
                     return Err(None);
@@ -860,8 +850,7 @@ impl Actor {
                 .dispatcher
                 .worker(worker)
                 .map(|record| record.incarnation);
-            if let Err(rejection) =
-                transitions::check_directive(&record, worker, attempt, incarnation)
+            if let Err(stale) = transitions::check_directive(&record, worker, attempt, incarnation)
             {
                 // Re-read once: the cached record may be behind another writer.
                 if self.reload().await.is_ok()
@@ -869,10 +858,7 @@ impl Actor {
                 {
                     continue;
                 }
-                return Err(Some(
-                    ErrorPayload::new(rejection.code, rejection.message, subject)
-                        .with_details(rejection.details),
-                ));
+                return Err(Some(stale.into()));
             }
             let result = match &body {
                 DirectiveBody::Starting(_) => self.started(&record).await,
@@ -1052,30 +1038,16 @@ impl Actor {
         }
     }
 
-    async fn on_cancel(&mut self, reason: &str) -> Result<RunRecord, ErrorPayload> {
-        let subject = drover_protocol::subject::keys::RUN_CANCEL;
+    async fn on_cancel(&mut self, reason: &str) -> Result<RunRecord, CancelError> {
         loop {
             let record = match self.load().await {
                 Ok(Some(stored)) => stored.record.clone(),
-                Ok(None) => {
-                    return Err(ErrorPayload::new(
-                        ErrorCode::UnknownRun,
-                        format!("no run {}", self.run),
-                        subject,
-                    ))
-                }
-                Err(error) => {
-                    return Err(ErrorPayload::new(
-                        ErrorCode::Unavailable,
-                        error.to_string(),
-                        subject,
-                    ))
-                }
+                Ok(None) => return Err(CancelError::UnknownRun(self.run.clone())),
+                Err(error) => return Err(error.into()),
             };
-            if record.status.is_terminal() {
+            let Some(next) = transitions::cancel(&record, reason, Timestamp::now()) else {
                 return Ok(record);
-            }
-            let next = transitions::cancel(&record, reason, Timestamp::now());
+            };
             match self.write(next.clone()).await {
                 Ok(()) => {
                     info!(run = %self.run, reason, "run cancelled");
@@ -1089,13 +1061,7 @@ impl Actor {
                     return Ok(next);
                 }
                 Err(StoreError::Conflict) => continue,
-                Err(error) => {
-                    return Err(ErrorPayload::new(
-                        ErrorCode::Unavailable,
-                        error.to_string(),
-                        subject,
-                    ))
-                }
+                Err(error) => return Err(error.into()),
             }
         }
     }
@@ -1124,37 +1090,21 @@ impl Actor {
         spec: RunSpec,
         worker: WorkerId,
         trace: TraceContext,
-        subject: &str,
-    ) -> Result<Accepted, ErrorPayload> {
+    ) -> Result<Accepted, ChildError> {
         let parent = match self.reload().await {
             Ok(Some(stored)) => stored.record.clone(),
-            Ok(None) => {
-                return Err(ErrorPayload::new(
-                    ErrorCode::UnknownParentRun,
-                    format!("parent run {} does not exist", self.run),
-                    subject,
-                ))
-            }
-            Err(error) => {
-                return Err(ErrorPayload::new(
-                    ErrorCode::Unavailable,
-                    error.to_string(),
-                    subject,
-                ))
-            }
+            Ok(None) => return Err(ChildError::UnknownParent(self.run.clone())),
+            Err(error) => return Err(ChildError::Unavailable(error)),
         };
         let running_here = matches!(parent.status, RunStatus::Assigned | RunStatus::Running)
             && parent.worker_id.as_ref() == Some(&worker);
         if !running_here {
-            return Err(ErrorPayload::new(
-                ErrorCode::ParentNotRunning,
-                format!(
-                    "parent run {} is {} and not running on worker {worker}",
-                    self.run, parent.status
-                ),
-                subject,
-            )
-            .with_details(json!({"status": parent.status, "workerID": parent.worker_id})));
+            return Err(ChildError::ParentNotRunning {
+                parent: self.run.clone(),
+                status: parent.status,
+                worker,
+                holder: parent.worker_id,
+            });
         }
         let local = spec.local_run_id.clone();
         let submitted = self
@@ -1167,7 +1117,6 @@ impl Actor {
                     parent: self.run.clone(),
                 },
                 trace,
-                subject,
             )
             .await?;
         let child = submitted.record;

@@ -1,8 +1,18 @@
-//! Records to test the engine's decisions with: workers as the leader sees them.
+//! Records to test the engine's decisions with: runs and workers as the leader sees them.
 
 use std::sync::Arc;
 
-use drover_protocol::{RoutineId, Timestamp, WorkerId, WorkerPhase, WorkerRecord, WorkerStatus};
+use drover_protocol::{
+    RetryBackoff, RoutineId, RunId, RunRecord, RunSpec, Timestamp, WorkerId, WorkerPhase,
+    WorkerRecord, WorkerStatus,
+};
+
+use crate::intake::{new_record, Origin, TraceContext};
+
+/// The instant `ms` milliseconds after the fixtures' epoch, when every run is created.
+pub(crate) fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(1_000_000 + ms)
+}
 
 /// A workerID.
 pub(crate) fn w(id: &str) -> WorkerId {
@@ -12,6 +22,27 @@ pub(crate) fn w(id: &str) -> WorkerId {
 /// A routineID.
 pub(crate) fn routine(id: &str) -> RoutineId {
     RoutineId::parse(id).expect("a valid routineID")
+}
+
+/// A new run of routine `r`, created at `at(0)`: `maxWaitTimeMs` 100, `maxExecTimeMs` 50,
+/// backoff 10 ms × 3 up to 50 ms, and `max_retries` retries.
+pub(crate) fn pending(max_retries: u32) -> RunRecord {
+    let mut spec = RunSpec::new(routine("r"));
+    spec.max_wait_time_ms = Some(100);
+    spec.max_exec_time_ms = Some(50);
+    spec.max_retries = max_retries;
+    spec.retry_backoff = Some(RetryBackoff {
+        initial_ms: 10,
+        multiplier: 3.0,
+        max_ms: 50,
+    });
+    new_record(
+        RunId::generate(),
+        spec,
+        &Origin::Client,
+        TraceContext::default(),
+        at(0),
+    )
 }
 
 /// A ready worker (incarnation 1) serving `routines`.
