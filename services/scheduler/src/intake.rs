@@ -23,7 +23,8 @@ use tracing::{debug, info};
 use crate::error::{SpecError, SubmitError};
 use crate::store::{BoxError, RunStore, StoreError, Stored};
 
-/// Trace context received with a request.
+/// W3C trace context: received with a request, kept in the run record, and sent along
+/// with everything sent to a worker about the run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
     /// W3C traceparent header.
@@ -44,6 +45,26 @@ impl TraceContext {
             traceparent: get(drover_protocol::trace::TRACEPARENT),
             tracestate: get(drover_protocol::trace::TRACESTATE),
         }
+    }
+
+    /// The trace context a run record keeps.
+    pub fn of(record: &RunRecord) -> Self {
+        Self {
+            traceparent: record.traceparent.clone(),
+            tracestate: record.tracestate.clone(),
+        }
+    }
+
+    /// The trace headers for a message: both `traceparent` and `tracestate`.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(traceparent) = &self.traceparent {
+            headers.insert(drover_protocol::trace::TRACEPARENT, traceparent.as_str());
+        }
+        if let Some(tracestate) = &self.tracestate {
+            headers.insert(drover_protocol::trace::TRACESTATE, tracestate.as_str());
+        }
+        headers
     }
 }
 

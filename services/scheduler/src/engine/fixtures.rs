@@ -8,6 +8,7 @@ use drover_protocol::{
 };
 
 use crate::intake::{new_record, Origin, TraceContext};
+use crate::store::Decision;
 
 /// The instant `ms` milliseconds after the fixtures' epoch, when every run is created.
 pub(crate) fn at(ms: i64) -> Timestamp {
@@ -43,6 +44,14 @@ pub(crate) fn pending(max_retries: u32) -> RunRecord {
         TraceContext::default(),
         at(0),
     )
+}
+
+/// The record a decision writes; panics on any other decision.
+pub(crate) fn written(decision: Decision) -> RunRecord {
+    match decision {
+        Decision::Write(next) => *next,
+        other => panic!("expected a write, got {other:?}"),
+    }
 }
 
 /// A ready worker (incarnation 1) serving `routines`.
