@@ -15,17 +15,17 @@ use drover_protocol::subject::timers::{self, TimerKind};
 use drover_protocol::subject::{self, resources};
 use drover_protocol::trace::TraceParent;
 use drover_protocol::{
-    Accepted, ErrorCode, ErrorPayload, RunId, RunRecord, RunSpec, RunStatus, Timestamp, Transition,
-    Violation, WorkerId,
+    Accepted, RunId, RunRecord, RunSpec, RunStatus, Timestamp, Transition, WorkerId,
 };
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info};
 
-use crate::store::{RunStore, StoreError, Stored};
+use crate::error::{SpecError, SubmitError};
+use crate::store::{BoxError, RunStore, StoreError, Stored};
 
-/// Trace context received with a request.
-#[derive(Debug, Clone, Default)]
+/// W3C trace context: received with a request, kept in the run record, and sent along
+/// with everything sent to a worker about the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
     /// W3C traceparent header.
     pub traceparent: Option<String>,
@@ -45,6 +45,26 @@ impl TraceContext {
             traceparent: get(drover_protocol::trace::TRACEPARENT),
             tracestate: get(drover_protocol::trace::TRACESTATE),
         }
+    }
+
+    /// The trace context a run record keeps.
+    pub fn of(record: &RunRecord) -> Self {
+        Self {
+            traceparent: record.traceparent.clone(),
+            tracestate: record.tracestate.clone(),
+        }
+    }
+
+    /// The trace headers for a message: both `traceparent` and `tracestate`.
+    pub fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(traceparent) = &self.traceparent {
+            headers.insert(drover_protocol::trace::TRACEPARENT, traceparent.as_str());
+        }
+        if let Some(tracestate) = &self.tracestate {
+            headers.insert(drover_protocol::trace::TRACESTATE, tracestate.as_str());
+        }
+        headers
     }
 }
 
@@ -92,80 +112,113 @@ impl std::fmt::Debug for Intake {
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>, subject: &str) -> ErrorPayload {
-    ErrorPayload::new(code, message, subject)
-}
-
-fn unavailable(error: impl std::fmt::Display, subject: &str) -> ErrorPayload {
-    ErrorPayload::new(
-        ErrorCode::Unavailable,
-        format!("the run could not be stored: {error}"),
-        subject,
-    )
-}
-
-fn violation(path: &str, keyword: Option<&str>, message: &str, subject: &str) -> ErrorPayload {
-    let violations = vec![Violation {
-        path: path.to_owned(),
-        message: message.to_owned(),
-        keyword: keyword.map(str::to_owned),
-    }];
-    ErrorPayload::new(
-        ErrorCode::SchemaViolation,
-        format!("schema violation: {path}: {message}"),
-        subject,
-    )
-    .with_details(json!({ "violations": violations }))
-}
-
 /// Checks what the schema cannot: consistency between fields, and the origin's rules.
-pub fn validate(spec: &RunSpec, child: bool, subject: &str) -> Result<(), ErrorPayload> {
+pub fn validate(spec: &RunSpec, child: bool) -> Result<(), SpecError> {
     if let Some(backoff) = &spec.retry_backoff {
         if backoff.max_ms < backoff.initial_ms {
-            return Err(error(
-                ErrorCode::InvalidBackoff,
-                format!(
-                    "retryBackoff.maxMs ({}) is below retryBackoff.initialMs ({})",
-                    backoff.max_ms, backoff.initial_ms
-                ),
-                subject,
-            )
-            .with_details(json!({"path": "/payload/retryBackoff/maxMs"})));
+            return Err(SpecError::BackoffMaxBelowInitial {
+                initial_ms: backoff.initial_ms,
+                max_ms: backoff.max_ms,
+            });
         }
         if !backoff.multiplier.is_finite() || backoff.multiplier < 1.0 {
-            return Err(error(
-                ErrorCode::InvalidBackoff,
-                "retryBackoff.multiplier must be a finite number of at least 1",
-                subject,
-            )
-            .with_details(json!({"path": "/payload/retryBackoff/multiplier"})));
+            return Err(SpecError::BackoffMultiplier);
         }
     }
-    if !child && spec.parent_run_id.is_some() {
-        return Err(violation(
-            "/payload/parentRunID",
-            None,
-            "child runs are requested by the parent's worker on v1.routine.request_start.<workerID>",
-            subject,
-        ));
+    match (child, &spec.parent_run_id, &spec.local_run_id) {
+        (false, Some(_), _) => Err(SpecError::ParentFromClient),
+        (true, None, _) => Err(SpecError::ParentMissing),
+        (true, _, None) => Err(SpecError::LocalRunIdMissing),
+        _ => Ok(()),
     }
-    if child && spec.parent_run_id.is_none() {
-        return Err(violation(
-            "/payload/parentRunID",
-            Some("required"),
-            "a worker's request must name the parentRunID it runs",
-            subject,
-        ));
+}
+
+/// The key in `DROVER_RUN_KEYS` that makes a repeated request return the run it created:
+/// the parent and `localRunID` for a child (so a retried parent gets the same child), the
+/// idempotency key for a client's request; none for a client's request without one.
+pub fn run_key(spec: &RunSpec, origin: &Origin) -> Option<String> {
+    match (origin, &spec.idempotency_key) {
+        (Origin::Child { parent, .. }, _) => {
+            let local = spec
+                .local_run_id
+                .as_ref()
+                .map_or("", |local| local.as_str());
+            Some(format!("child.{}", hashed(&[parent.as_str(), local])))
+        }
+        (Origin::Client, Some(idempotency_key)) => {
+            Some(format!("idem.{}", hashed(&[idempotency_key])))
+        }
+        (Origin::Client, None) => None,
     }
-    if child && spec.local_run_id.is_none() {
-        return Err(violation(
-            "/payload/localRunID",
-            Some("required"),
-            "a worker's request must carry a localRunID",
-            subject,
-        ));
+}
+
+/// When a run not placed by then fails with `max_wait_exceeded`: `maxWaitTimeMs` after it
+/// was created. The deadline comes from the record alone, so it holds across leaders.
+pub fn wait_deadline(record: &RunRecord) -> Option<Timestamp> {
+    record
+        .max_wait_time_ms
+        .map(|wait| record.created_at.plus_millis(wait))
+}
+
+/// The record of a new run: PENDING, created at `now`, in the trace of the request (or in a
+/// new trace).
+pub fn new_record(
+    run_id: RunId,
+    spec: RunSpec,
+    origin: &Origin,
+    trace: TraceContext,
+    now: Timestamp,
+) -> RunRecord {
+    let parent = trace
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::new_root);
+    let requested_by = match origin {
+        Origin::Child { worker, .. } => Some(worker.clone()),
+        Origin::Client => None,
+    };
+    RunRecord {
+        run_id,
+        routine_id: spec.routine_id,
+        status: RunStatus::Pending,
+        params: spec.params,
+        env: spec.env,
+        conditions: spec.conditions,
+        max_wait_time_ms: spec.max_wait_time_ms,
+        max_exec_time_ms: spec.max_exec_time_ms,
+        max_retries: spec.max_retries,
+        retry_backoff: spec.retry_backoff,
+        idempotency_key: spec.idempotency_key,
+        local_run_id: spec.local_run_id,
+        parent_run_id: spec.parent_run_id,
+        requested_by,
+        attempt: 0,
+        retries: 0,
+        reassignments: 0,
+        worker_id: None,
+        incarnation: None,
+        created_at: now,
+        assigned_at: None,
+        started_at: None,
+        ended_at: None,
+        not_before: None,
+        transitions: vec![Transition {
+            status: RunStatus::Pending,
+            at: now,
+            attempt: 0,
+            worker_id: None,
+            reason: None,
+        }],
+        result: None,
+        error: None,
+        failure_reason: None,
+        open_children: Vec::new(),
+        trace_id: Some(parent.trace_id.clone()),
+        traceparent: Some(parent.to_string()),
+        tracestate: trace.tracestate,
+        queue_seq: None,
     }
-    Ok(())
 }
 
 fn hashed(parts: &[&str]) -> String {
@@ -181,6 +234,10 @@ fn hashed(parts: &[&str]) -> String {
         .collect()
 }
 
+fn not_stored(error: impl Into<BoxError>) -> SubmitError {
+    SubmitError::NotStored(error.into())
+}
+
 impl Intake {
     /// Opens the key bucket.
     pub async fn open(
@@ -191,7 +248,7 @@ impl Intake {
         let keys = js
             .get_key_value(resources::RUN_KEYS_BUCKET)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
             js,
             store,
@@ -212,45 +269,26 @@ impl Intake {
         spec: RunSpec,
         origin: Origin,
         trace: TraceContext,
-        subject: &str,
-    ) -> Result<Submitted, ErrorPayload> {
-        validate(&spec, matches!(origin, Origin::Child { .. }), subject)?;
-        let key = match (&origin, &spec.idempotency_key) {
-            (Origin::Child { parent, .. }, _) => {
-                let local = spec
-                    .local_run_id
-                    .as_ref()
-                    .map_or("", |local| local.as_str());
-                Some(format!("child.{}", hashed(&[parent.as_str(), local])))
-            }
-            (Origin::Client, Some(idempotency_key)) => {
-                Some(format!("idem.{}", hashed(&[idempotency_key])))
-            }
-            (Origin::Client, None) => None,
-        };
+    ) -> Result<Submitted, SubmitError> {
+        validate(&spec, matches!(origin, Origin::Child { .. }))?;
         let mut run_id = RunId::generate();
-        if let Some(key) = &key {
+        if let Some(key) = run_key(&spec, &origin) {
             match self
                 .keys
-                .create_with_ttl(key, Bytes::from(run_id.to_string()), self.key_ttl)
+                .create_with_ttl(&key, Bytes::from(run_id.to_string()), self.key_ttl)
                 .await
             {
                 Ok(_) => {}
                 Err(create) if create.kind() == CreateErrorKind::AlreadyExists => {
                     let existing = self
                         .keys
-                        .get(key)
+                        .get(&key)
                         .await
-                        .map_err(|error| unavailable(error, subject))?
-                        .ok_or_else(|| unavailable("a run key vanished while read", subject))?;
+                        .map_err(not_stored)?
+                        .ok_or_else(|| not_stored("a run key vanished while read"))?;
                     run_id = RunId::parse(String::from_utf8_lossy(&existing).into_owned())
-                        .map_err(|error| unavailable(error, subject))?;
-                    if let Some(stored) = self
-                        .store
-                        .get(&run_id)
-                        .await
-                        .map_err(|error| unavailable(error, subject))?
-                    {
+                        .map_err(not_stored)?;
+                    if let Some(stored) = self.store.get(&run_id).await.map_err(not_stored)? {
                         debug!(run = %run_id, "repeated request answered with the existing run");
                         return Ok(Submitted {
                             accepted: Accepted {
@@ -263,25 +301,25 @@ impl Intake {
                     }
                     // The first request stopped before storing the run: finish it now.
                 }
-                Err(error) => return Err(unavailable(error, subject)),
+                Err(error) => return Err(not_stored(error)),
             }
         }
-        let record = self.new_record(run_id.clone(), spec, &origin, trace);
-        if let Some(wait) = record.max_wait_time_ms {
-            self.schedule_max_wait(&record.run_id, record.created_at.plus_millis(wait))
+        let record = new_record(run_id.clone(), spec, &origin, trace, Timestamp::now());
+        if let Some(due) = wait_deadline(&record) {
+            self.schedule_max_wait(&record.run_id, due)
                 .await
-                .map_err(|error| unavailable(error, subject))?;
+                .map_err(SubmitError::NotStored)?;
         }
         let seq = self
             .enqueue(&record.run_id, &record)
             .await
-            .map_err(|error| unavailable(error, subject))?;
+            .map_err(SubmitError::NotStored)?;
         let mut record = record;
         record.queue_seq = Some(seq);
         let revision = match self.store.create(&record).await {
             Ok(revision) => Some(revision),
             Err(StoreError::Exists) => None,
-            Err(error) => return Err(unavailable(error, subject)),
+            Err(error) => return Err(not_stored(error)),
         };
         info!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
         self.store.announce(None, &record).await;
@@ -303,67 +341,7 @@ impl Intake {
         })
     }
 
-    fn new_record(
-        &self,
-        run_id: RunId,
-        spec: RunSpec,
-        origin: &Origin,
-        trace: TraceContext,
-    ) -> RunRecord {
-        let now = Timestamp::now();
-        let parent = trace
-            .traceparent
-            .as_deref()
-            .and_then(TraceParent::parse)
-            .unwrap_or_else(TraceParent::new_root);
-        let requested_by = match origin {
-            Origin::Child { worker, .. } => Some(worker.clone()),
-            Origin::Client => None,
-        };
-        RunRecord {
-            run_id,
-            routine_id: spec.routine_id,
-            status: RunStatus::Pending,
-            params: spec.params,
-            env: spec.env,
-            conditions: spec.conditions,
-            max_wait_time_ms: spec.max_wait_time_ms,
-            max_exec_time_ms: spec.max_exec_time_ms,
-            max_retries: spec.max_retries,
-            retry_backoff: spec.retry_backoff,
-            idempotency_key: spec.idempotency_key,
-            local_run_id: spec.local_run_id,
-            parent_run_id: spec.parent_run_id,
-            requested_by,
-            attempt: 0,
-            retries: 0,
-            reassignments: 0,
-            worker_id: None,
-            incarnation: None,
-            created_at: now,
-            assigned_at: None,
-            started_at: None,
-            ended_at: None,
-            not_before: None,
-            transitions: vec![Transition {
-                status: RunStatus::Pending,
-                at: now,
-                attempt: 0,
-                worker_id: None,
-                reason: None,
-            }],
-            result: None,
-            error: None,
-            failure_reason: None,
-            open_children: Vec::new(),
-            trace_id: Some(parent.trace_id.clone()),
-            traceparent: Some(parent.to_string()),
-            tracestate: trace.tracestate,
-            queue_seq: None,
-        }
-    }
-
-    async fn enqueue(&self, run: &RunId, record: &RunRecord) -> Result<u64, String> {
+    async fn enqueue(&self, run: &RunId, record: &RunRecord) -> Result<u64, BoxError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, run.as_str());
         let ack = self
@@ -373,15 +351,13 @@ impl Intake {
                 headers,
                 Bytes::from(run.to_string()),
             )
-            .await
-            .map_err(|error| error.to_string())?
-            .await
-            .map_err(|error| error.to_string())?;
+            .await?
+            .await?;
         Ok(ack.sequence)
     }
 
     /// Schedules the `maxWaitTimeMs` timer as a NATS message schedule.
-    async fn schedule_max_wait(&self, run: &RunId, due: Timestamp) -> Result<(), String> {
+    async fn schedule_max_wait(&self, run: &RunId, due: Timestamp) -> Result<(), BoxError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             "Nats-Schedule",
@@ -397,10 +373,8 @@ impl Intake {
                 headers,
                 Bytes::from(run.to_string()),
             )
-            .await
-            .map_err(|error| error.to_string())?
-            .await
-            .map_err(|error| error.to_string())?;
+            .await?
+            .await?;
         Ok(())
     }
 
@@ -427,5 +401,176 @@ impl Intake {
             }
             Err(error) => debug!(seq, %error, "could not open the queue stream"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fixtures::{at, pending, routine, w};
+    use drover_protocol::{LocalRunId, RetryBackoff};
+
+    fn child_spec(parent: &RunId, local: &str) -> RunSpec {
+        let mut spec = RunSpec::new(routine("r"));
+        spec.parent_run_id = Some(parent.clone());
+        spec.local_run_id = Some(LocalRunId::parse(local).expect("valid"));
+        spec
+    }
+
+    fn child_of(parent: &RunId) -> Origin {
+        Origin::Child {
+            worker: w("a"),
+            parent: parent.clone(),
+        }
+    }
+
+    fn client_spec(key: Option<&str>) -> RunSpec {
+        let mut spec = RunSpec::new(routine("r"));
+        spec.idempotency_key = key.map(str::to_owned);
+        spec
+    }
+
+    #[test]
+    fn the_same_parent_and_local_run_id_name_the_same_child() {
+        let parent = RunId::generate();
+        let first = run_key(&child_spec(&parent, "step-1"), &child_of(&parent));
+        let again = run_key(&child_spec(&parent, "step-1"), &child_of(&parent));
+        assert!(first
+            .as_deref()
+            .is_some_and(|key| key.starts_with("child.")));
+        assert_eq!(first, again, "a retried parent asking again");
+        let other_step = run_key(&child_spec(&parent, "step-2"), &child_of(&parent));
+        assert_ne!(first, other_step);
+        let other_parent = RunId::generate();
+        let elsewhere = run_key(
+            &child_spec(&other_parent, "step-1"),
+            &child_of(&other_parent),
+        );
+        assert_ne!(first, elsewhere);
+    }
+
+    #[test]
+    fn a_childs_key_ignores_any_idempotency_key() {
+        let parent = RunId::generate();
+        let mut keyed = child_spec(&parent, "step-1");
+        keyed.idempotency_key = Some("k".to_owned());
+        assert_eq!(
+            run_key(&keyed, &child_of(&parent)),
+            run_key(&child_spec(&parent, "step-1"), &child_of(&parent))
+        );
+    }
+
+    #[test]
+    fn a_client_key_is_its_idempotency_key_if_any() {
+        let key = run_key(&client_spec(Some("order-7")), &Origin::Client);
+        assert!(key.as_deref().is_some_and(|key| key.starts_with("idem.")));
+        assert_eq!(key, run_key(&client_spec(Some("order-7")), &Origin::Client));
+        assert_ne!(key, run_key(&client_spec(Some("order-8")), &Origin::Client));
+        assert_eq!(run_key(&client_spec(None), &Origin::Client), None);
+    }
+
+    #[test]
+    fn key_parts_cannot_run_into_each_other() {
+        assert_ne!(hashed(&["ab", "c"]), hashed(&["a", "bc"]));
+    }
+
+    #[test]
+    fn a_new_run_is_pending_in_the_trace_of_its_request() {
+        const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parent = RunId::generate();
+        let trace = TraceContext {
+            traceparent: Some(TRACEPARENT.to_owned()),
+            tracestate: Some("vendor=a".to_owned()),
+        };
+        let record = new_record(
+            RunId::generate(),
+            child_spec(&parent, "s"),
+            &child_of(&parent),
+            trace,
+            at(3),
+        );
+        assert_eq!(record.status, RunStatus::Pending);
+        assert_eq!(
+            (record.attempt, record.retries, record.reassignments),
+            (0, 0, 0)
+        );
+        assert_eq!(record.created_at, at(3));
+        assert_eq!(record.transitions.len(), 1);
+        assert_eq!(record.requested_by, Some(w("a")));
+        assert_eq!(record.parent_run_id, Some(parent));
+        assert_eq!(
+            record.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(record.tracestate.as_deref(), Some("vendor=a"));
+        let root = new_record(
+            RunId::generate(),
+            client_spec(None),
+            &Origin::Client,
+            TraceContext::default(),
+            at(3),
+        );
+        assert!(
+            root.traceparent.is_some(),
+            "a run starts a trace of its own"
+        );
+        assert_eq!(root.requested_by, None);
+    }
+
+    #[test]
+    fn the_wait_deadline_counts_from_creation() {
+        let record = pending(0);
+        assert_eq!(wait_deadline(&record), Some(at(100)));
+        let mut unbounded = pending(0);
+        unbounded.max_wait_time_ms = None;
+        assert_eq!(wait_deadline(&unbounded), None);
+    }
+
+    #[test]
+    fn a_backoff_must_grow_and_stay_under_its_cap() {
+        let mut spec = client_spec(None);
+        spec.retry_backoff = Some(RetryBackoff {
+            initial_ms: 500,
+            multiplier: 2.0,
+            max_ms: 100,
+        });
+        assert_eq!(
+            validate(&spec, false),
+            Err(SpecError::BackoffMaxBelowInitial {
+                initial_ms: 500,
+                max_ms: 100
+            })
+        );
+        for multiplier in [0.5, f64::NAN, f64::INFINITY] {
+            spec.retry_backoff = Some(RetryBackoff {
+                initial_ms: 10,
+                multiplier,
+                max_ms: 100,
+            });
+            assert_eq!(validate(&spec, false), Err(SpecError::BackoffMultiplier));
+        }
+        spec.retry_backoff = Some(RetryBackoff {
+            initial_ms: 10,
+            multiplier: 1.0,
+            max_ms: 10,
+        });
+        assert_eq!(validate(&spec, false), Ok(()));
+    }
+
+    #[test]
+    fn only_a_worker_asks_for_children_and_names_them() {
+        let parent = RunId::generate();
+        assert_eq!(
+            validate(&child_spec(&parent, "s"), false),
+            Err(SpecError::ParentFromClient)
+        );
+        assert_eq!(validate(&child_spec(&parent, "s"), true), Ok(()));
+        assert_eq!(
+            validate(&client_spec(None), true),
+            Err(SpecError::ParentMissing)
+        );
+        let mut nameless = child_spec(&parent, "s");
+        nameless.local_run_id = None;
+        assert_eq!(validate(&nameless, true), Err(SpecError::LocalRunIdMissing));
     }
 }

@@ -6,6 +6,7 @@
 //! See `docs/architecture.md`.
 
 pub mod engine;
+pub mod error;
 pub mod intake;
 pub mod metrics;
 mod queries;

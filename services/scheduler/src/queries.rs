@@ -4,18 +4,19 @@ use async_nats::Message;
 use bytes::Bytes;
 use drover_protocol::envelope::{decode, decode_query};
 use drover_protocol::subject::{self, resources};
-use drover_protocol::{encode, ErrorCode, ErrorPayload, RunGet, RunId, RunList, RunPage};
+use drover_protocol::{encode, RunGet, RunId, RunList, RunPage};
 use drover_service_kit::Settings;
 use futures::StreamExt;
 
+use crate::error::{Error, QueryError};
 use crate::store::RunStore;
 
 /// How many records one list request reads at most; a page with fewer matches carries a
 /// cursor to continue from.
 const SCAN_LIMIT: usize = 5_000;
 
-fn unavailable(error: impl std::fmt::Display, subject: &str) -> ErrorPayload {
-    ErrorPayload::new(ErrorCode::Unavailable, error.to_string(), subject)
+fn unavailable(error: impl Into<crate::store::BoxError>) -> QueryError {
+    QueryError::Unavailable(error.into())
 }
 
 /// `v1.run.get`.
@@ -23,21 +24,11 @@ pub(crate) async fn get(
     store: &RunStore,
     settings: &Settings,
     message: &Message,
-) -> Result<Bytes, ErrorPayload> {
-    let subject = message.subject.as_str();
-    let request: RunGet = decode(&message.payload, settings.max_payload_bytes)
-        .map_err(|error| error.to_error(subject))?;
-    match store
-        .get(&request.run_id)
-        .await
-        .map_err(|error| unavailable(error, subject))?
-    {
+) -> Result<Bytes, Error> {
+    let request: RunGet = decode(&message.payload, settings.max_payload_bytes)?;
+    match store.get(&request.run_id).await.map_err(unavailable)? {
         Some(stored) => Ok(encode(&stored.record)),
-        None => Err(ErrorPayload::new(
-            ErrorCode::UnknownRun,
-            format!("no run {}", request.run_id),
-            subject,
-        )),
+        None => Err(QueryError::UnknownRun(request.run_id).into()),
     }
 }
 
@@ -46,22 +37,16 @@ pub(crate) async fn list(
     store: &RunStore,
     settings: &Settings,
     message: &Message,
-) -> Result<Bytes, ErrorPayload> {
-    let subject = message.subject.as_str();
-    let request: RunList = decode_query(&message.payload, settings.max_payload_bytes)
-        .map_err(|error| error.to_error(subject))?;
+) -> Result<Bytes, Error> {
+    let request: RunList = decode_query(&message.payload, settings.max_payload_bytes)?;
     let limit = request
         .limit
         .unwrap_or(RunList::DEFAULT_LIMIT)
         .clamp(1, RunList::MAX_LIMIT) as usize;
     let cursor = match &request.cursor {
-        Some(cursor) => Some(RunId::parse(cursor.as_str()).map_err(|_| {
-            ErrorPayload::new(
-                ErrorCode::InvalidCursor,
-                format!("cursor {cursor:?} was not handed out by v1.run.list"),
-                subject,
-            )
-        })?),
+        Some(cursor) => Some(
+            RunId::parse(cursor.as_str()).map_err(|_| QueryError::InvalidCursor(cursor.clone()))?,
+        ),
         None => None,
     };
     // The stream's subject list is a server-side snapshot: unlike a KV key watch, it cannot
@@ -73,9 +58,9 @@ pub(crate) async fn list(
         .stream
         .info_with_subjects(&prefix)
         .await
-        .map_err(|error| unavailable(error, subject))?;
+        .map_err(unavailable)?;
     while let Some(entry) = listing.next().await {
-        let (key_subject, _) = entry.map_err(|error| unavailable(error, subject))?;
+        let (key_subject, _) = entry.map_err(unavailable)?;
         let key = key_subject.trim_start_matches(prefix.trim_end_matches('>'));
         if let Ok(run) = RunId::parse(key) {
             if cursor.as_ref().is_none_or(|cursor| &run < cursor) {
@@ -91,11 +76,7 @@ pub(crate) async fn list(
             next_cursor = Some(keys[scanned - 1].to_string());
             break;
         }
-        let Some(stored) = store
-            .get(run)
-            .await
-            .map_err(|error| unavailable(error, subject))?
-        else {
+        let Some(stored) = store.get(run).await.map_err(unavailable)? else {
             continue;
         };
         let record = stored.record;

@@ -8,8 +8,9 @@ use async_nats::{Client, Message};
 use bytes::Bytes;
 use drover_protocol::envelope::decode;
 use drover_protocol::subject::{self, internal, keys, resources};
-use drover_protocol::{encode, ErrorCode, ErrorPayload, RunCancel, RunSpec, WorkerRecord};
+use drover_protocol::{encode, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::kv_cache::KvCache;
+use drover_service_kit::WireError;
 use drover_service_kit::{
     drain, reply, run_for_leadership, start_service, Lease, Readiness, Requests, Settings,
 };
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Event};
+use crate::error::{Error, RouteError, SpecError};
 use crate::intake::{Intake, Origin, TraceContext};
 use crate::metrics;
 use crate::queries;
@@ -150,11 +152,7 @@ impl Server {
     }
 
     /// Answers a request of an endpoint.
-    async fn answer(
-        self: Arc<Self>,
-        route: Route,
-        message: Message,
-    ) -> Result<Bytes, ErrorPayload> {
+    async fn answer(self: Arc<Self>, route: Route, message: Message) -> Result<Bytes, Error> {
         match route {
             Route::Submit => self.submit(&message).await,
             Route::Get => queries::get(&self.store, &self.settings, &message).await,
@@ -215,34 +213,27 @@ impl Server {
                     .unwrap_or_default();
                 let result = match server.engine() {
                     Some(engine) => server.on_leader(&engine, &original, &message).await,
-                    None => Err(ErrorPayload::new(
-                        ErrorCode::Unavailable,
-                        "leadership changed",
-                        original.as_str(),
-                    )),
+                    None => Err(RouteError::LeadershipChanged.into()),
                 };
                 match result {
                     Ok(body) => reply::ok_bytes(&server.nats, &reply_to, body).await,
-                    Err(error) => reply::error(&server.nats, &reply_to, &error).await,
+                    Err(error) => {
+                        reply::error(&server.nats, &reply_to, &error.to_wire(&original)).await;
+                    }
                 }
             });
         }
     }
 
-    async fn submit(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
-        let subject = message.subject.as_str();
-        let spec: RunSpec = decode(&message.payload, self.settings.max_payload_bytes)
-            .map_err(|error| error.to_error(subject))?;
+    async fn submit(&self, message: &Message) -> Result<Bytes, Error> {
+        let spec: RunSpec = decode(&message.payload, self.settings.max_payload_bytes)?;
         let trace = TraceContext::from_headers(message.headers.as_ref());
-        let submitted = self
-            .intake
-            .submit(spec, Origin::Client, trace, subject)
-            .await?;
+        let submitted = self.intake.submit(spec, Origin::Client, trace).await?;
         Ok(encode(&submitted.accepted))
     }
 
     /// Cancellation and child requests: done by the leader, forwarded there by followers.
-    async fn leader_call(&self, message: &Message) -> Result<Bytes, ErrorPayload> {
+    async fn leader_call(&self, message: &Message) -> Result<Bytes, Error> {
         let subject = message.subject.as_str();
         // Check the request here too, so that a bad one is refused without a round trip.
         self.precheck(subject, message)?;
@@ -264,22 +255,18 @@ impl Server {
                 Err(_) => debug!("the leader did not answer in time"),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ErrorPayload::new(
-                    ErrorCode::Unavailable,
-                    "no scheduler leader is available; retry later",
-                    subject,
-                ));
+                return Err(RouteError::NoLeader.into());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    fn precheck(&self, subject: &str, message: &Message) -> Result<(), ErrorPayload> {
+    fn precheck(&self, subject: &str, message: &Message) -> Result<(), Error> {
         let limit = self.settings.max_payload_bytes;
         if subject == keys::RUN_CANCEL {
-            decode::<RunCancel>(&message.payload, limit).map_err(|e| e.to_error(subject))?;
+            decode::<RunCancel>(&message.payload, limit)?;
         } else {
-            decode::<RunSpec>(&message.payload, limit).map_err(|e| e.to_error(subject))?;
+            decode::<RunSpec>(&message.payload, limit)?;
         }
         Ok(())
     }
@@ -289,11 +276,10 @@ impl Server {
         engine: &Arc<Engine>,
         subject: &str,
         message: &Message,
-    ) -> Result<Bytes, ErrorPayload> {
+    ) -> Result<Bytes, Error> {
         let limit = self.settings.max_payload_bytes;
         if subject == keys::RUN_CANCEL {
-            let cancel: RunCancel =
-                decode(&message.payload, limit).map_err(|e| e.to_error(subject))?;
+            let cancel: RunCancel = decode(&message.payload, limit)?;
             let (reply, answer) = oneshot::channel();
             engine.deliver(
                 cancel.run_id.clone(),
@@ -304,29 +290,17 @@ impl Server {
                     reply: Some(reply),
                 },
             );
-            let record = answer.await.map_err(|_| {
-                ErrorPayload::new(ErrorCode::Unavailable, "leadership changed", subject)
-            })??;
+            let record = answer.await.map_err(|_| RouteError::LeadershipChanged)??;
             return Ok(encode(&record));
         }
-        let inbound = subject::parse_inbound(subject).map_err(|error| {
-            ErrorPayload::new(ErrorCode::InvalidSubject, error.to_string(), subject)
-        })?;
+        let inbound = subject::parse_inbound(subject).map_err(RouteError::from)?;
         let Some(worker) = inbound.worker else {
-            return Err(ErrorPayload::new(
-                ErrorCode::InvalidSubject,
-                "a child request must come on v1.routine.request_start.<workerID>",
-                subject,
-            ));
+            return Err(RouteError::NotFromWorker.into());
         };
-        let spec: RunSpec = decode(&message.payload, limit).map_err(|e| e.to_error(subject))?;
-        crate::intake::validate(&spec, true, subject)?;
+        let spec: RunSpec = decode(&message.payload, limit)?;
+        crate::intake::validate(&spec, true)?;
         let Some(parent) = spec.parent_run_id.clone() else {
-            return Err(ErrorPayload::new(
-                ErrorCode::SchemaViolation,
-                "parentRunID is required",
-                subject,
-            ));
+            return Err(SpecError::ParentMissing.into());
         };
         let (reply, answer) = oneshot::channel();
         engine.deliver(
@@ -335,13 +309,10 @@ impl Server {
                 spec,
                 worker,
                 trace: TraceContext::from_headers(message.headers.as_ref()),
-                subject: subject.to_owned(),
                 reply,
             },
         );
-        let accepted = answer.await.map_err(|_| {
-            ErrorPayload::new(ErrorCode::Unavailable, "leadership changed", subject)
-        })??;
+        let accepted = answer.await.map_err(|_| RouteError::LeadershipChanged)??;
         Ok(encode(&accepted))
     }
 }

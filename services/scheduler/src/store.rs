@@ -1,9 +1,13 @@
 //! Run records in KV `DROVER_RUNS`: reads, creation, compare-and-set updates, and the
 //! `v1.run.events.<runID>` event that follows every change.
 //!
+//! Every change after creation goes through [`RunStore::mutate`]: a pure decision about the
+//! record as last read, written with compare-and-set, decided again on a conflict.
+//!
 //! Terminal records are written with a per-message TTL (`run_retention_ms`), so finished
 //! runs age out while runs still in flight never expire.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::header::{self, HeaderMap, HeaderValue};
@@ -27,6 +31,9 @@ pub struct Stored {
     pub revision: u64,
 }
 
+/// Any error, kept as the source of the scheduler's own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,7 +45,94 @@ pub enum StoreError {
     Exists,
     /// JetStream could not be reached or refused the operation.
     #[error("run store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] BoxError),
+    /// The stored record is not a run record.
+    #[error("run store unavailable: undecodable run record {run}: {source}")]
+    Undecodable {
+        /// The run.
+        run: RunId,
+        /// What the decoder said.
+        source: serde_json::Error,
+    },
+    /// The record could not be serialised.
+    #[error("run store unavailable: serialising a run record: {0}")]
+    Unserializable(#[source] serde_json::Error),
+}
+
+impl StoreError {
+    /// JetStream failed with `error`.
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
+    }
+}
+
+/// What a change makes of the record it is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Leave the record as it is.
+    Keep,
+    /// Write this record.
+    Write(Box<RunRecord>),
+    /// Write `next`, announcing `via` first: a state the run passed through unstored, so
+    /// that watchers still see every transition.
+    WriteThrough {
+        /// The state passed through.
+        via: Box<RunRecord>,
+        /// The state written.
+        next: Box<RunRecord>,
+    },
+}
+
+impl Decision {
+    /// Writes `next`.
+    pub fn write(next: RunRecord) -> Self {
+        Self::Write(Box::new(next))
+    }
+}
+
+impl From<Option<RunRecord>> for Decision {
+    /// A transition that may not apply: `None` keeps the record.
+    fn from(next: Option<RunRecord>) -> Self {
+        next.map_or(Self::Keep, Self::write)
+    }
+}
+
+/// A change as applied (or found unneeded).
+#[derive(Debug, Clone)]
+pub struct Mutated {
+    /// The record the change was decided on.
+    pub before: RunRecord,
+    /// The state announced on the way, for [`Decision::WriteThrough`].
+    pub via: Option<RunRecord>,
+    /// The record now (the same as `before` when nothing was written).
+    pub after: RunRecord,
+    /// True when a new record was written.
+    pub written: bool,
+}
+
+/// Why [`RunStore::mutate`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError<E> {
+    /// The change refused the record, as read fresh from the bucket.
+    #[error("{0}")]
+    Refused(E),
+    /// There is no record of the run.
+    #[error("no such run record")]
+    Missing,
+    /// The bucket could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl MutateError<Infallible> {
+    /// The error of a change that never refuses: `None` when the run has no record.
+    pub fn store_error(self) -> Option<StoreError> {
+        match self {
+            Self::Refused(never) => match never {},
+            Self::Missing => None,
+            Self::Store(error) => Some(error),
+        }
+    }
 }
 
 /// The scheduler's access to run records.
@@ -66,7 +160,7 @@ impl RunStore {
         let kv = js
             .get_key_value(resources::RUNS_BUCKET)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
             js,
             kv,
@@ -86,16 +180,18 @@ impl RunStore {
             .kv
             .entry(run.as_str())
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
+            .map_err(StoreError::unavailable)?;
         let Some(entry) = entry else {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {
             return Ok(None);
         }
-        let record = serde_json::from_slice(&entry.value).map_err(|error| {
-            StoreError::Unavailable(format!("undecodable run record {run}: {error}"))
-        })?;
+        let record =
+            serde_json::from_slice(&entry.value).map_err(|source| StoreError::Undecodable {
+                run: run.clone(),
+                source,
+            })?;
         Ok(Some(Stored {
             record,
             revision: entry.revision,
@@ -110,7 +206,7 @@ impl RunStore {
             .await
             .map_err(|error| match error.kind() {
                 CreateErrorKind::AlreadyExists => StoreError::Exists,
-                _ => StoreError::Unavailable(error.to_string()),
+                _ => StoreError::unavailable(error),
             })
     }
 
@@ -133,7 +229,7 @@ impl RunStore {
             .js
             .publish_with_headers(subject, headers, body)
             .await
-            .map_err(|error| StoreError::Unavailable(error.to_string()))?
+            .map_err(StoreError::unavailable)?
             .await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
@@ -141,7 +237,84 @@ impl RunStore {
                 ::metrics::counter!(metrics::WRITE_CONFLICTS).increment(1);
                 Err(StoreError::Conflict)
             }
-            Err(error) => Err(StoreError::Unavailable(error.to_string())),
+            Err(error) => Err(StoreError::unavailable(error)),
+        }
+    }
+
+    /// Changes a run record under compare-and-set, as the registry's `WorkerStore::mutate`
+    /// does for workers.
+    ///
+    /// `cached` is the caller's copy of the record (read from the bucket when empty), kept
+    /// up to date here. `change` sees the record and decides; a refusal decided on the
+    /// cached copy is decided again on a fresh read, and a write that meets someone else's
+    /// change reads the record again and decides again. Each write is announced on
+    /// `v1.run.events.<runID>`.
+    pub async fn mutate<E, F>(
+        &self,
+        run: &RunId,
+        cached: &mut Option<Stored>,
+        mut change: F,
+    ) -> Result<Mutated, MutateError<E>>
+    where
+        F: FnMut(&RunRecord) -> Result<Decision, E>,
+    {
+        let mut fresh = false;
+        if cached.is_none() {
+            *cached = self.get(run).await?;
+            fresh = true;
+        }
+        loop {
+            let Some(current) = cached.as_ref() else {
+                return Err(MutateError::Missing);
+            };
+            let (via, next) = match change(&current.record) {
+                Ok(Decision::Keep) => {
+                    return Ok(Mutated {
+                        before: current.record.clone(),
+                        via: None,
+                        after: current.record.clone(),
+                        written: false,
+                    })
+                }
+                Ok(Decision::Write(next)) => (None, *next),
+                Ok(Decision::WriteThrough { via, next }) => (Some(*via), *next),
+                Err(refusal) if fresh => return Err(MutateError::Refused(refusal)),
+                Err(_) => {
+                    // Decided on a copy that may be behind another writer: read it again.
+                    *cached = self.get(run).await?;
+                    fresh = true;
+                    continue;
+                }
+            };
+            match self.update(&next, current.revision).await {
+                Ok(revision) => {
+                    let previous = current.record.status;
+                    let previous = match &via {
+                        Some(via) => {
+                            self.announce(Some(previous), via).await;
+                            via.status
+                        }
+                        None => previous,
+                    };
+                    self.announce(Some(previous), &next).await;
+                    let stored = Stored {
+                        record: next.clone(),
+                        revision,
+                    };
+                    let before = cached.replace(stored).map(|old| old.record);
+                    return Ok(Mutated {
+                        before: before.expect("a record was read before it was written"),
+                        via,
+                        after: next,
+                        written: true,
+                    });
+                }
+                Err(StoreError::Conflict) => {
+                    *cached = self.get(run).await?;
+                    fresh = true;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
     }
 
@@ -176,5 +349,5 @@ impl RunStore {
 fn serialize(record: &RunRecord) -> Result<Bytes, StoreError> {
     serde_json::to_vec(record)
         .map(Bytes::from)
-        .map_err(|error| StoreError::Unavailable(format!("serialising a run record: {error}")))
+        .map_err(StoreError::Unserializable)
 }

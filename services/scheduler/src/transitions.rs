@@ -3,21 +3,60 @@
 //! The run actor applies them under compare-and-set; these functions decide what the next
 //! record is and nothing else, so the rules are tested here without NATS.
 
+use std::fmt;
+
 use drover_protocol::{
-    Attempt, ErrorCode, FailureReason, Incarnation, RunError, RunRecord, RunStatus, Timestamp,
+    Attempt, FailureReason, Incarnation, RunError, RunId, RunRecord, RunStatus, Timestamp,
     Transition, WorkerId,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// A directive refused, with its wire code.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    /// The `v1.error` code.
-    pub code: ErrorCode,
-    /// Explanation.
-    pub message: String,
-    /// Structured context.
-    pub details: Value,
+/// A `starting` or `completed` about an attempt that is not the run's current one
+/// (DESIGN §6.3 item 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("attempt {attempt} of run {run} is not current: {why}")]
+pub struct StaleAttempt {
+    /// The run.
+    pub run: RunId,
+    /// The attempt the directive names.
+    pub attempt: Attempt,
+    /// The run's current attempt.
+    pub current_attempt: Attempt,
+    /// The run's status.
+    pub status: RunStatus,
+    /// Why the attempt is not current.
+    pub why: Staleness,
+}
+
+/// Why a directive's attempt is not current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Staleness {
+    /// The run is not on a worker.
+    NotHeld(RunStatus),
+    /// A later attempt has begun.
+    OtherAttempt(Attempt),
+    /// The attempt belongs to another worker.
+    OtherWorker,
+    /// The attempt was given to an earlier registration of the worker.
+    EarlierIncarnation,
+}
+
+impl fmt::Display for Staleness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotHeld(status) => write!(f, "the run is {status}"),
+            Self::OtherAttempt(current) => write!(f, "the current attempt is {current}"),
+            Self::OtherWorker => f.write_str("the run is assigned to another worker"),
+            Self::EarlierIncarnation => {
+                f.write_str("it was assigned to an earlier incarnation of this worker")
+            }
+        }
+    }
+}
+
+/// True while the run is on a worker: ASSIGNED or RUNNING.
+pub fn held(record: &RunRecord) -> bool {
+    matches!(record.status, RunStatus::Assigned | RunStatus::Running)
 }
 
 /// The most transitions a record keeps; older ones are dropped, the first is kept.
@@ -73,33 +112,25 @@ pub fn check_directive(
     worker: &WorkerId,
     attempt: Attempt,
     current_incarnation: Option<Incarnation>,
-) -> Result<(), Rejection> {
-    let stale = |why: String| Rejection {
-        code: ErrorCode::StaleAttempt,
-        message: format!(
-            "attempt {attempt} of run {} is not current: {why}",
-            record.run_id
-        ),
-        details: json!({
-            "runID": record.run_id,
-            "attempt": attempt,
-            "currentAttempt": record.attempt,
-            "status": record.status,
-        }),
+) -> Result<(), StaleAttempt> {
+    let stale = |why| StaleAttempt {
+        run: record.run_id.clone(),
+        attempt,
+        current_attempt: record.attempt,
+        status: record.status,
+        why,
     };
-    if !matches!(record.status, RunStatus::Assigned | RunStatus::Running) {
-        return Err(stale(format!("the run is {}", record.status)));
+    if !held(record) {
+        return Err(stale(Staleness::NotHeld(record.status)));
     }
     if record.attempt != attempt {
-        return Err(stale(format!("the current attempt is {}", record.attempt)));
+        return Err(stale(Staleness::OtherAttempt(record.attempt)));
     }
     if record.worker_id.as_ref() != Some(worker) {
-        return Err(stale("the run is assigned to another worker".to_owned()));
+        return Err(stale(Staleness::OtherWorker));
     }
     if current_incarnation.is_some() && record.incarnation != current_incarnation {
-        return Err(stale(
-            "it was assigned to an earlier incarnation of this worker".to_owned(),
-        ));
+        return Err(stale(Staleness::EarlierIncarnation));
     }
     Ok(())
 }
@@ -215,8 +246,11 @@ pub fn reassign(
     next
 }
 
-/// Cancelled by request (or because its parent was).
-pub fn cancel(record: &RunRecord, reason: &str, now: Timestamp) -> RunRecord {
+/// Cancelled by request (or because its parent was). A run that has ended stays as it is.
+pub fn cancel(record: &RunRecord, reason: &str, now: Timestamp) -> Option<RunRecord> {
+    if record.status.is_terminal() {
+        return None;
+    }
     let mut next = record.clone();
     next.failure_reason = Some(FailureReason::Cancelled);
     next.error = Some(RunError {
@@ -231,7 +265,7 @@ pub fn cancel(record: &RunRecord, reason: &str, now: Timestamp) -> RunRecord {
         now,
         Some(reason.to_owned()),
     );
-    next
+    Some(next)
 }
 
 /// Not placed within `maxWaitTimeMs`. Applies only to a run never assigned.
@@ -262,57 +296,15 @@ pub fn expire_wait(record: &RunRecord, now: Timestamp) -> Option<RunRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_protocol::{Conditions, RetryBackoff, RoutineId, RunId};
+    use crate::engine::fixtures::{at, pending, w};
+    use drover_protocol::RetryBackoff;
 
-    fn pending(max_retries: u32) -> RunRecord {
-        let now = Timestamp::from_millis(1_000_000);
-        RunRecord {
-            run_id: RunId::generate(),
-            routine_id: RoutineId::parse("r").unwrap(),
-            status: RunStatus::Pending,
-            params: Value::Null,
-            env: Default::default(),
-            conditions: Conditions::default(),
-            max_wait_time_ms: Some(100),
-            max_exec_time_ms: Some(50),
-            max_retries,
-            retry_backoff: Some(RetryBackoff {
-                initial_ms: 10,
-                multiplier: 3.0,
-                max_ms: 50,
-            }),
-            idempotency_key: None,
-            local_run_id: None,
-            parent_run_id: None,
-            requested_by: None,
-            attempt: 0,
-            retries: 0,
-            reassignments: 0,
-            worker_id: None,
-            incarnation: None,
-            created_at: now,
-            assigned_at: None,
-            started_at: None,
-            ended_at: None,
-            not_before: None,
-            transitions: vec![],
-            result: None,
-            error: None,
-            failure_reason: None,
-            open_children: vec![],
-            trace_id: None,
-            traceparent: None,
-            tracestate: None,
-            queue_seq: None,
-        }
+    fn running(record: &RunRecord, now: Timestamp) -> RunRecord {
+        start(&assign(record, &w("a"), 1, now), now).expect("assigned")
     }
 
-    fn w(id: &str) -> WorkerId {
-        WorkerId::parse(id).unwrap()
-    }
-
-    fn at(ms: i64) -> Timestamp {
-        Timestamp::from_millis(1_000_000 + ms)
+    fn boom() -> AttemptFailure {
+        AttemptFailure::Error(RunError::new("Boom", "boom"))
     }
 
     #[test]
@@ -330,17 +322,30 @@ mod tests {
     fn directives_are_fenced_by_attempt_worker_and_incarnation() {
         let assigned = assign(&pending(0), &w("a"), 3, at(1));
         assert!(check_directive(&assigned, &w("a"), 1, Some(3)).is_ok());
-        for (worker, attempt, incarnation) in [("a", 2, 3), ("b", 1, 3), ("a", 1, 4)] {
+        assert!(
+            check_directive(&assigned, &w("a"), 1, None).is_ok(),
+            "a worker the leader has not seen yet"
+        );
+        for (worker, attempt, incarnation, why) in [
+            ("a", 2, 3, Staleness::OtherAttempt(1)),
+            ("b", 1, 3, Staleness::OtherWorker),
+            ("a", 1, 4, Staleness::EarlierIncarnation),
+        ] {
             let error =
                 check_directive(&assigned, &w(worker), attempt, Some(incarnation)).unwrap_err();
-            assert_eq!(error.code, ErrorCode::StaleAttempt);
+            assert_eq!(error.why, why);
+            assert_eq!(error.attempt, attempt);
+            assert_eq!(error.current_attempt, 1);
         }
         let done = succeed(&start(&assigned, at(2)).unwrap(), None, at(3));
+        let error = check_directive(&done, &w("a"), 1, Some(3)).unwrap_err();
+        assert_eq!(error.why, Staleness::NotHeld(RunStatus::Succeeded));
         assert_eq!(
-            check_directive(&done, &w("a"), 1, Some(3))
-                .unwrap_err()
-                .code,
-            ErrorCode::StaleAttempt
+            error.to_string(),
+            format!(
+                "attempt 1 of run {} is not current: the run is SUCCEEDED",
+                done.run_id
+            )
         );
     }
 
@@ -354,11 +359,10 @@ mod tests {
     #[test]
     fn failures_retry_with_backoff_then_fail() {
         let mut record = pending(2);
-        let error = RunError::new("Boom", "boom");
         let mut delays = vec![];
         for attempt in 1..=3 {
-            record = start(&assign(&record, &w("a"), 1, at(0)), at(0)).unwrap();
-            record = fail_attempt(&record, AttemptFailure::Error(error.clone()), at(100));
+            record = running(&record, at(0));
+            record = fail_attempt(&record, boom(), at(100));
             assert_eq!(record.attempt, attempt);
             if let Some(not_before) = record.not_before {
                 delays.push(not_before.as_millis() - at(100).as_millis());
@@ -371,23 +375,68 @@ mod tests {
     }
 
     #[test]
-    fn final_failure_reasons() {
-        let running =
-            |retries| start(&assign(&pending(retries), &w("a"), 1, at(0)), at(0)).unwrap();
-        let plain = fail_attempt(
-            &running(0),
-            AttemptFailure::Error(RunError::new("E", "e")),
-            at(1),
+    fn backoff_delays_are_capped_at_max_ms() {
+        let mut record = pending(5);
+        let mut delays = vec![];
+        for _ in 0..5 {
+            record = fail_attempt(&running(&record, at(0)), boom(), at(0));
+            delays.push(record.not_before.expect("retrying").since(at(0)));
+        }
+        let millis: Vec<u128> = delays.iter().map(|delay| delay.as_millis()).collect();
+        assert_eq!(millis, [10, 30, 50, 50, 50], "10 × 3ⁿ, at most 50");
+    }
+
+    #[test]
+    fn without_a_backoff_the_default_applies() {
+        let mut record = pending(2);
+        record.retry_backoff = None;
+        let first = fail_attempt(&running(&record, at(0)), boom(), at(0));
+        let second = fail_attempt(&running(&first, at(0)), boom(), at(0));
+        let defaults = RetryBackoff::default();
+        assert_eq!(
+            first.not_before,
+            Some(at(0).plus_millis(defaults.initial_ms))
         );
+        assert_eq!(
+            second.not_before,
+            Some(at(0).plus_millis(defaults.delay_ms(2)))
+        );
+    }
+
+    #[test]
+    fn a_retry_keeps_the_error_and_says_why_in_the_transition() {
+        let retried = fail_attempt(&running(&pending(1), at(0)), boom(), at(5));
+        assert_eq!(retried.status, RunStatus::Pending);
+        assert_eq!(retried.error, Some(RunError::new("Boom", "boom")));
+        assert_eq!(retried.failure_reason, None);
+        assert_eq!(retried.ended_at, None);
+        assert_eq!(
+            retried.transitions.last().and_then(|t| t.reason.clone()),
+            Some("retry 1 after error".to_owned())
+        );
+    }
+
+    #[test]
+    fn final_failure_reasons() {
+        let plain = fail_attempt(&running(&pending(0), at(0)), boom(), at(1));
         assert_eq!(plain.failure_reason, Some(FailureReason::Error));
+        assert_eq!(plain.ended_at, Some(at(1)));
         let mut fatal = RunError::new("E", "e");
         fatal.retryable = Some(false);
-        let fatal = fail_attempt(&running(3), AttemptFailure::Error(fatal), at(1));
+        let fatal = fail_attempt(
+            &running(&pending(3), at(0)),
+            AttemptFailure::Error(fatal),
+            at(1),
+        );
         assert_eq!(fatal.status, RunStatus::Failed);
         assert_eq!(fatal.failure_reason, Some(FailureReason::Error));
-        let timeout = fail_attempt(&running(0), AttemptFailure::MaxExec, at(1));
+        let timeout = fail_attempt(&running(&pending(0), at(0)), AttemptFailure::MaxExec, at(1));
         assert_eq!(timeout.failure_reason, Some(FailureReason::MaxExecExceeded));
-        let retried = fail_attempt(&running(1), AttemptFailure::MaxExec, at(1));
+        assert_eq!(
+            timeout.error.map(|error| error.message),
+            Some("attempt 1 ran longer than maxExecTimeMs (50 ms)".to_owned())
+        );
+        let retried = fail_attempt(&running(&pending(1), at(0)), AttemptFailure::MaxExec, at(1));
         assert_eq!(retried.status, RunStatus::Pending);
     }
 
@@ -408,10 +457,25 @@ mod tests {
     fn wait_expiry_only_before_the_first_assignment() {
         let expired = expire_wait(&pending(0), at(100)).unwrap();
         assert_eq!(expired.failure_reason, Some(FailureReason::MaxWaitExceeded));
+        assert_eq!(
+            expired.error.map(|error| error.message),
+            Some("not placed within maxWaitTimeMs (100 ms)".to_owned())
+        );
         let assigned = assign(&pending(0), &w("a"), 1, at(1));
         assert!(expire_wait(&assigned, at(100)).is_none());
         let retried = reassign(&assigned, "lost", 5, at(2));
         assert!(expire_wait(&retried, at(100)).is_none());
+    }
+
+    #[test]
+    fn cancelling_ends_a_run_once() {
+        let cancelled = cancel(&running(&pending(0), at(0)), "user asked", at(2)).unwrap();
+        assert_eq!(cancelled.status, RunStatus::Cancelled);
+        assert_eq!(cancelled.failure_reason, Some(FailureReason::Cancelled));
+        assert_eq!(cancelled.ended_at, Some(at(2)));
+        assert!(cancel(&cancelled, "again", at(3)).is_none());
+        let done = succeed(&running(&pending(0), at(0)), None, at(1));
+        assert!(cancel(&done, "too late", at(2)).is_none());
     }
 
     #[test]
@@ -421,9 +485,7 @@ mod tests {
             record = reassign(&assign(&record, &w("a"), 1, at(0)), "lost", 1000, at(1));
         }
         assert_eq!(record.transitions.len(), MAX_TRANSITIONS);
-        let cancelled = cancel(&record, "user asked", at(2));
-        assert_eq!(cancelled.status, RunStatus::Cancelled);
-        assert_eq!(cancelled.failure_reason, Some(FailureReason::Cancelled));
+        let cancelled = cancel(&record, "user asked", at(2)).unwrap();
         assert_eq!(
             cancelled.transitions.last().unwrap().status,
             RunStatus::Cancelled

@@ -14,61 +14,8 @@ use std::sync::{Arc, Mutex};
 use drover_protocol::{Conditions, Incarnation, RoutineId, RunId, WorkerId, WorkerRecord};
 use tokio::sync::{oneshot, watch};
 
-/// Where a run goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Placement {
-    /// The worker.
-    pub worker: WorkerId,
-    /// Its incarnation when chosen.
-    pub incarnation: Incarnation,
-}
-
-/// A worker's registration ended or was replaced: its reserved runs must move.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gone {
-    /// The run to take back.
-    pub run: RunId,
-    /// The worker it was on.
-    pub worker: WorkerId,
-    /// The incarnation it was placed on.
-    pub incarnation: Incarnation,
-    /// Why, for the record.
-    pub reason: String,
-}
-
-struct WorkerView {
-    record: Arc<WorkerRecord>,
-    reserved: HashSet<RunId>,
-}
-
-impl WorkerView {
-    fn used(&self) -> usize {
-        let mut used = self.reserved.len();
-        for held in &self.record.runs {
-            if !self.reserved.contains(&held.run_id) {
-                used += 1;
-            }
-        }
-        used
-    }
-
-    fn free(&self) -> usize {
-        if !self.record.accepts_work() {
-            return 0;
-        }
-        (self.record.capacity as usize).saturating_sub(self.used())
-    }
-
-    fn matches(&self, routine: &RoutineId, conditions: &Conditions) -> bool {
-        self.record.routines.contains(routine)
-            && (conditions.worker_ids.is_empty()
-                || conditions.worker_ids.contains(&self.record.worker_id))
-            && conditions
-                .labels
-                .iter()
-                .all(|(key, value)| self.record.labels.get(key) == Some(value))
-    }
-}
+use super::placement::{self, WorkerView};
+pub use super::placement::{Gone, Placement};
 
 struct Waiter {
     run: RunId,
@@ -247,54 +194,16 @@ impl Dispatcher {
     pub fn on_worker(&self, record: Arc<WorkerRecord>) -> Vec<Gone> {
         let mut inner = self.lock();
         let worker = record.worker_id.clone();
-        let mut gone = Vec::new();
-        if inner
-            .workers
-            .get(&worker)
-            .is_some_and(|known| known.record.incarnation > record.incarnation)
-        {
-            // An older record than the one already seen: keep the newer one.
-            return gone;
+        if placement::outdated(inner.workers.get(&worker), &record) {
+            return Vec::new();
         }
         let previous = inner.workers.remove(&worker);
-        let old_routines = previous.as_ref().map(|view| view.record.routines.clone());
+        let mut routines = record.routines.clone();
         if let Some(previous) = &previous {
             inner.subtract(previous);
+            routines.extend(previous.record.routines.iter().cloned());
         }
-        let mut reserved = previous.map(|view| (view.record, view.reserved));
-        let view = match reserved.take() {
-            Some((old, runs)) if old.incarnation == record.incarnation && record.is_live() => {
-                WorkerView {
-                    record,
-                    reserved: runs,
-                }
-            }
-            Some((old, runs)) => {
-                let reason = if !record.is_live() {
-                    format!("worker {} is {}", worker, record.status)
-                } else {
-                    format!("worker {} registered again", worker)
-                };
-                gone.extend(runs.into_iter().map(|run| Gone {
-                    run,
-                    worker: worker.clone(),
-                    incarnation: old.incarnation,
-                    reason: reason.clone(),
-                }));
-                WorkerView {
-                    record,
-                    reserved: HashSet::new(),
-                }
-            }
-            None => WorkerView {
-                record,
-                reserved: HashSet::new(),
-            },
-        };
-        let mut routines = view.record.routines.clone();
-        if let Some(old) = &old_routines {
-            routines.extend(old.iter().cloned());
-        }
+        let (view, gone) = placement::renew(previous, record);
         inner.add(&worker, view);
         inner.publish_for(&routines);
         inner.serve_waiters(&worker);
@@ -385,11 +294,7 @@ impl Inner {
     }
 
     fn reserve(&mut self, worker: &WorkerId, run: &RunId) -> Option<Placement> {
-        let view = self.workers.get(worker)?;
-        let placement = Placement {
-            worker: worker.clone(),
-            incarnation: view.record.incarnation,
-        };
+        let placement = self.workers.get(worker)?.placement();
         self.change_reservation(worker, |view| {
             view.reserved.insert(run.clone());
         });
@@ -398,31 +303,10 @@ impl Inner {
 
     fn best_worker(&self, routine: &RoutineId, conditions: &Conditions) -> Option<WorkerId> {
         let candidates = self.serving.get(routine)?;
-        let mut best: Option<(&WorkerId, usize, usize)> = None;
-        for worker in candidates {
-            let Some(view) = self.workers.get(worker) else {
-                continue;
-            };
-            let free = view.free();
-            if free == 0 || !view.matches(routine, conditions) {
-                continue;
-            }
-            let used = view.used();
-            // Most free slots first; among equals, the least busy, then by workerID for
-            // a stable choice.
-            let better = match best {
-                None => true,
-                Some((current, best_free, best_used)) => {
-                    free > best_free
-                        || (free == best_free && used < best_used)
-                        || (free == best_free && used == best_used && worker < current)
-                }
-            };
-            if better {
-                best = Some((worker, free, used));
-            }
-        }
-        best.map(|(worker, _, _)| worker.clone())
+        let views = candidates
+            .iter()
+            .filter_map(|worker| self.workers.get(worker));
+        placement::choose(views, routine, conditions).map(|view| view.record.worker_id.clone())
     }
 
     fn remove_waiter(&mut self, run: &RunId) -> Option<RoutineId> {
@@ -488,50 +372,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_protocol::{HeldRun, Timestamp, WorkerPhase, WorkerStatus};
-
-    fn worker(
-        id: &str,
-        routines: &[&str],
-        capacity: u32,
-        labels: &[(&str, &str)],
-    ) -> Arc<WorkerRecord> {
-        let now = Timestamp::now();
-        let mut record = WorkerRecord {
-            worker_id: WorkerId::parse(id).unwrap(),
-            incarnation: 1,
-            status: WorkerStatus::Idle,
-            reported_status: None,
-            phase: WorkerPhase::Ready,
-            unresponsive: false,
-            routines: routines
-                .iter()
-                .map(|r| RoutineId::parse(*r).unwrap())
-                .collect(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            capacity,
-            runs: vec![],
-            name: None,
-            sdk: None,
-            host: None,
-            pid: None,
-            heartbeat_interval_ms: 200,
-            lost_after_ms: 1000,
-            registered_at: now,
-            status_changed_at: now,
-            ready_at: Some(now),
-            terminating_reason: None,
-        };
-        record.status = record.derive_status();
-        Arc::new(record)
-    }
-
-    fn routine(id: &str) -> RoutineId {
-        RoutineId::parse(id).unwrap()
-    }
+    use crate::engine::fixtures::{routine, worker};
+    use drover_protocol::{HeldRun, Timestamp, WorkerPhase};
 
     fn placed(receiver: &mut oneshot::Receiver<Placement>) -> Option<WorkerId> {
         receiver.try_recv().ok().map(|placement| placement.worker)

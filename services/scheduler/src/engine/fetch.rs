@@ -11,7 +11,10 @@ use async_nats::jetstream::{self, AckKind};
 use drover_protocol::envelope::decode;
 use drover_protocol::subject::{self, keys, resources, timers};
 use drover_protocol::{Completed, RoutineId, RunId, Starting};
-use drover_service_kit::{connected, connection_lost, consume, reply};
+use drover_service_kit::WireError;
+use drover_service_kit::{
+    connected, connection_lost, consume, retry_until_cancelled, settle, Backoff, Settlement,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,12 +22,21 @@ use tracing::{debug, info, trace, warn};
 
 use super::actor::DirectiveBody;
 use super::{Engine, Event};
+use crate::error::Error;
 use crate::metrics;
+use crate::store::BoxError;
 
 /// The most messages one pull request asks for.
 const MAX_BATCH: usize = 256;
 /// How long a pull request waits for messages before it is renewed.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Pause after a pull request failed.
+const PULL_RETRY: Duration = Duration::from_millis(250);
+
+/// Pauses between attempts to open a consumer.
+fn open_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
 
 /// Keeps one fetcher per routine that live workers serve.
 pub(super) async fn fetch_queues(engine: Arc<Engine>) {
@@ -48,19 +60,19 @@ pub(super) async fn fetch_queues(engine: Arc<Engine>) {
                     .spawn(fetch_routine(Arc::clone(&engine), routine, stop));
             }
         }
-        tokio::select! {
-            () = engine.shutdown.cancelled() => return,
-            changed = routines.changed() => if changed.is_err() { return },
+        match engine
+            .shutdown
+            .run_until_cancelled(routines.changed())
+            .await
+        {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return,
         }
     }
 }
 
-async fn routine_consumer(engine: &Engine, routine: &RoutineId) -> Result<PullConsumer, String> {
-    let stream = engine
-        .js
-        .get_stream(resources::QUEUE_STREAM)
-        .await
-        .map_err(|error| error.to_string())?;
+async fn routine_consumer(engine: &Engine, routine: &RoutineId) -> Result<PullConsumer, BoxError> {
+    let stream = engine.js.get_stream(resources::QUEUE_STREAM).await?;
     let name = routine.consumer_name();
     let config = pull::Config {
         durable_name: Some(name.clone()),
@@ -74,27 +86,18 @@ async fn routine_consumer(engine: &Engine, routine: &RoutineId) -> Result<PullCo
         inactive_threshold: Duration::from_secs(7 * 24 * 3600),
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer(&name, config)
-        .await
-        .map_err(|error| error.to_string())
+    Ok(stream.get_or_create_consumer(&name, config).await?)
 }
 
 /// Keeps pull requests open on one routine's queue for as many runs as can be placed.
 async fn fetch_routine(engine: Arc<Engine>, routine: RoutineId, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(100);
-    let consumer = loop {
-        match routine_consumer(&engine, &routine).await {
-            Ok(consumer) => break consumer,
-            Err(error) => {
-                warn!(routine = %routine, %error, "could not open the routine's queue");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let what = format!("opening the queue of routine {routine}");
+    let Some(consumer) = retry_until_cancelled(&what, open_backoff(), &stop, || {
+        routine_consumer(&engine, &routine)
+    })
+    .await
+    else {
+        return;
     };
     debug!(routine = %routine, "fetching");
     let mut demand = engine.dispatcher.demand(&routine);
@@ -135,10 +138,7 @@ async fn pull(
     stop: &CancellationToken,
 ) {
     let mut received = 0;
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = connected(&engine.nats) => {}
-    }
+    stop.run_until_cancelled(connected(&engine.nats)).await;
     match consumer
         .batch()
         .max_messages(size)
@@ -178,10 +178,8 @@ async fn pull(
         },
         Err(error) => {
             warn!(routine = %routine, %error, "pull request failed");
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
-            }
+            stop.run_until_cancelled(tokio::time::sleep(PULL_RETRY))
+                .await;
         }
     }
     outstanding.fetch_sub(size - received, Ordering::AcqRel);
@@ -189,23 +187,9 @@ async fn pull(
 
 /// Reads `starting` and `completed` from `DROVER_DIRECTIVES` and hands them to run actors.
 pub(super) async fn read_directives(engine: Arc<Engine>) {
-    let consumer = loop {
-        match open_consumer(
-            &engine,
-            resources::DIRECTIVES_STREAM,
-            resources::SCHEDULER_CONSUMER,
-        )
-        .await
-        {
-            Ok(consumer) => break consumer,
-            Err(error) => {
-                warn!(%error, "could not open the directives consumer");
-                tokio::select! {
-                    () = engine.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let (stream, durable) = (resources::DIRECTIVES_STREAM, resources::SCHEDULER_CONSUMER);
+    let Some(consumer) = open_consumer(&engine, stream, durable).await else {
+        return;
     };
     info!("reading directives");
     let handler_engine = Arc::clone(&engine);
@@ -261,37 +245,26 @@ async fn directive(engine: &Arc<Engine>, message: jetstream::Message) {
             );
         }
         Err(error) => {
-            let error = error.to_error(&subject);
-            ::metrics::counter!(metrics::DIRECTIVES_REJECTED, "code" => error.code.as_str())
-                .increment(1);
-            debug!(subject, code = %error.code, "directive rejected");
-            reply::to_worker_error(&engine.nats, &worker, &error).await;
-            if let Err(error) = message.ack().await {
-                debug!(%error, "could not acknowledge a rejected directive");
-            }
+            let rejected = Settlement::Rejected {
+                error: Error::from(error).to_wire(&subject),
+                worker: Some(worker),
+            };
+            settle(
+                &engine.nats,
+                &message,
+                rejected,
+                metrics::DIRECTIVES_REJECTED,
+            )
+            .await;
         }
     }
 }
 
 /// Reads fired timers from `DROVER_TIMERS`.
 pub(super) async fn read_timers(engine: Arc<Engine>) {
-    let consumer = loop {
-        match open_consumer(
-            &engine,
-            resources::TIMERS_STREAM,
-            resources::TIMERS_CONSUMER,
-        )
-        .await
-        {
-            Ok(consumer) => break consumer,
-            Err(error) => {
-                warn!(%error, "could not open the timers consumer");
-                tokio::select! {
-                    () = engine.shutdown.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let (stream, durable) = (resources::TIMERS_STREAM, resources::TIMERS_CONSUMER);
+    let Some(consumer) = open_consumer(&engine, stream, durable).await else {
+        return;
     };
     let handler_engine = Arc::clone(&engine);
     consume(
@@ -316,17 +289,12 @@ pub(super) async fn read_timers(engine: Arc<Engine>) {
     .await;
 }
 
-async fn open_consumer(
-    engine: &Engine,
-    stream: &str,
-    consumer: &str,
-) -> Result<PullConsumer, String> {
-    engine
-        .js
-        .get_stream(stream)
-        .await
-        .map_err(|error| error.to_string())?
-        .get_consumer(consumer)
-        .await
-        .map_err(|error| error.to_string())
+/// Opens a durable consumer the stream setup created, retrying until leadership ends.
+async fn open_consumer(engine: &Engine, stream: &str, consumer: &str) -> Option<PullConsumer> {
+    let what = format!("opening the consumer {consumer} of {stream}");
+    retry_until_cancelled(&what, open_backoff(), &engine.shutdown, || async {
+        let stream = engine.js.get_stream(stream).await?;
+        stream.get_consumer(consumer).await
+    })
+    .await
 }

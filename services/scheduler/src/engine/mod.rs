@@ -8,6 +8,9 @@
 mod actor;
 pub mod dispatcher;
 mod fetch;
+#[cfg(test)]
+pub(crate) mod fixtures;
+mod placement;
 mod registry;
 
 use std::collections::HashMap;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use actor::outbox::Outbox;
 pub use actor::Event;
 use dispatcher::Dispatcher;
 
@@ -38,6 +42,7 @@ pub struct Engine {
     pub(crate) intake: Intake,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) registry: registry::RegistryClient,
+    pub(crate) outbox: Outbox,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     actors: Mutex<HashMap<RunId, mpsc::UnboundedSender<Event>>>,
@@ -61,6 +66,7 @@ impl Engine {
         let js = jetstream::new(nats.clone());
         Arc::new(Self {
             registry: registry::RegistryClient::new(nats.clone()),
+            outbox: Outbox::new(nats.clone()),
             settings,
             nats,
             js,

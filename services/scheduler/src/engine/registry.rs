@@ -6,10 +6,13 @@ use async_nats::Client;
 use drover_protocol::envelope::{decode_internal_reply, encode_internal};
 use drover_protocol::subject::internal;
 use drover_protocol::{Claim, ErrorCode, Release, Waiting};
+use drover_service_kit::Backoff;
 use serde::Serialize;
 use tracing::debug;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a release is sent before it is left to the worker's next registration.
+const RELEASE_TRIES: u32 = 5;
 
 /// The registry refused, or could not be reached.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,12 +72,13 @@ impl RegistryClient {
     /// Records that the worker no longer holds the run. Retried a few times; a release that
     /// never lands is harmless once the worker registers again or is declared lost.
     pub async fn release(&self, release: &Release) {
-        for attempt in 0..5u32 {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..RELEASE_TRIES {
             match self.call(internal::REGISTRY_RELEASE, release).await {
                 Ok(()) | Err(RegistryError::Refused { .. }) => return,
                 Err(error) => {
                     debug!(run = %release.run_id, %error, attempt, "release not delivered");
-                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
