@@ -12,7 +12,7 @@ use drover_protocol::{encode, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::WireError;
 use drover_service_kit::{
-    drain, reply, run_for_leadership, start_service, Lease, Readiness, Requests, Settings,
+    drain, reply, run_for_leadership, start_service, Backoff, Lease, Readiness, Requests, Settings,
 };
 use futures::StreamExt;
 use tokio::sync::oneshot;
@@ -34,6 +34,10 @@ const DESCRIPTION: &str = "Drover scheduler: run intake, queries and cancellatio
 const FORWARDED_SUBJECT: &str = "Drover-Subject";
 /// How long a follower keeps trying to reach a leader (covers an election).
 const FORWARD_PATIENCE: Duration = Duration::from_secs(10);
+/// First wait before forwarding again when no leader answered.
+const FORWARD_FIRST_RETRY: Duration = Duration::from_millis(50);
+/// Longest wait between two forwarding tries.
+const FORWARD_MAX_RETRY: Duration = Duration::from_secs(1);
 
 /// Who answers a request endpoint.
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +247,7 @@ impl Server {
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(FORWARDED_SUBJECT, subject);
         let deadline = tokio::time::Instant::now() + FORWARD_PATIENCE;
+        let mut backoff = Backoff::new(FORWARD_FIRST_RETRY, FORWARD_MAX_RETRY);
         loop {
             let attempt = self.nats.request_with_headers(
                 internal::SCHEDULER_LEADER,
@@ -257,7 +262,7 @@ impl Server {
             if tokio::time::Instant::now() >= deadline {
                 return Err(RouteError::NoLeader.into());
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
