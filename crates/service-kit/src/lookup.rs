@@ -36,10 +36,7 @@ pub async fn open_bucket(
     shutdown: &CancellationToken,
 ) -> Option<kv::Store> {
     let what = format!("opening bucket {name}");
-    retry_until_cancelled(&what, Backoff::default(), shutdown, || {
-        js.get_key_value(name)
-    })
-    .await
+    look_up(&what, shutdown, || js.get_key_value(name)).await
 }
 
 /// The stream `name`. `None` when `shutdown` came first.
