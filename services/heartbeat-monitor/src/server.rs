@@ -139,7 +139,7 @@ impl Monitor {
             Ok(pulse) => pulse,
             Err(error) => return self.reject(&worker, subject, error.into()),
         };
-        let verdict = self.tracker().on_pulse(&worker, &pulse, Instant::now());
+        let verdict = self.tracker().on_pulse(&worker, &pulse, arrived);
         match verdict {
             PulseVerdict::Accepted(actions) => self.perform(actions),
             PulseVerdict::Rejected(rejection) => {

@@ -125,7 +125,7 @@ impl Server {
     }
 
     async fn register(self: Arc<Self>, message: Message) -> Result<Bytes, RegistryError> {
-        let worker = parse_worker(message.subject.as_str())?;
+        let (_, worker) = parse_sender(message.subject.as_str())?;
         let request: Register = decode(&message.payload, self.settings.max_payload_bytes)?;
         if request.worker_id != worker {
             return Err(RegistryError::WorkerIdMismatch {
@@ -227,9 +227,9 @@ impl Server {
     /// `v1.ready.<w>` and `v1.terminating.<w>`, read from `DROVER_DIRECTIVES`.
     async fn directive(&self, message: jetstream::Message) {
         let subject = message.subject.as_str();
-        let outcome = match parse_worker(subject) {
-            Ok(worker) => self
-                .apply_directive(&worker, subject, &message.payload)
+        let outcome = match parse_sender(subject) {
+            Ok((key, worker)) => self
+                .apply_directive(&worker, key, subject, &message.payload)
                 .await
                 .map_err(|error| (error, Some(worker))),
             Err(error) => Err((error, None)),
@@ -251,12 +251,10 @@ impl Server {
     async fn apply_directive(
         &self,
         worker: &WorkerId,
+        key: &'static str,
         subject: &str,
         body: &[u8],
     ) -> Result<(), RegistryError> {
-        let key = subject::parse_inbound(subject)
-            .map_err(|error| invalid_subject(subject, &error.to_string()))?
-            .key;
         let limit = self.settings.max_payload_bytes;
         let applied = match key {
             keys::READY => {
@@ -413,11 +411,12 @@ fn invalid_subject(subject: &str, reason: &str) -> RegistryError {
     }
 }
 
-fn parse_worker(subject: &str) -> Result<WorkerId, RegistryError> {
-    match subject::parse_inbound(subject) {
-        Ok(inbound) => inbound
-            .worker
-            .ok_or_else(|| invalid_subject(subject, "no workerID token")),
-        Err(error) => Err(invalid_subject(subject, &error.to_string())),
+/// The directive key and the sending worker of a `<key>.<workerID>` subject.
+fn parse_sender(subject: &str) -> Result<(&'static str, WorkerId), RegistryError> {
+    let inbound = subject::parse_inbound(subject)
+        .map_err(|error| invalid_subject(subject, &error.to_string()))?;
+    match inbound.worker {
+        Some(worker) => Ok((inbound.key, worker)),
+        None => Err(invalid_subject(subject, "no workerID token")),
     }
 }
