@@ -392,6 +392,7 @@ async fn concurrent_claims_respect_capacity_and_are_written_in_batches() {
                 incarnation: worker.incarnation(),
                 run_id: run.clone(),
                 attempt: 1,
+                traceparent: None,
             }),
         )
     });

@@ -46,6 +46,11 @@ impl Timestamp {
         self.since(Timestamp::now())
     }
 
+    /// The same instant as a `SystemTime` (the epoch for one before it).
+    pub fn to_system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64)
+    }
+
     /// Parses an RFC 3339 timestamp with any offset.
     pub fn parse(text: &str) -> Result<Self, time::error::Parse> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339)?;

@@ -57,6 +57,54 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The same trace and flags with `span_id` (16 hex digits) in place of the parent.
+    pub fn with_span(&self, span_id: String) -> Self {
+        Self {
+            trace_id: self.trace_id.clone(),
+            parent_id: span_id,
+            flags: self.flags.clone(),
+        }
+    }
+
+    /// The span of a run as the scheduler reports it (`drover.run`): in the trace of
+    /// `submitted_in` (the context the run was accepted in), with a span id that every
+    /// process derives alike from the runID, so that whichever scheduler ends the run ends
+    /// the same span.
+    pub fn run_span(submitted_in: &Self, run_id: &str) -> Self {
+        submitted_in.with_span(derived_span_id(&["run", run_id]))
+    }
+
+    /// The span of one attempt of a run (`drover.attempt`), derived like [`Self::run_span`]:
+    /// the context sent with the attempt's assignment, so that the worker's execution span
+    /// is its child, and the parent the log-collector, registry and heartbeat-monitor put
+    /// what they record about the attempt under.
+    pub fn attempt_span(submitted_in: &Self, run_id: &str, attempt: u64) -> Self {
+        submitted_in.with_span(derived_span_id(&["attempt", run_id, &attempt.to_string()]))
+    }
+}
+
+/// A span id (16 lowercase hex digits, never all zero) derived from `parts` alone: the
+/// first 8 bytes of SHA-256 over the parts, each followed by a zero byte.
+///
+/// Spans that outlive a process (a run's, an attempt's) get their ids this way, so that a
+/// scheduler taking over after a leader change, or another service, names the same span.
+pub fn derived_span_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    if id == [0u8; 8] {
+        id[7] = 1;
+    }
+    id.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "00-{}-{}-{}", self.trace_id, self.parent_id, self.flags)
@@ -86,6 +134,28 @@ mod tests {
         ] {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn derived_spans_are_stable_distinct_and_valid() {
+        let submitted =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let run = TraceParent::run_span(&submitted, "r-1");
+        assert_eq!(run, TraceParent::run_span(&submitted, "r-1"));
+        assert_eq!(run.trace_id, submitted.trace_id);
+        assert_eq!(run.flags, submitted.flags);
+        // Every service derives the same value: pinned (python3: sha256(b"run\\0r-1\\0")).
+        assert_eq!(run.parent_id, derived_span_id(&["run", "r-1"]));
+        assert_eq!(derived_span_id(&["run", "r-1"]), "01c5d7ad4ca900f7");
+        let first = TraceParent::attempt_span(&submitted, "r-1", 1);
+        let second = TraceParent::attempt_span(&submitted, "r-1", 2);
+        assert_ne!(first.parent_id, second.parent_id);
+        assert_ne!(first.parent_id, run.parent_id);
+        assert_ne!(
+            run.parent_id,
+            TraceParent::run_span(&submitted, "r-2").parent_id
+        );
+        assert_eq!(TraceParent::parse(&first.to_string()), Some(first));
     }
 
     #[test]

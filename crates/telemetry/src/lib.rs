@@ -6,6 +6,7 @@
 //! flowing between processes.
 
 mod propagation;
+mod record;
 
 use std::io::IsTerminal;
 use std::sync::mpsc;
@@ -19,6 +20,10 @@ use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
+
+pub use opentelemetry::trace::SpanKind;
+pub use opentelemetry::KeyValue;
+pub use record::{record, record_with, GivenIds, SpanEvent, SpanRecord};
 
 pub use propagation::{
     current_traceparent, extract, inject_context, inject_current, set_parent_from_headers,
@@ -247,7 +252,9 @@ fn build_provider(service_name: &str) -> (SdkTracerProvider, ExportPlan) {
     // The default builder runs the SDK's detectors (OTEL_RESOURCE_ATTRIBUTES among them);
     // the name set afterwards wins over a `service.name` given there.
     let resource = Resource::builder().with_service_name(name).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_id_generator(GivenIds::default());
 
     let plan = if export_enabled() {
         let protocol = OTEL_PROTOCOL_ENVS.iter().find_map(|name| env_value(name));

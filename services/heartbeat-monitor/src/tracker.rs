@@ -443,6 +443,7 @@ mod tests {
             waiting: false,
             waiting_version: 0,
             since: Timestamp::now(),
+            traceparent: None,
         });
         tracker.on_record(&holding, start);
         tracker.sweep(start + ms(300));

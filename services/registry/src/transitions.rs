@@ -207,6 +207,7 @@ pub fn claim(
         waiting: false,
         waiting_version: 0,
         since: now,
+        traceparent: claim.traceparent.clone(),
     });
     Ok(Outcome::Write(Box::new(next)))
 }
@@ -329,6 +330,7 @@ mod tests {
             incarnation: 1,
             run_id: run.clone(),
             attempt,
+            traceparent: None,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Claim {
     pub run_id: RunId,
     /// The attempt.
     pub attempt: Attempt,
+    /// The W3C `traceparent` of the attempt's span, kept in the worker's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// Scheduler to registry: worker `worker_id` no longer holds `run_id` at `attempt`.

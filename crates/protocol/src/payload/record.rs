@@ -10,6 +10,7 @@ use crate::ids::{Attempt, Incarnation, LocalRunId, RoutineId, RunId, WorkerId};
 use crate::payload::run::{Conditions, RetryBackoff, RunError};
 use crate::payload::worker::{Labels, LogLevel, SdkInfo, WorkerStatus};
 use crate::timestamp::Timestamp;
+use crate::trace::TraceParent;
 
 /// Where a worker is in its registration, apart from the runs it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +45,10 @@ pub struct HeldRun {
     pub waiting_version: u64,
     /// When the worker was given the run.
     pub since: Timestamp,
+    /// The W3C `traceparent` of the attempt's span: what the registry and the
+    /// heartbeat-monitor decide about the worker is recorded under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The registry's record of a worker: KV `DROVER_WORKERS`, `v1.registry.get`, `v1.registry.list`.
@@ -356,7 +361,8 @@ pub struct RunRecord {
     /// The run's trace: the W3C trace-id (32 hex digits), to look it up in a tracing UI.
     #[serde(rename = "traceID", default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
-    /// The W3C `traceparent` that every directive for this run carries.
+    /// The W3C `traceparent` the run was accepted in (the scheduler's intake span); the
+    /// run's span and its attempts' spans are derived from it (see [`RunRecord::run_span`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     /// The W3C `tracestate` received at submission.
@@ -365,6 +371,26 @@ pub struct RunRecord {
     /// Sequence of the run's message in `DROVER_QUEUE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_seq: Option<u64>,
+}
+
+impl RunRecord {
+    /// The trace context the run was accepted in (`traceparent`), when it is valid.
+    pub fn submitted_in(&self) -> Option<TraceParent> {
+        self.traceparent.as_deref().and_then(TraceParent::parse)
+    }
+
+    /// The context of the run's own span (`drover.run`), see [`TraceParent::run_span`].
+    pub fn run_span(&self) -> Option<TraceParent> {
+        self.submitted_in()
+            .map(|submitted| TraceParent::run_span(&submitted, self.run_id.as_str()))
+    }
+
+    /// The context of the span of `attempt` (`drover.attempt`), see
+    /// [`TraceParent::attempt_span`]: what every directive about that attempt carries.
+    pub fn attempt_span(&self, attempt: Attempt) -> Option<TraceParent> {
+        self.submitted_in()
+            .map(|submitted| TraceParent::attempt_span(&submitted, self.run_id.as_str(), attempt))
+    }
 }
 
 /// A `v1.run.events.<runID>` payload: a run changed state.
@@ -465,6 +491,7 @@ mod tests {
                     waiting,
                     waiting_version: 0,
                     since: now,
+                    traceparent: None,
                 })
                 .collect(),
             name: None,

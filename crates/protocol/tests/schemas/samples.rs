@@ -599,6 +599,7 @@ fn worker_record_full() -> WorkerRecord {
             waiting: true,
             waiting_version: 3,
             since: at("2026-11-22T13:17:03.250Z"),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         }],
         name: Some("GPU worker 7".to_owned()),
         sdk: Some(sdk()),

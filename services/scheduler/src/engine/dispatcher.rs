@@ -468,6 +468,7 @@ mod tests {
             waiting: false,
             waiting_version: 0,
             since: Timestamp::now(),
+            traceparent: None,
         });
         dispatcher.on_worker(Arc::new(record));
         assert!(placed(&mut dispatcher.request(

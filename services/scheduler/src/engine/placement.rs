@@ -202,6 +202,7 @@ mod tests {
             waiting: false,
             waiting_version: 0,
             since: Timestamp::now(),
+            traceparent: None,
         }
     }
 

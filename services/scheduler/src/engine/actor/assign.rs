@@ -90,6 +90,9 @@ impl Actor {
             incarnation: placement.incarnation,
             run_id: self.run.clone(),
             attempt: assigned.attempt,
+            traceparent: assigned
+                .attempt_span(assigned.attempt)
+                .map(|span| span.to_string()),
         };
         if let Err(error) = self.engine.registry.claim(&claim).await {
             debug!(worker = %placement.worker, %error, "slot not granted");
