@@ -1,10 +1,14 @@
 //! Drover end to end: no-op runs through the real service binaries, done by Rust SDK workers.
 //!
 //! Each of `in_flight` lanes submits a run, waits for its SUCCEEDED event, and submits the
-//! next. Submit→starting is measured to the moment the worker's handler starts (the workers
-//! run in this process); submit→completion to the moment the client sees the run end.
+//! next. Submit→starting is measured to the moment the worker's handler starts (when the
+//! workers run in this process); submit→completion to the moment the client sees the run end.
+//!
+//! The workers run in this process, or in a child process of their own
+//! (`drover-bench worker`), which has its own telemetry set from its environment.
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +19,7 @@ use drover_protocol::envelope::decode_reply;
 use drover_protocol::subject::keys;
 use drover_protocol::{encode, Accepted, RoutineId, RunId, RunSpec};
 use drover_testkit::{ProcStats, Stack};
-use drover_worker::Worker;
+use drover_worker::{Worker, WorkerBuilder};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -48,9 +52,18 @@ pub struct DroverFigures {
 }
 
 /// Runs that started (handler entered), with when.
-type Started = Arc<Mutex<HashMap<RunId, Instant>>>;
+pub type Started = Arc<Mutex<HashMap<RunId, Instant>>>;
 /// Lanes waiting for their run to end.
 type Waiters = Arc<Mutex<HashMap<RunId, oneshot::Sender<Instant>>>>;
+
+/// Where the SDK workers run.
+#[derive(Debug, Clone)]
+pub enum Workers {
+    /// In this process, sharing the client's runtime (submit→starting is measured).
+    InProcess,
+    /// In one child process (`drover-bench worker`) with these environment variables.
+    Process(Vec<(String, String)>),
+}
 
 /// A Drover stack with `workers` SDK workers of `capacity` each, ready to measure.
 pub struct Bench {
@@ -60,43 +73,50 @@ pub struct Bench {
     waiters: Waiters,
     early: Arc<Mutex<HashMap<RunId, Instant>>>,
     shutdown: CancellationToken,
+    worker_process: Option<tokio::process::Child>,
 }
 
 impl Bench {
-    /// Starts NATS, the four services and the workers.
+    /// Starts NATS, the four services and the workers, in this process.
     pub async fn start(workers: usize, capacity: u32) -> anyhow::Result<Self> {
-        let stack = Stack::builder()
+        Self::start_with(workers, capacity, &[], Workers::InProcess).await
+    }
+
+    /// Starts NATS, the four services with `env` added to theirs, and the workers where
+    /// `placement` says.
+    pub async fn start_with(
+        workers: usize,
+        capacity: u32,
+        env: &[(String, String)],
+        placement: Workers,
+    ) -> anyhow::Result<Self> {
+        let mut builder = Stack::builder()
             .with_registry()
             .with_monitor()
             .with_scheduler()
             .with_log_collector()
             .heartbeat_interval_ms(1000)
             .lost_after_ms(5000)
-            .env("RUST_LOG", "warn")
-            .start()
-            .await
-            .context("starting the stack")?;
+            .env("RUST_LOG", "warn");
+        for (key, value) in env {
+            builder = builder.env(key, value);
+        }
+        let stack = builder.start().await.context("starting the stack")?;
         let client = stack.client().await;
         let started: Started = Arc::new(Mutex::new(HashMap::new()));
         let shutdown = CancellationToken::new();
-        for index in 0..workers {
-            let worker_client = stack.client().await;
-            let started = Arc::clone(&started);
-            let builder = Worker::builder(format!("bench-{index}"))
-                .client(worker_client)
-                .capacity(capacity)
-                .routine(ROUTINE, move |ctx, _params| {
-                    let started = Arc::clone(&started);
-                    async move {
-                        started
-                            .lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(ctx.run_id().clone(), Instant::now());
-                        Ok(Value::Null)
-                    }
-                });
-            tokio::spawn(builder.run(shutdown.clone()));
-        }
+        let worker_process = match placement {
+            Workers::InProcess => {
+                for index in 0..workers {
+                    let worker_client = stack.client().await;
+                    let builder =
+                        noop_worker(index, capacity, Arc::clone(&started)).client(worker_client);
+                    tokio::spawn(builder.run(shutdown.clone()));
+                }
+                None
+            }
+            Workers::Process(env) => Some(spawn_workers(&stack, workers, capacity, &env)?),
+        };
         // Completions, as the client sees them.
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
         let early = Arc::new(Mutex::new(HashMap::new()));
@@ -145,6 +165,7 @@ impl Bench {
             waiters,
             early,
             shutdown,
+            worker_process,
         };
         bench.wait_for_workers(workers).await?;
         Ok(bench)
@@ -184,11 +205,21 @@ impl Bench {
                 let pid = self.stack.service(&name).pid();
                 (name, pid)
             })
-            .chain([
-                ("nats-server".to_owned(), self.stack.nats.pid()),
-                // The submitting client and the SDK workers live in this process.
-                ("client and workers".to_owned(), std::process::id()),
-            ])
+            .chain([("nats-server".to_owned(), self.stack.nats.pid())])
+            .chain(
+                match self
+                    .worker_process
+                    .as_ref()
+                    .and_then(tokio::process::Child::id)
+                {
+                    Some(pid) => vec![
+                        ("client".to_owned(), std::process::id()),
+                        ("workers".to_owned(), pid),
+                    ],
+                    // The submitting client and the SDK workers live in this process.
+                    None => vec![("client and workers".to_owned(), std::process::id())],
+                },
+            )
             .collect()
     }
 
@@ -298,4 +329,78 @@ impl Bench {
     pub fn stop(&self) {
         self.shutdown.cancel();
     }
+}
+
+/// A worker of `capacity` whose routine does nothing but note when it started.
+pub fn noop_worker(index: usize, capacity: u32, started: Started) -> WorkerBuilder {
+    Worker::builder(format!("bench-{index}"))
+        .capacity(capacity)
+        .routine(ROUTINE, move |ctx, _params| {
+            let started = Arc::clone(&started);
+            async move {
+                started
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(ctx.run_id().clone(), Instant::now());
+                Ok(Value::Null)
+            }
+        })
+}
+
+/// Runs `drover-bench worker` with `env`; it is killed when dropped, and exits by itself
+/// when this process goes away (its standard input closes).
+fn spawn_workers(
+    stack: &Stack,
+    workers: usize,
+    capacity: u32,
+    env: &[(String, String)],
+) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("finding drover-bench itself")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args([
+            "worker",
+            "--workers",
+            &workers.to_string(),
+            "--capacity",
+            &capacity.to_string(),
+        ])
+        .env("DROVER_NATS_URL", stack.nats_url())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .stdin(Stdio::piped())
+        .kill_on_drop(true);
+    command.spawn().context("starting the worker process")
+}
+
+/// `drover-bench worker`: runs `workers` no-op workers against `DROVER_NATS_URL` until
+/// SIGINT or the end of standard input, exporting spans as its `OTEL_*` environment says.
+pub async fn serve_workers(workers: usize, capacity: u32) -> anyhow::Result<()> {
+    let telemetry = drover_telemetry::init("drover-bench-worker");
+    let url = std::env::var("DROVER_NATS_URL").context("DROVER_NATS_URL is not set")?;
+    let shutdown = CancellationToken::new();
+    let started: Started = Arc::new(Mutex::new(HashMap::new()));
+    let mut running = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let builder = noop_worker(index, capacity, Arc::clone(&started)).nats_url(url.clone());
+        running.push(tokio::spawn(builder.run(shutdown.clone())));
+    }
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut sink = tokio::io::sink();
+            let _ = tokio::io::copy(&mut stdin, &mut sink).await;
+            shutdown.cancel();
+        });
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = tokio::signal::ctrl_c() => shutdown.cancel(),
+    }
+    for worker in running {
+        worker.await??;
+    }
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! 3. Every Drover figure as a ratio to the baseline measured in the same run.
 //! 4. Scale: many simulated workers pulsing every second.
 //! 5. A peer: the same workload on Celery with Redis (bench/peers/celery/run.sh).
+//! 6. The cost of tracing: the end-to-end scenario with span export off and on, alternating.
 //!
 //! Results go to `bench/results/` as JSON, Markdown and an SVG plot. Build in release
 //! (`cargo build --release --bins`) so that the services measured are the optimised ones.
@@ -15,13 +16,14 @@ mod end_to_end;
 mod report;
 mod scale;
 mod stats;
+mod trace_overhead;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 use drover_testkit::NatsServer;
 
 use crate::report::{Machine, Results};
@@ -30,6 +32,11 @@ use crate::report::{Machine, Results};
 #[derive(Debug, Parser)]
 #[command(name = "drover-bench", version, about)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Only these parts (all when not given).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Stage>,
     /// Runs per Drover measurement (and jobs per baseline measurement).
     #[arg(long, default_value_t = 5000)]
     runs: usize,
@@ -51,9 +58,44 @@ struct Args {
     /// Skip the Celery peer.
     #[arg(long)]
     skip_celery: bool,
+    /// Pairs of tracing phases (export off, then on) to measure (0 skips them).
+    #[arg(long, default_value_t = 2)]
+    tracing_rounds: usize,
+    /// Concurrency of the tracing phases.
+    #[arg(long, default_value_t = 16)]
+    tracing_in_flight: usize,
     /// Where results go.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+}
+
+/// A part of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stage {
+    /// The raw JetStream job cycle.
+    Baseline,
+    /// Drover end to end.
+    Drover,
+    /// Many simulated workers pulsing.
+    Scale,
+    /// The Celery peer.
+    Celery,
+    /// Span export off against on.
+    Tracing,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs no-op workers for the tracing phases (started by drover-bench itself).
+    #[command(hide = true)]
+    Worker {
+        /// How many workers.
+        #[arg(long)]
+        workers: usize,
+        /// Capacity of each.
+        #[arg(long)]
+        capacity: u32,
+    },
 }
 
 fn machine(nats_server: &str) -> Machine {
@@ -130,6 +172,10 @@ async fn celery(runs: usize, in_flight: &[usize]) -> anyhow::Result<Vec<stats::T
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Worker { workers, capacity }) = args.command {
+        return end_to_end::serve_workers(workers, capacity).await;
+    }
+    let wanted = |stage: Stage| args.only.is_empty() || args.only.contains(&stage);
     let mut results = Results {
         at: drover_protocol::Timestamp::now().to_string(),
         machine: machine(&nats_server_version()),
@@ -140,11 +186,12 @@ async fn main() -> anyhow::Result<()> {
         scale: None,
         celery: Vec::new(),
         drover_over_celery: Default::default(),
+        tracing: None,
     };
     eprintln!("machine: {:?}", results.machine);
 
-    eprintln!("== baseline: the raw JetStream job cycle");
-    {
+    if wanted(Stage::Baseline) {
+        eprintln!("== baseline: the raw JetStream job cycle");
         let nats = NatsServer::start().await?;
         // Warm up the server and the connections first.
         baseline::job_cycle(&nats.url(), 16, 2000).await?;
@@ -158,11 +205,11 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    eprintln!(
-        "== Drover end to end ({} workers × capacity {})",
-        args.workers, args.capacity
-    );
-    {
+    if wanted(Stage::Drover) {
+        eprintln!(
+            "== Drover end to end ({} workers × capacity {})",
+            args.workers, args.capacity
+        );
         let bench = Arc::new(end_to_end::Bench::start(args.workers, args.capacity).await?);
         bench.measure(16, 1000).await?;
         for &in_flight in &args.in_flight {
@@ -178,7 +225,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    if args.scale_workers > 0 {
+    if wanted(Stage::Scale) && args.scale_workers > 0 {
         eprintln!(
             "== scale: {} workers pulsing every second",
             args.scale_workers
@@ -196,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
         results.scale = Some(figures);
     }
 
-    if !args.skip_celery {
+    if wanted(Stage::Celery) && !args.skip_celery {
         eprintln!("== peer: Celery + Redis, acks_late");
         match celery(args.runs.min(5000), &args.in_flight).await {
             Ok(figures) => results.celery = figures,
@@ -204,10 +251,33 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if wanted(Stage::Tracing) && args.tracing_rounds > 0 {
+        eprintln!(
+            "== tracing: export off against on, {} in flight, {} rounds",
+            args.tracing_in_flight, args.tracing_rounds
+        );
+        let figures = trace_overhead::measure(
+            args.tracing_rounds,
+            args.tracing_in_flight,
+            args.runs,
+            args.workers,
+            args.capacity,
+        )
+        .await?;
+        eprintln!(
+            "  export off {:.0} runs/s, on {:.0} runs/s: on/off {:.3}",
+            figures.off_per_second, figures.on_per_second, figures.ratio
+        );
+        results.tracing = Some(figures);
+    }
+
     results.derive();
     let stem = results.at.replace(':', "-");
     results.write(&args.out, &stem)?;
-    results.write(&args.out, "latest")?;
+    // A run of some parts only does not replace the latest full results.
+    if args.only.is_empty() {
+        results.write(&args.out, "latest")?;
+    }
     println!("{}", results.markdown());
     eprintln!("results written to {}", args.out.display());
     Ok(())

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::end_to_end::DroverFigures;
 use crate::scale::ScaleFigures;
 use crate::stats::Throughput;
+use crate::trace_overhead::TracingFigures;
 
 /// The machine the figures come from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +62,9 @@ pub struct Results {
     pub celery: Vec<Throughput>,
     /// Drover runs/s over Celery tasks/s, by concurrency.
     pub drover_over_celery: BTreeMap<usize, f64>,
+    /// Span export off against on.
+    #[serde(default)]
+    pub tracing: Option<TracingFigures>,
 }
 
 impl Results {
@@ -120,6 +124,21 @@ impl Results {
             "Machine: {} ({} cores, {:.0} GiB), nats-server {}, load average at start {}. {} runs per Drover measurement.\n",
             m.cpu, m.cores, m.memory_gib, m.nats_server, m.load_average, self.runs
         );
+        let measured =
+            !(self.baseline.is_empty() && self.drover.is_empty() && self.celery.is_empty());
+        if measured {
+            self.throughput_tables(&mut out);
+        }
+        if let Some(scale) = &self.scale {
+            Self::scale_table(&mut out, scale);
+        }
+        if let Some(tracing) = &self.tracing {
+            Self::tracing_table(&mut out, tracing);
+        }
+        out
+    }
+
+    fn throughput_tables(&self, out: &mut String) {
         let _ = writeln!(out, "## Throughput and latency\n");
         let _ = writeln!(out, "| system | in flight | per second | p50 ms | p99 ms | p99.9 ms | submit→starting p50 / p99 / p99.9 ms |");
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
@@ -131,19 +150,19 @@ impl Results {
             );
         };
         for base in &self.baseline {
-            row(&mut out, "JetStream job cycle (baseline)", base, "-");
+            row(out, "JetStream job cycle (baseline)", base, "-");
         }
         for drover in &self.drover {
             let s = drover.starting;
             row(
-                &mut out,
+                out,
                 "Drover end to end",
                 &drover.completion,
                 &format!("{:.2} / {:.2} / {:.2}", s.p50_ms, s.p99_ms, s.p999_ms),
             );
         }
         for celery in &self.celery {
-            row(&mut out, "Celery + Redis (acks_late)", celery, "-");
+            row(out, "Celery + Redis (acks_late)", celery, "-");
         }
         let _ = writeln!(
             out,
@@ -180,31 +199,63 @@ impl Results {
                 );
             }
         }
-        if let Some(scale) = &self.scale {
+    }
+
+    fn scale_table(out: &mut String, scale: &ScaleFigures) {
+        let _ = writeln!(
+            out,
+            "\n## Scale: {} workers pulsing every second\n",
+            scale.workers
+        );
+        let _ = writeln!(out, "| service | cores | RSS MiB | peak RSS MiB |");
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for (name, cost) in [
+            ("heartbeat-monitor", &scale.monitor),
+            ("registry", &scale.registry),
+        ] {
             let _ = writeln!(
                 out,
-                "\n## Scale: {} workers pulsing every second\n",
-                scale.workers
-            );
-            let _ = writeln!(out, "| service | cores | RSS MiB | peak RSS MiB |");
-            let _ = writeln!(out, "|---|---:|---:|---:|");
-            for (name, cost) in [
-                ("heartbeat-monitor", &scale.monitor),
-                ("registry", &scale.registry),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "| {name} | {:.3} | {:.1} | {:.1} |",
-                    cost.cores, cost.rss_mib, cost.peak_rss_mib
-                );
-            }
-            let _ = writeln!(
-                out,
-                "\nRegistered and IDLE in {:.1} s. {} killed at once were all LOST after {:.2} s (lostAfterMs {:.0} s, heartbeat 1 s). Wrongly lost: {}.",
-                scale.register_seconds, scale.killed, scale.detect_seconds, scale.lost_after_seconds, scale.false_losses
+                "| {name} | {:.3} | {:.1} | {:.1} |",
+                cost.cores, cost.rss_mib, cost.peak_rss_mib
             );
         }
-        out
+        let _ = writeln!(
+            out,
+            "\nRegistered and IDLE in {:.1} s. {} killed at once were all LOST after {:.2} s (lostAfterMs {:.0} s, heartbeat 1 s). Wrongly lost: {}.",
+            scale.register_seconds, scale.killed, scale.detect_seconds, scale.lost_after_seconds, scale.false_losses
+        );
+    }
+
+    fn tracing_table(out: &mut String, tracing: &TracingFigures) {
+        let _ = writeln!(
+            out,
+            "\n## Tracing: span export off against on, {} in flight\n",
+            tracing.in_flight
+        );
+        let _ = writeln!(
+            out,
+            "| phase | export | runs/s | p50 ms | p99 ms | export requests | KiB exported |"
+        );
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|");
+        for (index, phase) in tracing.phases.iter().enumerate() {
+            let c = &phase.completion;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
+                index + 1,
+                if phase.export { "on" } else { "off" },
+                c.per_second,
+                c.latency.p50_ms,
+                c.latency.p99_ms,
+                phase.sink_requests,
+                phase.sink_bytes as f64 / 1024.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nMean of each: off {:.0} runs/s, on {:.0} runs/s; **on / off {:.3}** ({} runs per phase).",
+            tracing.off_per_second, tracing.on_per_second, tracing.ratio, tracing.runs
+        );
     }
 
     /// Throughput (x) against p99 latency (y, log scale), one line per system.
