@@ -99,7 +99,9 @@ class Span:
     def describe(self) -> str:
         """One line: name, service, id, status and the Drover attributes."""
         shown = " ".join(f"{key.removeprefix('drover.')}={self.attributes[key]}" for key in DUMP_ATTRIBUTES if key in self.attributes)
-        status = f" status={self.status}" + (f"({self.status_message})" if self.status_message else "") if self.status != "unset" else ""
+        status = ""
+        if self.status != "unset":  # upper case, apart from the drover.status attribute
+            status = f" {self.status.upper()}" + (f"({self.status_message})" if self.status_message else "")
         events = f" events={[event.name for event in self.events]}" if self.events else ""
         return (
             f"{self.name} [{self.service or '?'}] span={self.span_id} {self.kind} "

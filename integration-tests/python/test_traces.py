@@ -176,6 +176,11 @@ def executions(rx: OtlpReceiver, attempt: Span) -> list[Span]:
     return rx.children(attempt, "drover.execute")
 
 
+def logged(rx: OtlpReceiver, trace_id: str, line: str) -> bool:
+    """Whether a drover.logs span of the trace holds ``line`` as an event."""
+    return any(s.has_event(line) for s in rx.find(lambda s: s.name == "drover.logs", trace_id))
+
+
 async def settled(rx: OtlpReceiver, what: str, ready: Callable[[OtlpReceiver], bool], timeout: float = 15) -> None:
     """Waits until ``ready`` holds, then until the exporters have gone quiet."""
     await rx.wait_until(what, ready, timeout)
@@ -284,6 +289,7 @@ async def test_a_cli_submit_with_wait_is_one_trace(traced: Traced):
     # One trace: every span of the CLI and every span about the run are in it, and nothing
     # else started a trace while the CLI waited (its polls, the worker's pulses).
     assert rx.traces_with(lambda s: s.service == "drover-cli") == [trace_id], rx.summary()
+    assert rx.traces_with(lambda s: s.name == "drover.submit") == [trace_id], rx.summary()
     assert rx.traces_with(lambda s: s.attr("drover.run_id") == run_id) == [trace_id], rx.summary()
     others = [s.describe() for s in roots_between(rx, began, ended) if s.trace_id != trace_id]
     assert others == [], f"root spans made while `drover submit --wait` ran: {others}"
@@ -297,8 +303,10 @@ async def test_a_run_retried_twice_on_an_untraced_worker(traced: Traced):
     record = await drover.wait_run(run_id, {"SUCCEEDED"})
     assert record["attempt"] == 3 and record["retries"] == 2, record
 
+    lines = ["attempt 1 failing", "attempt 2 failing", "attempt 3 succeeding"]
+
     def complete(r: OtlpReceiver) -> bool:
-        return has_run(r, run_id, 3) and len(r.find(lambda s: s.name == "drover.logs", record["traceID"])) >= 3
+        return has_run(r, run_id, 3) and all(logged(r, record["traceID"], line) for line in lines)
 
     await settled(rx, f"the spans of run {run_id}", complete)
     root = rx.assert_one_tree(record["traceID"])
@@ -306,7 +314,6 @@ async def test_a_run_retried_twice_on_an_untraced_worker(traced: Traced):
     got = check_run(rx, run_id, "SUCCEEDED", ["failed", "failed", "succeeded"], workers=["flaky-w"] * 3, retries=2)
     assert root.span_id == got.intake.span_id, f"the intake is not the root of a run submitted untraced\n{tree}"
     assert not rx.find(lambda s: s.name == "drover.execute", record["traceID"]), tree
-    lines = ["attempt 1 failing", "attempt 2 failing", "attempt 3 succeeding"]
     for attempt, line in zip(got.attempts, lines):
         logs = rx.children(attempt, "drover.logs")
         assert any(span.has_event(line) for span in logs), f"{line!r} is not an event under its attempt\n{tree}"
@@ -322,9 +329,12 @@ async def test_a_run_whose_worker_is_killed_completes_on_another(traced: Traced)
     record = await drover.wait_run(run_id, {"SUCCEEDED"}, timeout=15)
     assert record["attempt"] == 2 and record["reassignments"] == 1 and record["workerID"] == "lost-b", record
 
+    lines = ["hanging on lost-a", "done on lost-b"]
+
     def complete(r: OtlpReceiver) -> bool:
-        attempts = attempts_of(r, run_id)
-        return has_run(r, run_id, 2) and any(s.name.startswith("drover.worker.") for s in r.children(attempts[0]))
+        if not (has_run(r, run_id, 2) and all(logged(r, record["traceID"], line) for line in lines)):
+            return False
+        return any(s.name.startswith("drover.worker.") for s in r.children(attempts_of(r, run_id)[0]))
 
     await settled(rx, f"the spans of run {run_id}", complete)
     rx.assert_one_tree(record["traceID"])
@@ -334,7 +344,7 @@ async def test_a_run_whose_worker_is_killed_completes_on_another(traced: Traced)
     )
     decisions = {s.name for s in rx.children(got.attempts[0]) if s.name.startswith("drover.worker.")}
     assert decisions & {"drover.worker.lost", "drover.worker.unresponsive"}, f"why attempt 1 ended is not in the trace\n{tree}"
-    for attempt, line in zip(got.attempts, ["hanging on lost-a", "done on lost-b"]):
+    for attempt, line in zip(got.attempts, lines):
         assert any(s.has_event(line) for s in rx.children(attempt, "drover.logs")), f"{line!r} not under its attempt\n{tree}"
 
 
@@ -411,6 +421,7 @@ async def test_a_python_parent_with_a_rust_child_is_one_trace(traced: Traced):
     [rust_execute] = executions(rx, child.attempts[0]) or [None]
     assert rust_execute is not None and rust_execute.has_event("greeting grace"), tree
     assert rx.traces_with(lambda s: s.service == "drover-cli") == [trace_id], rx.summary()
+    assert rx.traces_with(lambda s: s.attr("drover.run_id") in (run_id, child_id)) == [trace_id], rx.summary()
 
 
 async def test_without_an_endpoint_nothing_is_exported(request: pytest.FixtureRequest, stack, monkeypatch: pytest.MonkeyPatch):
