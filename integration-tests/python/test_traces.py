@@ -143,6 +143,9 @@ async def start_traced(
             for worker in traced.workers:
                 worker.dump_log(80)
             print(receiver.summary())
+            for trace_id in receiver.trace_ids():
+                if len(receiver.spans(trace_id)) > 1:
+                    print(receiver.tree(trace_id))
         await drover.close()
 
 
