@@ -121,7 +121,7 @@ class Traced:
             process.kill()
             await process.wait()
             raise
-        return Cli(process.returncode or 0, out.decode(), err.decode())
+        return Cli(process.returncode if process.returncode is not None else -1, out.decode(), err.decode())
 
 
 @contextlib.asynccontextmanager
