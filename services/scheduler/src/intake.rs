@@ -69,10 +69,12 @@ impl TraceContext {
     }
 
     /// The context of the current `tracing` span, with the `tracestate` of `received`:
-    /// a run accepted inside the intake span records that span as its parent.
+    /// a run accepted inside the intake span records that span as its parent. When the
+    /// span is not traced (a trace filter above INFO), `received` itself.
     pub fn current(received: &TraceContext) -> Self {
         Self {
-            traceparent: drover_telemetry::current_traceparent(),
+            traceparent: drover_telemetry::current_traceparent()
+                .or_else(|| received.traceparent.clone()),
             tracestate: received.tracestate.clone(),
         }
     }
