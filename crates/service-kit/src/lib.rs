@@ -17,6 +17,7 @@ mod run;
 mod serve;
 mod settings;
 mod settle;
+pub mod worker_spans;
 
 pub use backoff::{retry_until_cancelled, Backoff};
 pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};

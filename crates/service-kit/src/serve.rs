@@ -63,12 +63,19 @@ pub async fn drain(service: Service, tasks: &TaskTracker, readiness: &Readiness)
 /// What the request endpoints of one service share: the client that answers, the counter
 /// `<service>_requests_total{endpoint,outcome}`, shutdown, and the tracker that requests
 /// run on (so that the drain waits for them).
+///
+/// A request that carries trace context (`traceparent`) is served in a span under it, of
+/// kind server, named after its endpoint. One that carries none is traced only on an
+/// endpoint added through [`Self::starting_traces`] (a submission starts a run's trace);
+/// elsewhere its span is at DEBUG, so that queries and pulses make no root traces at the
+/// default trace filter.
 #[derive(Debug, Clone)]
 pub struct Requests {
     nats: Client,
     metric: &'static str,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    roots: Option<&'static str>,
 }
 
 impl Requests {
@@ -85,6 +92,17 @@ impl Requests {
             metric,
             shutdown: shutdown.clone(),
             tasks: tasks.clone(),
+            roots: None,
+        }
+    }
+
+    /// The same endpoints, whose requests are always traced, in a span named `span_name`,
+    /// a new root when the request carries no trace context: for requests that begin
+    /// something worth following (a run's submission).
+    pub fn starting_traces(&self, span_name: &'static str) -> Self {
+        Self {
+            roots: Some(span_name),
+            ..self.clone()
         }
     }
 
@@ -130,8 +148,7 @@ impl Requests {
         E: WireError + Send + 'static,
     {
         while let Some(Some(request)) = self.shutdown.run_until_cancelled(endpoint.next()).await {
-            let span = tracing::info_span!("request", endpoint = name);
-            drover_telemetry::set_parent_from_headers(&span, request.message.headers.as_ref());
+            let span = self.span_for(&request.message, name);
             let answer = handler(request.message.clone());
             let requests = self.clone();
             // Boxed so that the task holds a pointer, not the whole request future.
@@ -139,6 +156,29 @@ impl Requests {
                 async move { requests.answer(&request, name, answer.await).await }.instrument(span),
             ));
         }
+    }
+
+    /// The span a request is served in (see [`Requests`]).
+    fn span_for(&self, message: &Message, endpoint: &'static str) -> tracing::Span {
+        let received = drover_telemetry::extract_valid(message.headers.as_ref());
+        let span = match (self.roots, received.is_some()) {
+            (Some(name), _) => {
+                tracing::info_span!("request", otel.name = name, otel.kind = "server", endpoint)
+            }
+            (None, true) => {
+                tracing::info_span!(
+                    "request",
+                    otel.name = endpoint,
+                    otel.kind = "server",
+                    endpoint
+                )
+            }
+            (None, false) => return tracing::debug_span!("request", endpoint),
+        };
+        if let Some(received) = received {
+            drover_telemetry::set_parent_context(&span, received);
+        }
+        span
     }
 
     async fn answer<E: WireError>(

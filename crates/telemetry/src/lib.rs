@@ -22,12 +22,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 pub use opentelemetry::trace::SpanKind;
-pub use opentelemetry::KeyValue;
+pub use opentelemetry::{KeyValue, Value};
 pub use record::{record, record_with, GivenIds, SpanEvent, SpanRecord};
 
 pub use propagation::{
-    current_traceparent, extract, inject_context, inject_current, set_parent_from_headers,
-    set_parent_from_traceparent,
+    current_traceparent, extract, extract_valid, inject_context, inject_current,
+    set_parent_context, set_parent_from_headers, set_parent_from_traceparent,
 };
 
 /// How long `TelemetryGuard::shutdown` waits for spans to be flushed.
@@ -238,6 +238,13 @@ fn trimmed(value: &str) -> Option<String> {
 /// Whether the environment asks for OTLP export.
 pub fn export_enabled() -> bool {
     export_wanted(&env_value)
+}
+
+/// [`export_enabled`], read once per process: for hot paths that skip work when nothing
+/// is exported.
+pub fn export_enabled_cached() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(export_enabled)
 }
 
 fn export_wanted(env: &dyn Fn(&str) -> Option<String>) -> bool {

@@ -69,6 +69,12 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
     }
 }
 
+/// The remote context carried in `headers`, when there is a valid one.
+pub fn extract_valid(headers: Option<&HeaderMap>) -> Option<Context> {
+    let cx = extract(headers);
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
 /// Makes the context carried in `headers` the parent of `span`, when there is one.
 ///
 /// Call it before the span is first entered: a started span keeps its parent.
@@ -90,6 +96,12 @@ pub fn set_parent_from_traceparent(
         carrier.insert(TRACESTATE.to_owned(), state.to_owned());
     }
     set_parent(span, TraceContextPropagator::new().extract(&carrier));
+}
+
+/// Makes `cx` (for example from [`extract`]) the parent of `span`, when it holds a valid
+/// span context. Call it before the span is first entered.
+pub fn set_parent_context(span: &tracing::Span, cx: Context) {
+    set_parent(span, cx);
 }
 
 fn set_parent(span: &tracing::Span, cx: Context) {

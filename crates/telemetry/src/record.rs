@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use drover_protocol::trace::TraceParent;
@@ -85,8 +84,7 @@ impl SpanRecord {
 /// Records `span` with the process's tracer provider, when spans are exported at all
 /// ([`crate::export_enabled`]); otherwise does nothing, at the cost of one check.
 pub fn record(span: SpanRecord) {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    if !*ENABLED.get_or_init(crate::export_enabled) {
+    if !crate::export_enabled_cached() {
         return;
     }
     record_with(&opentelemetry::global::tracer("drover"), span);

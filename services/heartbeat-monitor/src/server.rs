@@ -11,10 +11,12 @@ use async_nats::{Client, Message, Subscriber};
 use drover_protocol::envelope::{decode, decode_internal_reply, encode_internal};
 use drover_protocol::subject::{self, internal, keys};
 use drover_protocol::{
-    encode, CheckPulse, GivePulse, Liveness, LivenessReport, WorkerId, WorkerRecord,
+    encode, CheckPulse, GivePulse, Liveness, LivenessReport, Timestamp, WorkerId, WorkerRecord,
 };
 use drover_service_kit::kv_cache::{Change, KvCache};
+use drover_service_kit::worker_spans;
 use drover_service_kit::{drain, reply, start_service, Readiness, Settings, WireError};
+use drover_telemetry::KeyValue;
 use futures::StreamExt;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
@@ -258,15 +260,42 @@ impl Monitor {
                         reported_status,
                     };
                     let monitor = Arc::clone(self);
+                    let decided_at = Timestamp::now();
                     self.tasks.spawn(async move {
-                        if let Err(reason) = send_report(&monitor.nats, &report).await {
-                            warn!(worker = %worker, reason, "liveness report not taken, will retry");
-                            monitor.tracker().report_failed(&worker, liveness);
+                        match send_report(&monitor.nats, &report).await {
+                            Ok(()) => monitor.record_decision(&report, decided_at),
+                            Err(reason) => {
+                                warn!(worker = %worker, reason, "liveness report not taken, will retry");
+                                monitor.tracker().report_failed(&worker, liveness);
+                            }
                         }
                     });
                 }
             }
         }
+    }
+
+    /// Records a conclusion the registry took about a worker holding runs in each run's
+    /// trace, under its attempt (docs/observability.md): once, after the report is taken.
+    fn record_decision(&self, report: &LivenessReport, at: Timestamp) {
+        let Some(name) = report.liveness.and_then(decision_span) else {
+            return;
+        };
+        let Some(record) = self.cache.get(report.worker_id.as_str()) else {
+            return;
+        };
+        let record = &record.value;
+        if record.incarnation != report.incarnation {
+            return;
+        }
+        let attributes = [
+            KeyValue::new(
+                "drover.worker.heartbeat_interval_ms",
+                record.heartbeat_interval_ms as i64,
+            ),
+            KeyValue::new("drover.worker.lost_after_ms", record.lost_after_ms as i64),
+        ];
+        worker_spans::record_about_held_runs(name, record, at, &attributes);
     }
 
     /// Looks for silent workers a few times per heartbeat interval until `shutdown`.
@@ -306,6 +335,16 @@ impl Monitor {
             };
             self.perform(actions);
         }
+    }
+}
+
+/// The span recording a liveness conclusion about a worker holding runs, if any.
+fn decision_span(liveness: Liveness) -> Option<&'static str> {
+    match liveness {
+        Liveness::Unresponsive => Some("drover.worker.unresponsive"),
+        Liveness::Lost => Some("drover.worker.lost"),
+        Liveness::Offline => Some("drover.worker.offline"),
+        Liveness::Alive => None,
     }
 }
 

@@ -9,6 +9,7 @@
 mod error;
 pub mod metrics;
 mod server;
+pub mod spans;
 pub mod store;
 pub mod transitions;
 

@@ -322,6 +322,9 @@ impl WorkerStore {
         if previous_status == Some(next.status) && !new_incarnation {
             return;
         }
+        if let Some(previous) = previous {
+            crate::spans::record(previous, next, now);
+        }
         ::metrics::counter!(metrics::STATUS_CHANGES, "status" => next.status.as_str()).increment(1);
         let event = WorkerEvent {
             worker_id: next.worker_id.clone(),

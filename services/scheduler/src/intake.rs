@@ -18,7 +18,7 @@ use drover_protocol::{
     Accepted, RunId, RunRecord, RunSpec, RunStatus, Timestamp, Transition, WorkerId,
 };
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
 use crate::error::{SpecError, SubmitError};
 use crate::store::{BoxError, RunStore, StoreError, Stored};
@@ -47,11 +47,35 @@ impl TraceContext {
         }
     }
 
-    /// The trace context a run record keeps.
+    /// The trace context a run record keeps: the one it was accepted in.
     pub fn of(record: &RunRecord) -> Self {
         Self {
             traceparent: record.traceparent.clone(),
             tracestate: record.tracestate.clone(),
+        }
+    }
+
+    /// The context of the span of the run's current attempt (`drover.attempt`), or of the
+    /// run's own span before its first attempt: what a directive about the run carries.
+    pub fn of_attempt(record: &RunRecord) -> Self {
+        let span = match record.attempt {
+            0 => record.run_span(),
+            attempt => record.attempt_span(attempt),
+        };
+        Self {
+            traceparent: span.map(|span| span.to_string()),
+            tracestate: record.tracestate.clone(),
+        }
+    }
+
+    /// The context of the current `tracing` span, with the `tracestate` of `received`:
+    /// a run accepted inside the intake span records that span as its parent. When the
+    /// span is not traced (a trace filter above INFO), `received` itself.
+    pub fn current(received: &TraceContext) -> Self {
+        Self {
+            traceparent: drover_telemetry::current_traceparent()
+                .or_else(|| received.traceparent.clone()),
+            tracestate: received.tracestate.clone(),
         }
     }
 
@@ -263,8 +287,33 @@ impl Intake {
         self.stored.subscribe()
     }
 
-    /// Stores and queues a run, or returns the existing one for a repeated key.
+    /// Stores and queues a run, or returns the existing one for a repeated key, in a
+    /// `drover.enqueue` span under `trace`, the intake's span, which the run's record keeps
+    /// as the parent of the run's own span.
     pub async fn submit(
+        &self,
+        spec: RunSpec,
+        origin: Origin,
+        trace: TraceContext,
+    ) -> Result<Submitted, SubmitError> {
+        let span = tracing::info_span!(
+            "drover.enqueue",
+            drover.routine_id = %spec.routine_id,
+            drover.run_id = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &trace.traceparent {
+            drover_telemetry::set_parent_from_traceparent(
+                &span,
+                traceparent,
+                trace.tracestate.as_deref(),
+            );
+        }
+        self.store_and_queue(spec, origin, trace)
+            .instrument(span)
+            .await
+    }
+
+    async fn store_and_queue(
         &self,
         spec: RunSpec,
         origin: Origin,
@@ -304,6 +353,7 @@ impl Intake {
                 Err(error) => return Err(not_stored(error)),
             }
         }
+        tracing::Span::current().record("drover.run_id", tracing::field::display(&run_id));
         let record = new_record(run_id.clone(), spec, &origin, trace, Timestamp::now());
         if let Some(due) = wait_deadline(&record) {
             self.schedule_max_wait(&record.run_id, due)

@@ -11,6 +11,7 @@ pub mod intake;
 pub mod metrics;
 mod queries;
 mod server;
+pub mod spans;
 pub mod store;
 pub mod transitions;
 

@@ -25,6 +25,7 @@ use crate::error::{Error, RouteError, SpecError};
 use crate::intake::{Intake, Origin, TraceContext};
 use crate::metrics;
 use crate::queries;
+use crate::spans::names as spans;
 use crate::store::RunStore;
 
 /// What `$SRV.INFO` says this service does.
@@ -129,22 +130,33 @@ impl Server {
     ) -> anyhow::Result<()> {
         let requests = Requests::new(&self.nats, metrics::REQUESTS, shutdown, &self.tasks);
         let server = Arc::new(self.clone());
+        // A submission starts (or continues) a run's trace; a cancellation is followed
+        // too; queries are traced only inside a trace their client began.
+        let intake = requests.starting_traces(spans::INTAKE);
+        let cancel = requests.starting_traces(spans::CANCEL);
         let endpoints = [
             (
+                &intake,
                 "request_start",
                 keys::REQUEST_START.to_owned(),
                 Route::Submit,
             ),
             (
+                &intake,
                 "request_start_child",
                 subject::from_any_worker(keys::REQUEST_START),
                 Route::Leader,
             ),
-            ("get", keys::RUN_GET.to_owned(), Route::Get),
-            ("list", keys::RUN_LIST.to_owned(), Route::List),
-            ("cancel", keys::RUN_CANCEL.to_owned(), Route::Leader),
+            (&requests, "get", keys::RUN_GET.to_owned(), Route::Get),
+            (&requests, "list", keys::RUN_LIST.to_owned(), Route::List),
+            (
+                &cancel,
+                "cancel",
+                keys::RUN_CANCEL.to_owned(),
+                Route::Leader,
+            ),
         ];
-        for (name, subject, route) in endpoints {
+        for (requests, name, subject, route) in endpoints {
             let server = Arc::clone(&server);
             requests
                 .add(service, name, subject, move |message| {
@@ -215,8 +227,10 @@ impl Server {
                     .and_then(|headers| headers.get(FORWARDED_SUBJECT))
                     .map(|value| value.as_str().to_owned())
                     .unwrap_or_default();
+                // The follower put its request span here.
+                let trace = TraceContext::from_headers(message.headers.as_ref());
                 let result = match server.engine() {
-                    Some(engine) => server.on_leader(&engine, &original, &message).await,
+                    Some(engine) => server.on_leader(&engine, &original, &message, trace).await,
                     None => Err(RouteError::LeadershipChanged.into()),
                 };
                 match result {
@@ -231,7 +245,7 @@ impl Server {
 
     async fn submit(&self, message: &Message) -> Result<Bytes, Error> {
         let spec: RunSpec = decode(&message.payload, self.settings.max_payload_bytes)?;
-        let trace = TraceContext::from_headers(message.headers.as_ref());
+        let trace = TraceContext::current(&TraceContext::from_headers(message.headers.as_ref()));
         let submitted = self.intake.submit(spec, Origin::Client, trace).await?;
         Ok(encode(&submitted.accepted))
     }
@@ -241,11 +255,14 @@ impl Server {
         let subject = message.subject.as_str();
         // Check the request here too, so that a bad one is refused without a round trip.
         self.precheck(subject, message)?;
+        // This request's span: a child run is accepted under it, wherever the leader is.
+        let trace = TraceContext::current(&TraceContext::from_headers(message.headers.as_ref()));
         if let Some(engine) = self.engine() {
-            return self.on_leader(&engine, subject, message).await;
+            return self.on_leader(&engine, subject, message, trace).await;
         }
         let mut headers = message.headers.clone().unwrap_or_default();
         headers.insert(FORWARDED_SUBJECT, subject);
+        drover_telemetry::inject_current(&mut headers);
         let deadline = tokio::time::Instant::now() + FORWARD_PATIENCE;
         let mut backoff = Backoff::new(FORWARD_FIRST_RETRY, FORWARD_MAX_RETRY);
         loop {
@@ -281,6 +298,7 @@ impl Server {
         engine: &Arc<Engine>,
         subject: &str,
         message: &Message,
+        trace: TraceContext,
     ) -> Result<Bytes, Error> {
         let limit = self.settings.max_payload_bytes;
         if subject == keys::RUN_CANCEL {
@@ -313,7 +331,7 @@ impl Server {
             Event::ChildRequest {
                 spec,
                 worker,
-                trace: TraceContext::from_headers(message.headers.as_ref()),
+                trace,
                 reply,
             },
         );

@@ -59,6 +59,9 @@ pub fn held(record: &RunRecord) -> bool {
     matches!(record.status, RunStatus::Assigned | RunStatus::Running)
 }
 
+/// Why an attempt is taken back when its worker never said `starting` in time.
+pub const NOT_ACKNOWLEDGED: &str = "assignment not acknowledged";
+
 /// The most transitions a record keeps; older ones are dropped, the first is kept.
 const MAX_TRANSITIONS: usize = 64;
 

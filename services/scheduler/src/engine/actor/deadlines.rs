@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Actor;
-use crate::transitions::AttemptFailure;
+use crate::transitions::{self, AttemptFailure};
 
 /// The time on both clocks: the wall clock of the record's timestamps, and the monotonic
 /// clock that timers run on.
@@ -158,7 +158,7 @@ impl Actor {
             Timer::Replace if status == Some(RunStatus::Pending) => self.request_placement(),
             Timer::AckTimeout if status == Some(RunStatus::Assigned) => {
                 info!(run = %self.run, "assignment not acknowledged in time, reassigning");
-                self.take_back("assignment not acknowledged", true).await;
+                self.take_back(transitions::NOT_ACKNOWLEDGED, true).await;
             }
             Timer::ExecTimeout if status == Some(RunStatus::Running) => {
                 info!(run = %self.run, "attempt exceeded maxExecTimeMs");

@@ -216,15 +216,21 @@ impl Actor {
     }
 
     /// Applies `change` to the record under compare-and-set (see
-    /// [`RunStore::mutate`](crate::store::RunStore::mutate)), keeping this actor's copy.
+    /// [`RunStore::mutate`](crate::store::RunStore::mutate)), keeping this actor's copy,
+    /// and records the spans the write ends (see [`crate::spans`]).
     async fn mutate<E>(
         &mut self,
         change: impl FnMut(&RunRecord) -> Result<Decision, E>,
     ) -> Result<Mutated, MutateError<E>> {
-        self.engine
+        let mutated = self
+            .engine
             .store
             .mutate(&self.run, &mut self.current, change)
-            .await
+            .await?;
+        if mutated.written {
+            crate::spans::record(&mutated.before, &mutated.after);
+        }
+        Ok(mutated)
     }
 
     fn record(&self) -> Option<&RunRecord> {

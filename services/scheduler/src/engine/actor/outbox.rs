@@ -50,14 +50,15 @@ impl Notice {
     }
 }
 
-/// A notice for a worker, with the trace context of the run it is about.
+/// A notice for a worker, with the trace context of the attempt it is about.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Letter {
     /// Who gets it.
     pub(crate) worker: WorkerId,
     /// What it says.
     pub(crate) notice: Notice,
-    /// The run's trace context, sent as headers.
+    /// The context of the attempt's span (`drover.attempt`), sent as headers: the
+    /// worker's execution span is its child.
     pub(crate) trace: TraceContext,
 }
 
@@ -66,7 +67,7 @@ impl Letter {
         Self {
             worker: worker.clone(),
             notice,
-            trace: TraceContext::of(record),
+            trace: TraceContext::of_attempt(record),
         }
     }
 
@@ -227,7 +228,17 @@ mod tests {
         assert_eq!(assignment.attempt, 2);
         assert_eq!(assignment.params, json!({"size": 3}));
         assert_eq!(assignment.max_exec_time_ms, Some(50));
-        assert_eq!(letter.trace.traceparent.as_deref(), Some(TRACEPARENT));
+        // Under the span of attempt 2, in the run's trace.
+        let sent = letter.trace.traceparent.as_deref().expect("a traceparent");
+        assert_eq!(
+            Some(sent.to_owned()),
+            record.attempt_span(2).map(|s| s.to_string())
+        );
+        assert_ne!(
+            Some(sent.to_owned()),
+            record.attempt_span(1).map(|s| s.to_string())
+        );
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(Letter::assignment(&pending(0)).is_none(), "no worker yet");
     }
 
@@ -248,8 +259,8 @@ mod tests {
 
     #[test]
     fn trace_headers_carry_traceparent_and_tracestate() {
-        let letter = Letter::child_started(&running_parent(), &{
-            let parent = running_parent();
+        let parent = running_parent();
+        let letter = Letter::child_started(&parent, &{
             start(&assign(&child_of(&parent), &w("c"), 1, at(3)), at(4)).expect("assigned")
         })
         .expect("parent running");
@@ -257,8 +268,8 @@ mod tests {
         assert_eq!(
             headers
                 .get(drover_protocol::trace::TRACEPARENT)
-                .map(|value| value.as_str()),
-            Some(TRACEPARENT)
+                .map(|value| value.as_str().to_owned()),
+            parent.attempt_span(1).map(|span| span.to_string())
         );
         assert_eq!(
             headers
@@ -275,7 +286,13 @@ mod tests {
         let child = start(&assign(&child_of(&parent), &w("c"), 1, at(3)), at(4)).expect("assigned");
         let started = Letter::child_started(&parent, &child).expect("parent running");
         assert_eq!(started.worker, w("parent-w"));
-        assert_eq!(started.trace, TraceContext::of(&parent));
+        assert_eq!(started.trace, TraceContext::of_attempt(&parent));
+        assert_eq!(
+            started.trace.traceparent,
+            parent
+                .attempt_span(parent.attempt)
+                .map(|span| span.to_string())
+        );
         let Notice::ChildStarting(starting) = &started.notice else {
             panic!("not a child start: {started:?}");
         };
