@@ -209,48 +209,73 @@ def check_run(
     retries: int = 0,
     reassignments: int = 0,
 ) -> RunTrace:
-    """The run's intake, enqueue, run, attempt and backoff spans, with their links and attributes."""
-    [run] = rx.find(of_run(run_id, "drover.run")) or [None]
-    assert run is not None, f"no drover.run span for {run_id}\n{rx.summary()}"
-    tree = rx.tree(run.trace_id)
-    intakes = rx.find(of_run(run_id, "drover.intake"))
-    assert len(intakes) == 1, f"{len(intakes)} drover.intake spans for {run_id}\n{tree}"
-    intake = intakes[0]
-    assert intake.kind == "server", f"drover.intake is {intake.kind}, not server\n{tree}"
-    assert run.parent_span_id == intake.span_id, f"drover.run of {run_id} is not under its drover.intake\n{tree}"
-    enqueue = rx.children(intake, "drover.enqueue")
-    assert len(enqueue) == 1, f"{len(enqueue)} drover.enqueue spans under the intake of {run_id}\n{tree}"
+    """The run's intake, enqueue, run, attempt and backoff spans, with their links and
+    attributes; every departure from the contract is listed in one failure."""
+    runs = rx.find(of_run(run_id, "drover.run"))
+    assert len(runs) == 1, f"{len(runs)} drover.run spans for {run_id}\n{rx.summary()}"
+    run = runs[0]
+    problems: list[str] = []
 
-    assert run.attr("drover.status") == status, f"drover.run of {run_id}: status {run.attr('drover.status')}\n{tree}"
-    assert run.attr("drover.attempts") == len(outcomes), tree
-    assert run.attr("drover.retries") == retries, tree
-    assert run.attr("drover.reassignments") == reassignments, tree
-    assert (run.status == "error") == (status == "FAILED"), f"drover.run status {run.status} for {status}\n{tree}"
+    def expect(ok: bool, problem: str) -> None:
+        if not ok:
+            problems.append(problem)
+
+    intake = rx.parent(run)
+    expect(intake is not None and intake.name == "drover.intake", "drover.run is not under a drover.intake")
+    if intake is not None:
+        expect(intake.kind == "server", f"drover.intake is of kind {intake.kind}, not server")
+        expect(intake.attr("drover.run_id") == run_id, f"drover.intake has drover.run_id {intake.attr('drover.run_id')!r}")
+        expect(
+            intake.attr("drover.routine_id") == run.attr("drover.routine_id"),
+            f"drover.intake has drover.routine_id {intake.attr('drover.routine_id')!r}",
+        )
+        enqueue = rx.children(intake, "drover.enqueue")
+        expect(len(enqueue) == 1, f"{len(enqueue)} drover.enqueue spans under the intake")
+
+    for key, wanted in [
+        ("drover.status", status),
+        ("drover.attempts", len(outcomes)),
+        ("drover.retries", retries),
+        ("drover.reassignments", reassignments),
+    ]:
+        expect(run.attr(key) == wanted, f"drover.run has {key} {run.attr(key)!r}, not {wanted!r}")
+    expect((run.status == "error") == (status == "FAILED"), f"drover.run has span status {run.status} for {status}")
 
     attempts = attempts_of(rx, run_id)
-    assert [a.attr("drover.attempt") for a in attempts] == list(range(1, len(outcomes) + 1)), tree
-    assert [a.attr("drover.outcome") for a in attempts] == outcomes, tree
-    for attempt in attempts:
-        label = f"attempt {attempt.attr('drover.attempt')} of {run_id}"
-        assert attempt.parent_span_id == run.span_id, f"{label} is not under its drover.run\n{tree}"
-        assert attempt.trace_id == run.trace_id, tree
-        outcome = attempt.attr("drover.outcome")
-        assert (attempt.status == "error") == (outcome in ERROR_OUTCOMES), f"{label}: status {attempt.status}\n{tree}"
-        assert attempt.attr("drover.routine_id") == run.attr("drover.routine_id"), tree
-        events = [e.name for e in attempt.events]
-        assert "assigned" in events, f"{label} has no 'assigned' event\n{tree}"
-        if outcome in ("succeeded", "failed", "worker_lost"):
-            assert "started" in events, f"{label} has no 'started' event\n{tree}"
-        if outcome != "succeeded":
-            assert attempt.attr("drover.reason"), f"{label} ended {outcome} without a drover.reason\n{tree}"
+    numbers = [a.attr("drover.attempt") for a in attempts]
+    expect(numbers == list(range(1, len(outcomes) + 1)), f"attempt spans numbered {numbers}, {len(outcomes)} expected")
+    got_outcomes = [a.attr("drover.outcome") for a in attempts]
+    expect(got_outcomes == outcomes, f"attempt outcomes {got_outcomes}, not {outcomes}")
     if workers is not None:
-        assert [a.attr("drover.worker_id") for a in attempts] == workers, tree
+        got_workers = [a.attr("drover.worker_id") for a in attempts]
+        expect(got_workers == workers, f"attempts on workers {got_workers}, not {workers}")
+    for attempt in attempts:
+        label = f"attempt {attempt.attr('drover.attempt')}"
+        outcome = attempt.attr("drover.outcome")
+        expect(attempt.parent_span_id == run.span_id, f"{label} is not under its drover.run")
+        expect(
+            (attempt.status == "error") == (outcome in ERROR_OUTCOMES),
+            f"{label} ended {outcome} with span status {attempt.status}",
+        )
+        expect(attempt.attr("drover.routine_id") == run.attr("drover.routine_id"), f"{label} has no drover.routine_id")
+        events = [e.name for e in attempt.events]
+        expect("assigned" in events, f"{label} has no 'assigned' event ({events})")
+        if outcome in ("succeeded", "failed", "worker_lost"):
+            expect("started" in events, f"{label} has no 'started' event ({events})")
+        if outcome != "succeeded":
+            expect(bool(attempt.attr("drover.reason")), f"{label} ended {outcome} without a drover.reason")
 
     backoffs = sorted(rx.children(run, "drover.retry_backoff"), key=lambda s: s.start_ns)
-    assert len(backoffs) == retries, f"{len(backoffs)} drover.retry_backoff spans for {retries} retries\n{tree}"
-    for backoff, before, after in zip(backoffs, attempts, attempts[1:]):
+    expect(len(backoffs) == retries, f"{len(backoffs)} drover.retry_backoff spans for {retries} retries")
+    for index, (backoff, before, after) in enumerate(zip(backoffs, attempts, attempts[1:]), 1):
         # Times come from the run record (milliseconds): allow for the rounding.
-        assert before.end_ns - 2_000_000 <= backoff.start_ns <= backoff.end_ns <= after.start_ns + 2_000_000, tree
+        slack = 2_000_000
+        expect(
+            before.end_ns - slack <= backoff.start_ns <= backoff.end_ns <= after.start_ns + slack,
+            f"retry_backoff {index} is not between attempts {index} and {index + 1}",
+        )
+    assert not problems, f"run {run_id}: " + "; ".join(problems) + "\n" + rx.tree(run.trace_id)
+    assert intake is not None
     return RunTrace(intake, run, attempts, backoffs)
 
 
