@@ -48,6 +48,10 @@ impl Drover {
     }
 
     /// Sends a request and decodes the reply, or the `v1.error` it carries.
+    ///
+    /// The request carries the trace context of the current span, if there is one: only a
+    /// command that starts something traces itself (`drover.submit`). Queries run outside
+    /// any span, so they carry none and make no trace of their own.
     pub async fn call<T: Payload, R: Payload>(
         &self,
         subject: &str,

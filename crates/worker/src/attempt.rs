@@ -1,8 +1,10 @@
 //! One attempt, from assignment to stored completion (protocol §5).
 //!
 //! `starting` and `completed` go out as requests retried until JetStream has stored them.
-//! The handler runs on a task of its own, under a span whose parent is the assignment's
-//! `traceparent`, so that pulses go on while it works and a panic is caught.
+//! The handler runs on a task of its own, under the execution span (`drover.execute`, whose
+//! parent is the assignment's `traceparent`), so that pulses go on while it works and a
+//! panic is caught. What the SDK itself has to say about the attempt (a panic, a
+//! cancellation, a directive not stored yet) is an event on that span too.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -10,17 +12,17 @@ use std::sync::Arc;
 use async_nats::HeaderMap;
 use drover_protocol::subject::keys;
 use drover_protocol::{
-    encode, Assignment, Completed, Outcome, Starting, WorkerId, DEFAULT_MAX_PAYLOAD_BYTES,
+    encode, Assignment, Completed, Outcome, Starting, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 use serde_json::Value;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 use crate::context::{Backend, Context};
 use crate::deliver::send_acked;
 use crate::error::RoutineError;
+use crate::execution::Execution;
 use crate::handler::Handler;
-use crate::log::{tag_span, LogSink, RunTag};
 use crate::state::{lock, Shared, Slot};
 
 /// The error type of an attempt whose handler panicked.
@@ -46,13 +48,22 @@ pub(crate) fn start(shared: &Arc<Shared>, assignment: Assignment, headers: Optio
 
 async fn run(shared: Arc<Shared>, assignment: Assignment, headers: Option<HeaderMap>, slot: Slot) {
     let serial = slot.serial;
-    let span = run_span(&shared.id, &assignment, &shared.logs);
-    drover_telemetry::set_parent_from_headers(&span, headers.as_ref());
-    execute(&shared, assignment, slot).instrument(span).await;
+    let (span, execution) =
+        Execution::start(&shared.id, &assignment, &shared.logs, headers.as_ref());
+    let execution = Arc::new(execution);
+    execute(&shared, assignment, slot, Arc::clone(&execution))
+        .instrument(span)
+        .await;
+    execution.end();
     shared.task_ended(serial);
 }
 
-async fn execute(shared: &Arc<Shared>, assignment: Assignment, slot: Slot) {
+async fn execute(
+    shared: &Arc<Shared>,
+    assignment: Assignment,
+    slot: Slot,
+    execution: Arc<Execution>,
+) {
     let run_id = assignment.run_id.clone();
     let attempt = assignment.attempt;
     let mut headers = HeaderMap::new();
@@ -71,12 +82,24 @@ async fn execute(shared: &Arc<Shared>, assignment: Assignment, slot: Slot) {
     )
     .await;
     if !stored {
-        tracing::debug!(reason = ?lock(&slot.reason), "attempt dropped before it started");
+        cancelled(&slot, "attempt cancelled before it started");
         return;
     }
-    let result = call_handler(shared, &assignment, &slot).await;
+    let handler = call_handler(shared, &assignment, &slot, execution);
+    tokio::pin!(handler);
+    let result = tokio::select! {
+        biased;
+        () = slot.token.cancelled() => {
+            // Noted when it happens: the handler may take a while to notice.
+            cancelled(&slot, "attempt cancelled");
+            let _ = handler.await;
+            tracing::debug!("the cancelled attempt's handler returned");
+            return;
+        }
+        result = &mut handler => result,
+    };
     if slot.token.is_cancelled() {
-        tracing::debug!(reason = ?lock(&slot.reason), "attempt dropped; its outcome is not reported");
+        cancelled(&slot, "attempt cancelled");
         return;
     }
     let completed = completion(&assignment, result);
@@ -92,27 +115,15 @@ async fn execute(shared: &Arc<Shared>, assignment: Assignment, slot: Slot) {
     if stored {
         tracing::debug!(outcome = %completed.outcome, "attempt completed");
         shared.release(&run_id, attempt, slot.serial);
+    } else {
+        cancelled(&slot, "attempt cancelled before its completion was stored");
     }
 }
 
-/// The span a handler runs in, tagged so that `tracing` events inside it reach `logs`.
-pub(crate) fn run_span(worker_id: &WorkerId, assignment: &Assignment, logs: &LogSink) -> Span {
-    let span = tracing::info_span!(
-        target: "drover_worker",
-        "drover.run",
-        run_id = %assignment.run_id,
-        attempt = assignment.attempt,
-        routine_id = %assignment.routine_id,
-        worker_id = %worker_id,
-    );
-    tag_span(
-        &span,
-        RunTag {
-            run_id: assignment.run_id.clone(),
-            sink: logs.clone(),
-        },
-    );
-    span
+/// Notes, as an event on the execution span, that the attempt was stopped and why.
+fn cancelled(slot: &Slot, what: &str) {
+    let reason = lock(&slot.reason).clone().unwrap_or_default();
+    tracing::info!(%reason, "{what}; its outcome is not reported");
 }
 
 /// Looks the routine's handler up and runs it.
@@ -120,6 +131,7 @@ async fn call_handler(
     shared: &Arc<Shared>,
     assignment: &Assignment,
     slot: &Slot,
+    execution: Arc<Execution>,
 ) -> Result<Value, RoutineError> {
     let Some(handler) = shared.handlers.get(&assignment.routine_id).cloned() else {
         return Err(RoutineError::new(format!(
@@ -132,6 +144,7 @@ async fn call_handler(
         Backend::Worker(Arc::clone(shared)),
         assignment.clone(),
         slot.clone(),
+        execution,
     );
     run_handler(&handler, ctx, assignment.params.clone()).await
 }
@@ -148,7 +161,7 @@ pub(crate) async fn run_handler(
         Ok(result) => result,
         Err(error) if error.is_panic() => {
             let message = panic_message(error.into_panic());
-            tracing::warn!(%message, "routine handler panicked");
+            tracing::warn!(panic = %message, "routine handler panicked");
             Err(RoutineError::new(format!("handler panicked: {message}")).with_type(PANIC_TYPE))
         }
         Err(error) => Err(RoutineError::new(error.to_string())),

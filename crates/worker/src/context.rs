@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::child::ChildRequest;
 use crate::error::ChildError;
+use crate::execution::Execution;
 use crate::log::LogSink;
 use crate::state::{lock, Shared, Slot};
 use crate::testing::Harness;
@@ -27,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) backend: Backend,
     pub(crate) assignment: Assignment,
     pub(crate) slot: Slot,
+    /// The execution span its lines are recorded on.
+    pub(crate) execution: Arc<Execution>,
     /// Numbers children that are requested without a localRunID, in request order.
     pub(crate) child_seq: AtomicU64,
 }
@@ -60,12 +63,18 @@ impl Backend {
 }
 
 impl Context {
-    pub(crate) fn new(backend: Backend, assignment: Assignment, slot: Slot) -> Self {
+    pub(crate) fn new(
+        backend: Backend,
+        assignment: Assignment,
+        slot: Slot,
+        execution: Arc<Execution>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 backend,
                 assignment,
                 slot,
+                execution,
                 child_seq: AtomicU64::new(0),
             }),
         }
@@ -134,12 +143,10 @@ impl Context {
         lock(&self.inner.slot.reason).clone()
     }
 
-    /// Sends a log line about this run to Drover (`v1.log`); never blocks.
+    /// Sends a log line about this run to Drover (`v1.log`), and records it as an event on
+    /// the attempt's execution span; never blocks.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
-        self.inner
-            .backend
-            .logs()
-            .send(self.run_id(), level, message.into(), None);
+        self.send_log(level, message.into(), None);
     }
 
     /// Sends a log line with structured fields; a non-object `fields` goes under `value`.
@@ -149,10 +156,18 @@ impl Context {
             Value::Null => Map::new(),
             other => Map::from_iter([("value".to_owned(), other)]),
         };
+        self.send_log(level, message.into(), Some(fields));
+    }
+
+    fn send_log(&self, level: LogLevel, message: String, fields: Option<Map<String, Value>>) {
+        let headers = self
+            .inner
+            .execution
+            .record(level, &message, fields.as_ref());
         self.inner
             .backend
             .logs()
-            .send(self.run_id(), level, message.into(), Some(fields));
+            .send(self.run_id(), level, message, fields, headers);
     }
 
     /// Runs `routine` as a child of this run and waits for its result.

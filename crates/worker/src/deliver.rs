@@ -68,6 +68,7 @@ pub(crate) async fn send_acked<T: Payload>(
     let body = encode(payload);
     headers.insert(NATS_MESSAGE_ID, message_id.as_str());
     let mut backoff = Backoff::new();
+    let mut noted = false;
     loop {
         if stop.is_cancelled() {
             return false;
@@ -77,15 +78,19 @@ pub(crate) async fn send_acked<T: Payload>(
             _ = stop.cancelled() => return false,
             outcome = tokio::time::timeout(REQUEST_TIMEOUT, request) => outcome,
         };
-        match outcome {
+        let why = match outcome {
             Ok(Ok(reply)) if is_pub_ack(&reply.payload) => return true,
-            Ok(Ok(reply)) => tracing::debug!(
-                subject,
-                reply = %String::from_utf8_lossy(&reply.payload),
-                "directive not stored yet; retrying"
-            ),
-            Ok(Err(error)) => tracing::debug!(subject, %error, "directive not sent yet; retrying"),
-            Err(_) => tracing::debug!(subject, "no PubAck in time; retrying"),
+            Ok(Ok(reply)) => format!("answered {}", String::from_utf8_lossy(&reply.payload)),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no PubAck in time".to_owned(),
+        };
+        // The first failure is worth an event on the span the directive is sent in (the
+        // attempt's, for `starting` and `completed`); the retries that follow are not.
+        if noted {
+            tracing::debug!(subject, why, "directive not stored yet; retrying");
+        } else {
+            tracing::info!(subject, why, "directive not stored yet; retrying");
+            noted = true;
         }
         if !backoff.wait(stop).await {
             return false;

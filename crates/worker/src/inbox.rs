@@ -52,7 +52,8 @@ async fn handle(shared: &Arc<Shared>, message: Message) {
         keys::CANCEL => {
             if let Some(cancel) = read::<Cancel>(&message) {
                 let dropped = shared.drop_attempt(&cancel.run_id, cancel.attempt, &cancel.reason);
-                tracing::info!(
+                // The attempt notes it on its execution span, at info.
+                tracing::debug!(
                     run_id = %cancel.run_id,
                     attempt = cancel.attempt,
                     reason = %cancel.reason,

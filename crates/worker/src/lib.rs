@@ -71,9 +71,14 @@
 //! # }
 //! ```
 //!
-//! Tracing: each handler runs in a span `drover.run` whose parent is the assignment's
-//! `traceparent`, and child requests carry that span's context. For spans to have trace
-//! IDs, the subscriber needs an OpenTelemetry layer (`drover_telemetry::init` installs one).
+//! Tracing: each handler runs in a span `drover.execute` (attributes `drover.run_id`,
+//! `drover.routine_id`, `drover.attempt`, `drover.worker_id`) whose parent is the
+//! assignment's `traceparent`, the attempt's span; child requests carry that span's
+//! context. `ctx.log` lines, `tracing` events inside the handler and the SDK's own notes
+//! about the attempt (a panic, a cancellation) are events on it, and when spans are
+//! exported the `v1.log` messages of those lines carry its `traceparent`, so that the
+//! log-collector does not record them a second time. For spans to have trace IDs, the
+//! subscriber needs an OpenTelemetry layer (`drover_telemetry::init` installs one).
 
 mod attempt;
 mod builder;
@@ -81,6 +86,7 @@ mod child;
 mod context;
 mod deliver;
 mod error;
+mod execution;
 mod handler;
 mod inbox;
 mod lifecycle;

@@ -3,12 +3,13 @@
 //!
 //! Both feed one bounded queue per worker that a task drains onto NATS, so logging never
 //! blocks a handler; when the queue is full (NATS has been away for long), lines are
-//! dropped and counted.
+//! dropped and counted. A line recorded on an exported execution span carries that span's
+//! `traceparent` (see [`crate::execution`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use async_nats::Client;
+use async_nats::{Client, HeaderMap};
 use drover_protocol::subject::keys;
 use drover_protocol::{encode, LogLevel, LogLine, RunId, Timestamp, WorkerId};
 use serde_json::{Map, Value};
@@ -23,16 +24,23 @@ use tracing_subscriber::Layer;
 /// How many lines may wait for NATS before new ones are dropped.
 const QUEUE_LINES: usize = 10_000;
 
+/// A line waiting for NATS, with the trace context its message carries.
+pub(crate) struct Queued {
+    pub(crate) line: LogLine,
+    /// `traceparent`/`tracestate` of the span the line is recorded on, when it is exported.
+    pub(crate) headers: Option<HeaderMap>,
+}
+
 /// Where log lines of one worker go.
 #[derive(Clone)]
 pub(crate) struct LogSink {
-    sender: mpsc::Sender<LogLine>,
+    sender: mpsc::Sender<Queued>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LogSink {
     /// A sink and the receiver its shipper drains.
-    pub(crate) fn channel() -> (Self, mpsc::Receiver<LogLine>) {
+    pub(crate) fn channel() -> (Self, mpsc::Receiver<Queued>) {
         let (sender, receiver) = mpsc::channel(QUEUE_LINES);
         let sink = Self {
             sender,
@@ -41,13 +49,14 @@ impl LogSink {
         (sink, receiver)
     }
 
-    /// Queues a line about `run_id`; never blocks.
+    /// Queues a line about `run_id`, its message to carry `headers`; never blocks.
     pub(crate) fn send(
         &self,
         run_id: &RunId,
         level: LogLevel,
         message: String,
         fields: Option<Map<String, Value>>,
+        headers: Option<HeaderMap>,
     ) {
         let line = LogLine {
             level,
@@ -56,7 +65,7 @@ impl LogSink {
             fields: fields.filter(|fields| !fields.is_empty()),
             timestamp: Some(Timestamp::now()),
         };
-        if self.sender.try_send(line).is_err() {
+        if self.sender.try_send(Queued { line, headers }).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -67,18 +76,18 @@ pub(crate) async fn ship(
     client: Client,
     worker: WorkerId,
     sink: LogSink,
-    mut lines: mpsc::Receiver<LogLine>,
+    mut lines: mpsc::Receiver<Queued>,
     stop: CancellationToken,
 ) {
     let subject = drover_protocol::subject::from_worker(keys::LOG, &worker);
     let mut reported = 0;
     loop {
-        let line = tokio::select! {
-            line = lines.recv() => line,
+        let queued = tokio::select! {
+            queued = lines.recv() => queued,
             _ = stop.cancelled() => break,
         };
-        let Some(line) = line else { return };
-        if let Err(error) = client.publish(subject.clone(), encode(&line)).await {
+        let Some(queued) = queued else { return };
+        if let Err(error) = publish(&client, &subject, queued).await {
             tracing::debug!(%error, "log line not sent");
         }
         let dropped = sink.dropped.load(Ordering::Relaxed);
@@ -90,8 +99,24 @@ pub(crate) async fn ship(
             reported = dropped;
         }
     }
-    while let Ok(line) = lines.try_recv() {
-        let _ = client.publish(subject.clone(), encode(&line)).await;
+    while let Ok(queued) = lines.try_recv() {
+        let _ = publish(&client, &subject, queued).await;
+    }
+}
+
+async fn publish(
+    client: &Client,
+    subject: &str,
+    queued: Queued,
+) -> Result<(), async_nats::PublishError> {
+    let body = encode(&queued.line);
+    match queued.headers {
+        Some(headers) => {
+            client
+                .publish_with_headers(subject.to_owned(), headers, body)
+                .await
+        }
+        None => client.publish(subject.to_owned(), body).await,
     }
 }
 
@@ -99,6 +124,8 @@ pub(crate) async fn ship(
 pub(crate) struct RunTag {
     pub(crate) run_id: RunId,
     pub(crate) sink: LogSink,
+    /// The trace context of the span, when the events on it are exported.
+    pub(crate) headers: Option<HeaderMap>,
 }
 
 /// Attaches `tag` to `span` in the `tracing-subscriber` registry, when the subscriber has one.
@@ -118,6 +145,11 @@ pub(crate) fn tag_span(span: &tracing::Span, tag: RunTag) {
 /// The handler's span is an INFO span with target `drover_worker`: filter per layer
 /// (`Layer::with_filter`) rather than globally, or at least let that span through, or
 /// there is no span to find the run by.
+///
+/// When spans are exported, each line's message carries the handler span's `traceparent`,
+/// telling the log-collector that the line is an event on that span already. An event the
+/// OpenTelemetry layer filters out (`DROVER_TRACE_FILTER`, `info` by default) is then in
+/// `drover logs` only, not in the trace: keep that filter as wide as the levels you ship.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogLayer {
     _private: (),
@@ -156,6 +188,7 @@ where
                 level_of(event.metadata().level()),
                 message,
                 Some(visitor.fields),
+                tag.headers.clone(),
             );
             return;
         }
@@ -234,14 +267,20 @@ mod tests {
         let (sink, mut lines) = LogSink::channel();
         let run = RunId::generate();
         let fields = json!({"bytes": 48213}).as_object().cloned();
-        sink.send(&run, LogLevel::Info, "resized".to_owned(), fields);
-        sink.send(&run, LogLevel::Warn, "bare".to_owned(), Some(Map::new()));
-        let line = lines.try_recv().unwrap();
+        sink.send(&run, LogLevel::Info, "resized".to_owned(), fields, None);
+        sink.send(
+            &run,
+            LogLevel::Warn,
+            "bare".to_owned(),
+            Some(Map::new()),
+            None,
+        );
+        let line = lines.try_recv().unwrap().line;
         assert_eq!(line.run_id.as_ref(), Some(&run));
         let decoded: LogLine =
             drover_protocol::decode(&encode(&line), DEFAULT_MAX_PAYLOAD_BYTES).unwrap();
         assert_eq!(decoded.fields.unwrap()["bytes"], 48213);
-        assert!(lines.try_recv().unwrap().fields.is_none());
+        assert!(lines.try_recv().unwrap().line.fields.is_none());
     }
 
     #[test]
@@ -249,7 +288,7 @@ mod tests {
         let (sink, _lines) = LogSink::channel();
         let run = RunId::generate();
         for _ in 0..QUEUE_LINES + 5 {
-            sink.send(&run, LogLevel::Debug, "x".to_owned(), None);
+            sink.send(&run, LogLevel::Debug, "x".to_owned(), None, None);
         }
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 5);
     }

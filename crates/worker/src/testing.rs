@@ -56,11 +56,12 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::attempt::{completion, run_handler, run_span};
+use crate::attempt::{completion, run_handler};
 use crate::context::{Backend, Context};
 use crate::error::{ChildError, RoutineError};
+use crate::execution::Execution;
 use crate::handler::{self, Handler};
-use crate::log::LogSink;
+use crate::log::{LogSink, Queued};
 use crate::state::{lock, Slot};
 
 /// The workerID a [`RoutineEnvironment`] reports unless told otherwise.
@@ -250,15 +251,19 @@ impl RoutineEnvironment {
             answerer: self.answerer,
             calls: Mutex::new(Vec::new()),
         });
-        let span = run_span(&harness.worker_id, &self.assignment, &harness.logs);
+        let (span, execution) =
+            Execution::start(&harness.worker_id, &self.assignment, &harness.logs, None);
+        let execution = Arc::new(execution);
         let ctx = Context::new(
             Backend::Test(Arc::clone(&harness)),
             self.assignment.clone(),
             self.slot.clone(),
+            Arc::clone(&execution),
         );
         let result = run_handler(&handler, ctx, self.assignment.params.clone())
             .instrument(span)
             .await;
+        execution.end();
         let outcome = if self.slot.token.is_cancelled() {
             AttemptOutcome::Cancelled {
                 reason: lock(&self.slot.reason).clone().unwrap_or_default(),
@@ -267,7 +272,7 @@ impl RoutineEnvironment {
             AttemptOutcome::reported(&self.assignment, result)
         };
         let mut captured = Vec::new();
-        while let Ok(line) = lines.try_recv() {
+        while let Ok(Queued { line, .. }) = lines.try_recv() {
             captured.push(LogEntry {
                 level: line.level,
                 message: line.message,

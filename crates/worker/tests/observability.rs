@@ -19,16 +19,25 @@ use drover_worker::{Context, LogLevel, RoutineError, Worker};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+/// This binary's spans are not exported, whatever the environment says.
+fn not_exporting() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::remove_var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        std::env::remove_var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctx_log_and_tracing_events_reach_v1_log_with_the_run_id() {
+    not_exporting();
     init_tracing();
     let stack = stack().await;
     let client = stack.client().await;
-    let logs = Recorder::start(
-        &client,
-        &subject::from_worker(keys::LOG, &WorkerId::parse("logger").unwrap()),
-    )
-    .await;
+    let log_subject = subject::from_worker(keys::LOG, &WorkerId::parse("logger").unwrap());
+    let logs = Recorder::start(&client, &log_subject).await;
+    let mut raw_logs = client.subscribe(log_subject).await.unwrap();
+    client.flush().await.unwrap();
     let worker = start(
         &stack,
         "logger",
@@ -71,6 +80,18 @@ async fn ctx_log_and_tracing_events_reach_v1_log_with_the_run_id() {
     assert_eq!(traced["fields"]["width"], 640);
     assert_eq!(traced["fields"]["format"], "png");
     assert_eq!(by_message("a debug event")["level"], "debug");
+    // A worker whose spans are not exported leaves its lines to the log-collector.
+    for _ in 0..4 {
+        let message = tokio::time::timeout(PATIENCE, raw_logs.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let traceparent = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(TRACEPARENT));
+        assert!(traceparent.is_none(), "{:?}", message.headers);
+    }
     worker.stop().await.unwrap();
 }
 
@@ -79,6 +100,7 @@ type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handler_span_continues_the_assignment_trace_and_children_follow() {
+    not_exporting();
     init_tracing();
     let stack = stack().await;
     let client = stack.client().await;

@@ -1,8 +1,10 @@
 //! One batch of intake: decode every line, enrich it, publish all of the records at once,
 //! then await their PubAcks in order and acknowledge each intake message after its record
-//! is stored.
+//! is stored. When spans are exported, the stored lines that no worker recorded on the
+//! run's trace are recorded there (see [`crate::trace`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
@@ -11,15 +13,16 @@ use async_nats::jetstream::Message;
 use bytes::Bytes;
 use drover_protocol::envelope::decode;
 use drover_protocol::subject;
-use drover_protocol::{DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId};
+use drover_protocol::{Attempt, DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId};
 use drover_service_kit::{settle, Backoff, Settlement, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::enrich::Lookup;
+use crate::enrich::{Lookup, RunInfo};
 use crate::error::LogError;
 use crate::intake::{record_id, Intake, Interrupted, Session};
 use crate::metrics;
+use crate::trace::{carried_traceparent, recorded_under, LogSpans};
 
 /// Attempts at storing one record before the batch is given up and read again.
 const PUBLISH_ATTEMPTS: u32 = 3;
@@ -50,12 +53,19 @@ enum Step {
 
 /// What was done with one intake message, before its acknowledgement.
 enum Plan {
-    /// Its record was sent.
-    Store(Pending),
+    /// Its record was sent; the line is recorded on its run's trace once stored, if traced.
+    Store(Pending, Option<Box<Traced>>),
     /// Refused: tell the worker, if it can be named.
     Reject(Option<WorkerId>, LogError),
     /// Already stored.
     Skip,
+}
+
+/// A line the collector records on its run's trace: the record, its run, the attempt.
+struct Traced {
+    record: LogRecord,
+    run: Arc<RunInfo>,
+    attempt: Attempt,
 }
 
 /// A record on its way into `DROVER_LOGS`.
@@ -101,11 +111,33 @@ impl Intake {
         for (received, step) in batch.into_iter().zip(steps) {
             let plan = match step {
                 Step::Line(worker, line) => {
-                    let run = line.run_id.as_ref().and_then(|run| runs.get(run)).cloned();
-                    let record = record(worker, line, run.flatten(), &received, received_at);
+                    let run = line
+                        .run_id
+                        .as_ref()
+                        .and_then(|run| runs.get(run))
+                        .cloned()
+                        .flatten();
+                    // Checked first, so that nothing more is done when spans are not exported.
+                    let traced_under = match &run {
+                        Some(info) if self.trace_lines => recorded_under(
+                            carried_traceparent(received.message.headers.as_ref()),
+                            info,
+                        ),
+                        _ => None,
+                    };
+                    let record = record(worker, line, run.clone(), &received, received_at);
                     let id = record_id(received.stream_seq, &session.epoch);
                     match self.publish(&record, id).await {
-                        Ok(pending) => Plan::Store(pending),
+                        Ok(pending) => {
+                            let traced = run.zip(traced_under).map(|(run, attempt)| {
+                                Box::new(Traced {
+                                    record,
+                                    run,
+                                    attempt,
+                                })
+                            });
+                            Plan::Store(pending, traced)
+                        }
                         Err(error) => Plan::Reject(Some(record.worker_id), error),
                     }
                 }
@@ -115,10 +147,36 @@ impl Intake {
             planned.push((received, plan));
         }
 
+        let mut spans = LogSpans::default();
+        let settled = self.settle_all(planned, &mut spans, term).await;
+        if !spans.is_empty() {
+            spans.record();
+        }
+        settled
+    }
+
+    /// Awaits the PubAcks in order and acknowledges each intake message; adds the traced
+    /// lines newly stored to `spans`.
+    async fn settle_all(
+        &self,
+        planned: Vec<(Received, Plan)>,
+        spans: &mut LogSpans,
+        term: &CancellationToken,
+    ) -> Result<(), Interrupted> {
         for (received, plan) in planned {
             let settlement = match plan {
-                Plan::Store(pending) => {
-                    self.confirm(pending, term).await?;
+                Plan::Store(pending, traced) => {
+                    let stored = self.confirm(pending, term).await?;
+                    // A duplicate was stored, and recorded, by an earlier delivery.
+                    if let (Some(seq), Some(traced)) = (stored, traced) {
+                        spans.add(
+                            &traced.run,
+                            traced.attempt,
+                            &traced.record,
+                            seq,
+                            received.stream_seq,
+                        );
+                    }
                     Settlement::Applied
                 }
                 Plan::Reject(worker, error) => Settlement::Rejected {
@@ -191,21 +249,30 @@ impl Intake {
     }
 
     /// Awaits a record's PubAck, publishing it again (same message ID) if it failed.
-    async fn confirm(&self, pending: Pending, term: &CancellationToken) -> Result<(), Interrupted> {
+    /// Returns the record's sequence in `DROVER_LOGS`, or `None` for a duplicate.
+    async fn confirm(
+        &self,
+        pending: Pending,
+        term: &CancellationToken,
+    ) -> Result<Option<u64>, Interrupted> {
         let mut outcome = match pending.ack {
             Some(ack) => ack.await.map_err(|error| error.to_string()),
             None => Err("not sent".to_owned()),
         };
         let mut backoff = Backoff::new(PUBLISH_RETRY_DELAY, PUBLISH_RETRY_DELAY * 4);
         let mut attempt = 1;
-        while let Err(error) = &outcome {
+        let ack = loop {
+            let error = match outcome {
+                Ok(ack) => break ack,
+                Err(error) => error,
+            };
             if attempt >= PUBLISH_ATTEMPTS || term.is_cancelled() {
-                return Err(Interrupted::Publish(error.clone()));
+                return Err(Interrupted::Publish(error));
             }
             warn!(error, msg_id = %pending.msg_id, attempt, "storing a log record failed, retrying");
             ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
             if !backoff.wait(term).await {
-                return Err(Interrupted::Publish(error.clone()));
+                return Err(Interrupted::Publish(error));
             }
             attempt += 1;
             let message = PublishMessage::build()
@@ -215,15 +282,14 @@ impl Intake {
                 Ok(ack) => ack.await.map_err(|error| error.to_string()),
                 Err(error) => Err(error.to_string()),
             };
+        };
+        if ack.duplicate {
+            ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1);
+            Ok(None)
+        } else {
+            ::metrics::counter!(metrics::LINES_STORED).increment(1);
+            Ok(Some(ack.sequence))
         }
-        if let Ok(ack) = outcome {
-            if ack.duplicate {
-                ::metrics::counter!(metrics::LINES_DUPLICATE).increment(1);
-            } else {
-                ::metrics::counter!(metrics::LINES_STORED).increment(1);
-            }
-        }
-        Ok(())
     }
 }
 

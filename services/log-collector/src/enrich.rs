@@ -1,11 +1,13 @@
 //! What a log line is enriched with: its run's routine, attempt and trace, read from KV
-//! `DROVER_RUNS` through a small bounded cache, since many lines share a run.
+//! `DROVER_RUNS` through a small bounded cache, since many lines share a run. The trace
+//! context is kept too, to record lines on the run's trace (see [`crate::trace`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv::{Operation, Store};
+use drover_protocol::trace::TraceParent;
 use drover_protocol::{Attempt, RoutineId, RunId, RunRecord, WorkerId};
 use futures::StreamExt;
 use tracing::debug;
@@ -20,9 +22,11 @@ const REFRESH_AT_MOST_EVERY: Duration = Duration::from_millis(100);
 /// Run records fetched at once for one batch.
 const CONCURRENT_LOOKUPS: usize = 16;
 
-/// The parts of a run record a log record carries.
+/// The parts of a run record a log record carries, and the run's trace context.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunInfo {
+    /// The run.
+    pub run_id: RunId,
     /// The run's routine.
     pub routine_id: RoutineId,
     /// The run's current attempt.
@@ -31,16 +35,55 @@ pub struct RunInfo {
     pub trace_id: Option<String>,
     /// The worker holding the run.
     pub worker_id: Option<WorkerId>,
+    /// The trace context the run was accepted in (the record's `traceparent`), when valid.
+    pub submitted_in: Option<TraceParent>,
+    /// The W3C `tracestate` received at submission.
+    pub tracestate: Option<String>,
+    /// The context of the current attempt's span, derived once per lookup.
+    pub attempt_span: Option<TraceParent>,
+}
+
+impl RunInfo {
+    /// The info of `run`, at `attempt` (0 before its first assignment), accepted in the
+    /// context `traceparent` (its trace-id is the run's).
+    pub fn new(
+        run_id: RunId,
+        routine_id: RoutineId,
+        attempt: Attempt,
+        worker_id: Option<WorkerId>,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
+    ) -> Self {
+        let submitted_in = traceparent.as_deref().and_then(TraceParent::parse);
+        let attempt_span = submitted_in
+            .as_ref()
+            .filter(|_| attempt > 0)
+            .map(|submitted| TraceParent::attempt_span(submitted, run_id.as_str(), attempt));
+        Self {
+            trace_id: submitted_in.as_ref().map(|s| s.trace_id.clone()),
+            run_id,
+            routine_id,
+            attempt,
+            worker_id,
+            submitted_in,
+            tracestate,
+            attempt_span,
+        }
+    }
 }
 
 impl From<&RunRecord> for RunInfo {
     fn from(record: &RunRecord) -> Self {
-        Self {
-            routine_id: record.routine_id.clone(),
-            attempt: record.attempt,
-            trace_id: record.trace_id.clone(),
-            worker_id: record.worker_id.clone(),
-        }
+        let mut info = Self::new(
+            record.run_id.clone(),
+            record.routine_id.clone(),
+            record.attempt,
+            record.worker_id.clone(),
+            record.traceparent.clone(),
+            record.tracestate.clone(),
+        );
+        info.trace_id = record.trace_id.clone();
+        info
     }
 }
 
@@ -237,12 +280,14 @@ mod tests {
     }
 
     fn info(holder: &str) -> Lookup {
-        Some(Arc::new(RunInfo {
-            routine_id: RoutineId::parse("r").expect("valid routine id"),
-            attempt: 1,
-            trace_id: None,
-            worker_id: Some(worker(holder)),
-        }))
+        Some(Arc::new(RunInfo::new(
+            run(0),
+            RoutineId::parse("r").expect("valid routine id"),
+            1,
+            Some(worker(holder)),
+            None,
+            None,
+        )))
     }
 
     #[test]

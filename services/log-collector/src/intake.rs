@@ -64,6 +64,8 @@ pub(crate) struct Intake {
     pub logs: Stream,
     pub runs: Arc<RunCache>,
     pub max_payload_bytes: usize,
+    /// Whether lines are recorded on their runs' traces: spans are exported (read once).
+    pub trace_lines: bool,
 }
 
 impl Intake {

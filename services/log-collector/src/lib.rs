@@ -7,7 +7,8 @@
 //! routine, attempt and trace from KV `DROVER_RUNS`, and stores the record in
 //! `DROVER_LOGS` on `drover.logs.<runID or "none">.<workerID>`, exactly once and in arrival
 //! order (see [`intake`]). Every replica answers `v1.logs.query` (see [`cursor`] for paging
-//! and following).
+//! and following). Lines about a run that no worker recorded on the run's trace are
+//! recorded there as events of a `drover.logs` span under their attempt (see [`trace`]).
 
 mod batch;
 pub mod cursor;
@@ -17,6 +18,7 @@ pub mod intake;
 pub mod metrics;
 mod query;
 mod server;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +64,7 @@ pub async fn run(
         logs,
         runs: Arc::new(RunCache::new(runs, RUN_CACHE_CAPACITY)),
         max_payload_bytes: settings.max_payload_bytes,
+        trace_lines: drover_telemetry::export_enabled(),
     };
     let queries = Queries {
         nats: nats.clone(),

@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
+use tracing::Instrument;
 
 use crate::client::Drover;
 use crate::cmd::status::SERVICES;
@@ -403,8 +404,10 @@ async fn run_demo(url: &str) -> Result<(), CliError> {
         "params": {"images": ["cat.png", "dog.png", "fox.png"], "width": 320},
     }))
     .map_err(CliError::Json)?;
+    let span = tracing::info_span!("drover.submit", routine = %spec.routine_id);
     let accepted: drover_protocol::Accepted = drover
         .call(drover_protocol::subject::keys::REQUEST_START, &spec)
+        .instrument(span)
         .await?;
     println!("demo workflow: run {}", accepted.run_id);
     let record = crate::cmd::submit::wait_for_end(&drover, &accepted.run_id, true, false).await?;

@@ -153,6 +153,8 @@ impl Submit {
             return Ok(());
         }
         eprintln!("submitted run {}", accepted.run_id);
+        // Outside the submit span: the polls and log queries carry no trace context, so the
+        // submission stays one trace.
         let record = wait_for_end(drover, &accepted.run_id, self.follow, self.json).await?;
         if self.json {
             output::json(&record)?;
@@ -185,6 +187,8 @@ pub async fn get_run(drover: &Drover, run: &RunId) -> Result<RunRecord, CliError
 }
 
 /// Waits until the run ends, showing its progress on stderr, and its logs when `follow`.
+///
+/// Call it outside any span: its requests are queries, which carry no trace context.
 pub async fn wait_for_end(
     drover: &Drover,
     run: &RunId,

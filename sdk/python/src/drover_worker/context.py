@@ -24,7 +24,8 @@ class Context:
     - ``parent_run_id``: set when this run is a child of another run.
     - ``max_exec_time_ms``: the bound on this attempt, if the run has one. When it passes,
       Drover cancels the attempt (see :attr:`cancelled`).
-    - ``traceparent`` / ``tracestate``: the run's W3C trace context from the NATS headers.
+    - ``traceparent`` / ``tracestate``: the attempt's W3C trace context from the NATS headers
+      (the context of the attempt's span, which the execution span :attr:`span` is a child of).
     - ``worker``: the :class:`~drover_worker.Worker` running it (``None`` under
       :mod:`drover_worker.testing`).
     - ``runtime``: what the attempt talks to (logs, directives, children): the worker's
@@ -55,6 +56,9 @@ class Context:
         """Set when Drover cancels this attempt (or the worker gives it up while stopping)."""
         self.cancel_reason: str | None = None
         """Why it was cancelled: ``cancelled on request``, ``max_exec_exceeded``, ..."""
+        self.span: Any = None
+        """The attempt's execution span ``drover.execute`` while it runs (an OpenTelemetry
+        span), or ``None`` without OpenTelemetry."""
         self._waiting = 0  # run_child calls in progress: the run waits on children
 
     def __repr__(self) -> str:

@@ -26,7 +26,7 @@ import nats
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
-from . import protocol
+from . import protocol, tracing
 from .errors import DroverError, RequestRefused
 
 log = logging.getLogger("drover_worker")
@@ -313,6 +313,7 @@ class Link:
                 if isinstance(reply, dict) and "stream" in reply and "seq" in reply:
                     if tries > 1:
                         log.info("drover: %s delivered after %d tries", key, tries)
+                        tracing.log_event("info", f"{key} stored after {tries} tries", None)
                     return reply
                 if isinstance(reply, dict) and reply.get("payloadKey") == protocol.ERROR:
                     # Not JetStream: a service refused it outright; sending it again will not help.
@@ -322,4 +323,8 @@ class Link:
                 log.debug("drover: %s not acknowledged (%r), retrying", key, err)
             except ValueError as err:
                 log.warning("drover: unreadable PubAck for %s: %r", key, err)
+            if tries == 1:
+                # An event on the span the directive is sent in (the attempt's, for
+                # starting and completed); the retries that follow are not.
+                tracing.log_event("info", f"{key} not stored yet; retrying", None)
             await asyncio.sleep(backoff.delay())

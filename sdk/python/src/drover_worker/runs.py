@@ -52,6 +52,7 @@ class Attempt:
         self.dropped = True
         self.ctx.cancel_reason = reason
         self.ctx.cancel_event.set()
+        tracing.note(self.ctx.span, "info", f"attempt cancelled: {reason}; its outcome is not reported")
         if self.task is not None and not self.task.done():
             self.task.cancel()
         return True
@@ -79,10 +80,20 @@ def failure_of(error: Exception) -> dict[str, Any]:
 
 
 async def execute(attempt: Attempt) -> None:
-    """The body of an attempt's task."""
+    """The body of an attempt's task, inside the attempt's execution span."""
+    ctx = attempt.ctx
+    current_context.set(ctx)  # this task's own copy of the context
+    with tracing.execution_span(
+        ctx.routine_id, ctx.run_id, ctx.attempt, ctx.runtime.worker_id, ctx.traceparent, ctx.tracestate
+    ) as span:
+        ctx.span = span
+        await _attempt(attempt)
+
+
+async def _attempt(attempt: Attempt) -> None:
+    """``starting``, the routine, and ``completed``."""
     ctx = attempt.ctx
     runtime = ctx.runtime
-    current_context.set(ctx)  # this task's own copy of the context
     headers = tracing.assignment_headers(ctx.traceparent, ctx.tracestate)
     starting = asyncio.ensure_future(runtime.send_starting(ctx.run_id, ctx.attempt, headers))
     try:
@@ -104,8 +115,7 @@ async def _invoke(attempt: Attempt) -> bytes:
     runtime = ctx.runtime
     base = {"runID": ctx.run_id, "attempt": ctx.attempt}
     try:
-        with tracing.run_span(ctx.routine_id, ctx.run_id, ctx.attempt, runtime.worker_id, ctx.traceparent, ctx.tracestate):
-            result = await attempt.routine(ctx, ctx.params)
+        result = await attempt.routine(ctx, ctx.params)
     except asyncio.CancelledError:
         if attempt.dropped:
             raise
@@ -130,5 +140,6 @@ async def _invoke(attempt: Attempt) -> bytes:
     except ProtocolViolation as error:
         # A result that is not JSON, or too large: report it instead of the result.
         log.error("drover: run %s attempt %s: %s", ctx.run_id, ctx.attempt, error)
+        tracing.note(ctx.span, "error", f"invalid result: {error}")
         invalid = {**base, "outcome": "failed", "error": failure(f"invalid result: {error}", "InvalidResult", False)}
         return protocol.encode(protocol.COMPLETED, invalid)

@@ -145,9 +145,9 @@ class NatsRuntime(Runtime):
         at: datetime | None = None,
     ) -> None:
         body = log_line(level, message, run_id, fields, at)
-        tracing.log_event(protocol.normalize_level(level), message, fields)
+        tracing.log_event(protocol.normalize_level(level), message, fields, run_id)
         if body is not None:
-            await self.link.publish(self.subject(protocol.LOG), body)
+            await self.link.publish(self.subject(protocol.LOG), body, tracing.log_headers(run_id))
 
     def log_nowait(
         self,
@@ -164,10 +164,13 @@ class NatsRuntime(Runtime):
         body = log_line(level, message, run_id, fields, at)
         if body is None:
             return
+        # In the caller's context (its thread, its task): that is where the run's span is.
+        tracing.log_event(protocol.normalize_level(level), message, fields, run_id)
+        headers = tracing.log_headers(run_id)
         subject = self.subject(protocol.LOG)
 
         def send() -> None:
-            self.spawn(self.link.publish(subject, body))
+            self.spawn(self.link.publish(subject, body, headers))
 
         try:
             running = asyncio.get_running_loop()
@@ -203,6 +206,7 @@ class NatsRuntime(Runtime):
             )
         except RequestRefused as refused:
             log.error("drover: completion of run %s attempt %s refused: %s", run_id, attempt, refused)
+            tracing.log_event("error", f"completion refused: {refused}", None, run_id)
 
     # ------------------------------------------------------------------ children
 

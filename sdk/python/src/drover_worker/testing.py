@@ -150,7 +150,6 @@ class RecordingRuntime(Runtime):
         at: datetime | None = None,
     ) -> None:
         self.log_nowait(level, message, run_id=run_id, fields=fields, at=at)
-        tracing.log_event(protocol.normalize_level(level), message, fields)
 
     def log_nowait(
         self,
@@ -163,6 +162,7 @@ class RecordingRuntime(Runtime):
     ) -> None:
         body = log_line(level, message, run_id, fields, at)  # the worker's own encoding and checks
         if body is not None:
+            tracing.log_event(protocol.normalize_level(level), message, fields, run_id)
             self.logs.append(protocol.decode(body)[1])
 
     async def send_starting(self, run_id: str, attempt: int, headers: Mapping[str, str]) -> None:

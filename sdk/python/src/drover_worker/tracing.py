@@ -1,12 +1,21 @@
 """Optional OpenTelemetry support: continue the run's trace when ``opentelemetry`` is importable.
 
-Drover sends every directive about a run with the run's W3C ``traceparent`` (and
-``tracestate``) in the NATS headers. With the OpenTelemetry API installed, the routine runs
-inside a span that is a child of that context (``routine <routineID>``), log lines become
-span events, and child requests carry the *current* span's ``traceparent``, so children
-sit under the parent's execution span. Without it, all of this is a no-op and child
-requests forward the ``traceparent`` the assignment arrived with, so the child still joins
-the run's trace.
+Drover sends every directive about an attempt with that attempt's span context, W3C
+``traceparent`` (and ``tracestate``) in the NATS headers. With the OpenTelemetry API
+installed, the attempt runs inside its execution span ``drover.execute``, a child of that
+context, with the attributes ``drover.run_id``, ``drover.routine_id``, ``drover.attempt`` and
+``drover.worker_id``. Every line about the run is an event on it (or on the span current in
+the routine, which descends from it): ``ctx.log`` lines, records shipped by
+:class:`~drover_worker.DroverLogHandler`, and the SDK's own notes about the attempt (a
+routine's exception, a cancellation, a completion not stored yet or refused).
+
+While the execution span records, the ``v1.log`` messages about its run carry the span's
+``traceparent``: that tells the log-collector the lines are on the trace already. Otherwise
+they carry no trace context, and the log-collector records them under the attempt's span.
+
+Child requests carry the *current* span's ``traceparent``, so children sit under the parent's
+execution span. Without OpenTelemetry all of this is a no-op and child requests forward the
+``traceparent`` the assignment arrived with, so the child still joins the run's trace.
 
 Set ``DROVER_OTEL_DISABLED=1`` to ignore an installed OpenTelemetry.
 """
@@ -15,7 +24,8 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from ._version import __version__
 
@@ -46,8 +56,23 @@ def trace_headers(headers: Mapping[str, str] | None) -> tuple[str | None, str | 
     return headers.get(TRACEPARENT), headers.get(TRACESTATE)
 
 
+#: The name of an attempt's execution span.
+EXECUTION_SPAN = "drover.execute"
+
+
+class _Execution(NamedTuple):
+    """The execution span the current task runs in, and what its run's ``v1.log`` messages carry."""
+
+    run_id: str
+    span: Any
+    headers: dict[str, str]
+
+
+_EXECUTION: ContextVar[_Execution | None] = ContextVar("drover_execution_span", default=None)
+
+
 @contextmanager
-def run_span(
+def execution_span(
     routine_id: str,
     run_id: str,
     attempt: int,
@@ -55,7 +80,7 @@ def run_span(
     traceparent: str | None,
     tracestate: str | None,
 ) -> Iterator[Any]:
-    """Runs the body inside the routine's execution span (a no-op without OpenTelemetry)."""
+    """Runs the body inside the attempt's execution span (``None`` without OpenTelemetry)."""
     if not enabled():
         yield None
         return
@@ -67,17 +92,24 @@ def run_span(
     parent = _PROPAGATOR.extract(carrier)
     tracer = _trace.get_tracer("drover_worker", __version__)
     with tracer.start_as_current_span(
-        f"routine {routine_id}",
+        EXECUTION_SPAN,
         context=parent,
         kind=_trace.SpanKind.CONSUMER,
         attributes={
             "drover.run_id": run_id,
-            "drover.attempt": attempt,
             "drover.routine_id": routine_id,
+            "drover.attempt": attempt,
             "drover.worker_id": worker_id,
         },
     ) as span:
-        yield span
+        headers: dict[str, str] = {}
+        if span.is_recording():
+            _PROPAGATOR.inject(headers)  # the span is current here
+        token = _EXECUTION.set(_Execution(run_id, span, headers))
+        try:
+            yield span
+        finally:
+            _EXECUTION.reset(token)
 
 
 def assignment_headers(traceparent: str | None, tracestate: str | None) -> dict[str, str]:
@@ -106,12 +138,36 @@ def child_headers(traceparent: str | None, tracestate: str | None) -> dict[str, 
     return headers
 
 
-def log_event(level: str, message: str, fields: Mapping[str, Any] | None) -> None:
-    """Adds a log line as an event of the current span, if one is recording."""
+def log_headers(run_id: str | None) -> dict[str, str]:
+    """Trace headers for a ``v1.log`` message about ``run_id``: the execution span's context
+    when the line is recorded on it (see :func:`log_event`), otherwise none."""
+    execution = _EXECUTION.get()
+    if execution is None or run_id is None or execution.run_id != run_id:
+        return {}
+    if not execution.span.is_recording():  # ended: a task the routine left behind
+        return {}
+    return dict(execution.headers)
+
+
+def log_event(level: str, message: str, fields: Mapping[str, Any] | None, run_id: str | None = None) -> None:
+    """Adds a log line as an event of the current span if it records, else of the execution
+    span the task runs in. A line about another run than that execution's is left alone."""
     if not enabled():
+        return
+    execution = _EXECUTION.get()
+    if execution is not None and run_id is not None and execution.run_id != run_id:
         return
     span = _trace.get_current_span()
     if not span.is_recording():
+        if execution is None:
+            return
+        span = execution.span
+    note(span, level, message, fields)
+
+
+def note(span: Any, level: str, message: str, fields: Mapping[str, Any] | None = None) -> None:
+    """Adds a line as an event of ``span`` (an execution span, or ``None``) if it still records."""
+    if span is None or not span.is_recording():
         return
     attributes: dict[str, Any] = {"log.severity": level}
     for key, value in (fields or {}).items():

@@ -321,7 +321,7 @@ class Worker:
             return
         # Not started: nothing to send on, but the line is checked and traced all the same.
         log_line(level, message, run_id, fields, at)
-        tracing.log_event(protocol.normalize_level(level), message, fields)
+        tracing.log_event(protocol.normalize_level(level), message, fields, run_id)
 
     def log_nowait(
         self,
