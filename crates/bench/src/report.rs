@@ -234,21 +234,22 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "| phase | export | runs/s | p50 ms | p99 ms | export requests | KiB exported |"
+            "| phase | export | runs/s | p50 ms | p99 ms | export requests | KiB exported | bytes per run |"
         );
-        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|");
         for (index, phase) in tracing.phases.iter().enumerate() {
             let c = &phase.completion;
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} |",
                 index + 1,
                 if phase.export { "on" } else { "off" },
                 c.per_second,
                 c.latency.p50_ms,
                 c.latency.p99_ms,
                 phase.sink_requests,
-                phase.sink_bytes as f64 / 1024.0
+                phase.sink_bytes as f64 / 1024.0,
+                phase.sink_bytes as f64 / c.count.max(1) as f64
             );
         }
         let _ = writeln!(

@@ -27,6 +27,11 @@ use crate::stats::Throughput;
 /// OTLP/HTTP's path for traces.
 const TRACES_PATH: &str = "/v1/traces";
 
+/// Longer than the OpenTelemetry default batch delay (`OTEL_BSP_SCHEDULE_DELAY`, 5 s).
+const QUIET_FOR: Duration = Duration::from_millis(5500);
+/// The longest wait for the exporters to flush after a phase.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
 /// The variables that decide whether a Drover process exports spans.
 const ENDPOINT_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -40,9 +45,10 @@ pub struct Phase {
     pub export: bool,
     /// Throughput and submit→completion latency.
     pub completion: Throughput,
-    /// Export requests the sink received while the runs were measured.
+    /// Export requests the sink received from the start of the measured runs until the
+    /// exporters went quiet.
     pub sink_requests: u64,
-    /// Bytes the sink received while the runs were measured.
+    /// Bytes the sink received in the same time.
     pub sink_bytes: u64,
     /// Cost of each process.
     pub services: std::collections::HashMap<String, ServiceCost>,
@@ -113,6 +119,22 @@ impl Sink {
         &self.endpoint
     }
 
+    /// Waits until nothing has arrived for longer than an exporter's default batch delay
+    /// (5 s), so that the spans of the runs just measured are in (at most [`DRAIN_LIMIT`]).
+    pub async fn wait_quiet(&self) {
+        let started = tokio::time::Instant::now();
+        let mut last = self.counts();
+        let mut since = started;
+        while since.elapsed() < QUIET_FOR && started.elapsed() < DRAIN_LIMIT {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.counts();
+            if now != last {
+                last = now;
+                since = tokio::time::Instant::now();
+            }
+        }
+    }
+
     /// Requests and bytes received so far.
     pub fn counts(&self) -> (u64, u64) {
         (
@@ -175,6 +197,9 @@ pub async fn measure(
             bench.measure(in_flight, runs.min(1000)).await?;
             let (requests, bytes) = sink.counts();
             let figures = bench.measure(in_flight, runs).await?;
+            if export {
+                sink.wait_quiet().await;
+            }
             let (requests_after, bytes_after) = sink.counts();
             bench.stop();
             drop(bench);
