@@ -3,7 +3,7 @@
 The four services, the workers and the ``drover`` CLI export to the receiver
 (``OTEL_EXPORTER_OTLP_ENDPOINT``, batches every 100 ms). Each scenario waits until the spans
 it expects have arrived and the exporters have gone quiet, then checks the run's trace: one
-root, no orphan, and the tree of docs/observability.md:
+root, no orphan, and this tree:
 
     drover.submit                  the CLI, when the client traces
     └ drover.intake                the scheduler; a child's sits under its parent's drover.execute
