@@ -66,7 +66,9 @@ pub async fn drain(service: Service, tasks: &TaskTracker, readiness: &Readiness)
 ///
 /// A request that carries trace context (`traceparent`) is served in a span under it, of
 /// kind server, named after its endpoint. One that carries none is traced only on an
-/// endpoint added through [`Self::starting_traces`] (a submission starts a run's trace);
+/// endpoint added through [`Self::starting_traces`] (a submission starts a run's trace;
+/// its span has the fields `drover.run_id` and `drover.routine_id` for the handler to
+/// record);
 /// elsewhere its span is at DEBUG, so that queries and pulses make no root traces at the
 /// default trace filter.
 #[derive(Debug, Clone)]
@@ -162,9 +164,14 @@ impl Requests {
     fn span_for(&self, message: &Message, endpoint: &'static str) -> tracing::Span {
         let received = drover_telemetry::extract_valid(message.headers.as_ref());
         let span = match (self.roots, received.is_some()) {
-            (Some(name), _) => {
-                tracing::info_span!("request", otel.name = name, otel.kind = "server", endpoint)
-            }
+            (Some(name), _) => tracing::info_span!(
+                "request",
+                otel.name = name,
+                otel.kind = "server",
+                endpoint,
+                drover.run_id = tracing::field::Empty,
+                drover.routine_id = tracing::field::Empty,
+            ),
             (None, true) => {
                 tracing::info_span!(
                     "request",

@@ -11,8 +11,13 @@ use drover_telemetry::{KeyValue, SpanRecord};
 
 /// One span `name` at `at` under the attempt of each run `worker` holds, with the worker's
 /// and the run's IDs and `attributes`. Runs held without a valid traceparent get none.
+///
+/// `decision` tells this decision from others of the same name about the same attempt
+/// (the status a worker entered, say): the span's id is derived from it, so that the same
+/// decision reported twice is one span, and two decisions are two.
 pub fn about_held_runs(
     name: &'static str,
+    decision: &str,
     worker: &WorkerRecord,
     at: Timestamp,
     attributes: &[KeyValue],
@@ -24,6 +29,7 @@ pub fn about_held_runs(
             let attempt = TraceParent::parse(held.traceparent.as_deref()?)?;
             let id = derived_span_id(&[
                 name,
+                decision,
                 held.run_id.as_str(),
                 &held.attempt.to_string(),
                 worker.worker_id.as_str(),
@@ -52,6 +58,7 @@ pub fn about_held_runs(
 /// Records [`about_held_runs`] (nothing when spans are not exported).
 pub fn record_about_held_runs(
     name: &'static str,
+    decision: &str,
     worker: &WorkerRecord,
     at: Timestamp,
     attributes: &[KeyValue],
@@ -59,7 +66,7 @@ pub fn record_about_held_runs(
     if !drover_telemetry::export_enabled_cached() || worker.runs.is_empty() {
         return;
     }
-    for span in about_held_runs(name, worker, at, attributes) {
+    for span in about_held_runs(name, decision, worker, at, attributes) {
         drover_telemetry::record(span);
     }
 }
@@ -111,6 +118,7 @@ mod tests {
         let at = Timestamp::from_millis(5_000);
         let spans = about_held_runs(
             "drover.worker.lost",
+            "lost",
             &worker,
             at,
             &[KeyValue::new("drover.worker.liveness", "lost")],
@@ -137,9 +145,14 @@ mod tests {
                 "drover.worker.liveness"
             ]
         );
-        // The same decision names the same span (a repeated report is not a second one).
+        // The same decision names the same span (a repeated report is not a second one);
+        // another decision, another span.
         assert_eq!(
-            about_held_runs("drover.worker.lost", &worker, at, &[])[0].context,
+            about_held_runs("drover.worker.lost", "lost", &worker, at, &[])[0].context,
+            span.context
+        );
+        assert_ne!(
+            about_held_runs("drover.worker.lost", "offline", &worker, at, &[])[0].context,
             span.context
         );
     }

@@ -278,7 +278,7 @@ impl Monitor {
     /// Records a conclusion the registry took about a worker holding runs in each run's
     /// trace, under its attempt (docs/observability.md): once, after the report is taken.
     fn record_decision(&self, report: &LivenessReport, at: Timestamp) {
-        let Some(name) = report.liveness.and_then(decision_span) else {
+        let Some((name, decision)) = report.liveness.and_then(decision_span) else {
             return;
         };
         let Some(record) = self.cache.get(report.worker_id.as_str()) else {
@@ -295,7 +295,7 @@ impl Monitor {
             ),
             KeyValue::new("drover.worker.lost_after_ms", record.lost_after_ms as i64),
         ];
-        worker_spans::record_about_held_runs(name, record, at, &attributes);
+        worker_spans::record_about_held_runs(name, decision, record, at, &attributes);
     }
 
     /// Looks for silent workers a few times per heartbeat interval until `shutdown`.
@@ -338,12 +338,13 @@ impl Monitor {
     }
 }
 
-/// The span recording a liveness conclusion about a worker holding runs, if any.
-fn decision_span(liveness: Liveness) -> Option<&'static str> {
+/// The span recording a liveness conclusion about a worker holding runs, and the
+/// conclusion's name, if any.
+fn decision_span(liveness: Liveness) -> Option<(&'static str, &'static str)> {
     match liveness {
-        Liveness::Unresponsive => Some("drover.worker.unresponsive"),
-        Liveness::Lost => Some("drover.worker.lost"),
-        Liveness::Offline => Some("drover.worker.offline"),
+        Liveness::Unresponsive => Some(("drover.worker.unresponsive", "unresponsive")),
+        Liveness::Lost => Some(("drover.worker.lost", "lost")),
+        Liveness::Offline => Some(("drover.worker.offline", "offline")),
         Liveness::Alive => None,
     }
 }

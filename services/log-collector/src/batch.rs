@@ -13,7 +13,10 @@ use async_nats::jetstream::Message;
 use bytes::Bytes;
 use drover_protocol::envelope::decode;
 use drover_protocol::subject;
-use drover_protocol::{Attempt, DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId};
+use drover_protocol::{
+    Attempt, DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId, WorkerRecord,
+};
+use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::{settle, Backoff, Settlement, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -68,6 +71,17 @@ struct Traced {
     attempt: Attempt,
 }
 
+/// The attempt of `run` that `worker` holds, as its worker record says.
+fn held_attempt(
+    workers: &KvCache<WorkerRecord>,
+    worker: &WorkerId,
+    run: &RunId,
+) -> Option<Attempt> {
+    let record = workers.get(worker.as_str())?;
+    let held = record.value.runs.iter().find(|held| &held.run_id == run)?;
+    Some(held.attempt)
+}
+
 /// A record on its way into `DROVER_LOGS`.
 struct Pending {
     subject: String,
@@ -118,10 +132,11 @@ impl Intake {
                         .cloned()
                         .flatten();
                     // Checked first, so that nothing more is done when spans are not exported.
-                    let traced_under = match &run {
-                        Some(info) if self.trace_lines => recorded_under(
+                    let traced_under = match (&run, &self.workers) {
+                        (Some(info), Some(workers)) => recorded_under(
                             carried_traceparent(received.message.headers.as_ref()),
                             info,
+                            held_attempt(workers, &worker, &info.run_id),
                         ),
                         _ => None,
                     };

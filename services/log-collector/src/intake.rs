@@ -19,7 +19,8 @@ use async_nats::jetstream::stream::{ConsumerResetErrorKind, Stream};
 use async_nats::jetstream::{self, Message};
 use async_nats::Client;
 use drover_protocol::subject::resources;
-use drover_protocol::Timestamp;
+use drover_protocol::{Timestamp, WorkerRecord};
+use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::{connected, connection_lost, Backoff};
 use futures::StreamExt;
 use tokio::time::Instant;
@@ -64,8 +65,9 @@ pub(crate) struct Intake {
     pub logs: Stream,
     pub runs: Arc<RunCache>,
     pub max_payload_bytes: usize,
-    /// Whether lines are recorded on their runs' traces: spans are exported (read once).
-    pub trace_lines: bool,
+    /// The worker records, followed only when lines are recorded on their runs' traces
+    /// (spans are exported): which attempt of a run a line's worker holds.
+    pub workers: Option<Arc<KvCache<WorkerRecord>>>,
 }
 
 impl Intake {

@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use async_nats::Client;
 use drover_protocol::subject::resources;
+use drover_protocol::WorkerRecord;
+use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::{open_bucket, open_stream, Readiness, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -51,9 +53,15 @@ pub async fn run(
         let logs = open_stream(&js, resources::LOGS_STREAM, &shutdown).await?;
         let runs = open_bucket(&js, resources::RUNS_BUCKET, &shutdown).await?;
         let leaders = open_bucket(&js, resources::LEADERS_BUCKET, &shutdown).await?;
-        Some((intake, logs, runs, leaders))
+        // Followed only to put lines on their runs' traces: see `trace::recorded_under`.
+        let workers = if drover_telemetry::export_enabled() {
+            Some(KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await?)
+        } else {
+            None
+        };
+        Some((intake, logs, runs, leaders, workers))
     };
-    let Some((intake_stream, logs, runs, leaders)) = opened.await else {
+    let Some((intake_stream, logs, runs, leaders, workers)) = opened.await else {
         return Ok(());
     };
 
@@ -64,7 +72,7 @@ pub async fn run(
         logs,
         runs: Arc::new(RunCache::new(runs, RUN_CACHE_CAPACITY)),
         max_payload_bytes: settings.max_payload_bytes,
-        trace_lines: drover_telemetry::export_enabled(),
+        workers,
     };
     let queries = Queries {
         nats: nats.clone(),

@@ -26,19 +26,27 @@ pub const EVENT_NAME_CHARS: usize = 256;
 
 /// Under which attempt's span the log-collector records a line about a run, if at all.
 ///
-/// `carried` is the `traceparent` the line's message carried. The collector records the
-/// line when it carried none (or a malformed one), or the context of one of the run's
-/// attempts' spans, which a worker that does not trace passes on from its assignment: under
-/// that attempt, or under the run's current attempt when it carried nothing. A line that
-/// carried any other context was recorded by the worker, on that context's span. Nothing is
-/// recorded for a run without a valid trace context, not sampled, or not assigned yet.
-pub fn recorded_under(carried: Option<&str>, run: &RunInfo) -> Option<Attempt> {
+/// `carried` is the `traceparent` the line's message carried; `held` is the attempt of the
+/// run that the line's worker holds, as its worker record says (fresher than the cached run
+/// record: a retry on the same worker moves it at once). The collector records the line
+/// when it carried none (or a malformed one), or the context of one of the run's attempts'
+/// spans, which a worker that does not trace passes on from its assignment: under that
+/// attempt, or, when it carried nothing, under the attempt the worker holds, else the run's
+/// current one. A line that carried any other context was recorded by the worker, on that
+/// context's span. Nothing is recorded for a run without a valid trace context, not
+/// sampled, or not assigned yet.
+pub fn recorded_under(
+    carried: Option<&str>,
+    run: &RunInfo,
+    held: Option<Attempt>,
+) -> Option<Attempt> {
     let current = run.attempt_span.as_ref()?;
     if !is_sampled(current) {
         return None;
     }
+    let latest = held.map_or(run.attempt, |held| held.max(run.attempt));
     let Some(carried) = carried.and_then(TraceParent::parse) else {
-        return Some(run.attempt);
+        return Some(held.unwrap_or(run.attempt));
     };
     if carried.trace_id != current.trace_id {
         return None;
@@ -46,9 +54,9 @@ pub fn recorded_under(carried: Option<&str>, run: &RunInfo) -> Option<Attempt> {
     if carried.parent_id == current.parent_id {
         return Some(run.attempt);
     }
-    // An earlier attempt's worker, still talking: derived only for a line of this trace.
-    (1..run.attempt).rev().find(|&earlier| {
-        TraceParent::attempt_span(current, run.run_id.as_str(), earlier).parent_id
+    // Another attempt's worker: derived only for a line of this trace.
+    (1..=latest).rev().find(|&attempt| {
+        TraceParent::attempt_span(current, run.run_id.as_str(), attempt).parent_id
             == carried.parent_id
     })
 }
@@ -227,34 +235,52 @@ mod tests {
     #[test]
     fn lines_without_a_trace_or_with_the_attempt_s_own_are_the_collector_s() {
         let run = run(3, Some(SUBMITTED));
-        assert_eq!(recorded_under(None, &run), Some(3));
-        assert_eq!(recorded_under(Some("00-garbage"), &run), Some(3));
-        assert_eq!(recorded_under(Some(&attempt_span(3)), &run), Some(3));
+        assert_eq!(recorded_under(None, &run, None), Some(3));
+        assert_eq!(recorded_under(Some("00-garbage"), &run, None), Some(3));
+        assert_eq!(recorded_under(Some(&attempt_span(3)), &run, None), Some(3));
         // A worker of an earlier attempt that passes its assignment's context on.
-        assert_eq!(recorded_under(Some(&attempt_span(1)), &run), Some(1));
+        assert_eq!(recorded_under(Some(&attempt_span(1)), &run, None), Some(1));
+    }
+
+    #[test]
+    fn the_attempt_a_worker_holds_wins_over_a_stale_run_record() {
+        // The run was retried on the same worker since the collector read its record.
+        let stale = run(1, Some(SUBMITTED));
+        assert_eq!(recorded_under(None, &stale, Some(2)), Some(2));
+        assert_eq!(
+            recorded_under(Some(&attempt_span(2)), &stale, Some(2)),
+            Some(2)
+        );
+        assert_eq!(
+            recorded_under(Some(&attempt_span(3)), &stale, Some(2)),
+            None
+        );
     }
 
     #[test]
     fn lines_a_worker_recorded_itself_are_left_alone() {
         let run = run(2, Some(SUBMITTED));
         let execution = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01";
-        assert_eq!(recorded_under(Some(execution), &run), None);
+        assert_eq!(recorded_under(Some(execution), &run, Some(2)), None);
         let elsewhere = "00-11111111111111111111111111111111-1111111111111111-01";
-        assert_eq!(recorded_under(Some(elsewhere), &run), None);
-        // A later attempt than the record knows of is not this collector's to guess.
-        assert_eq!(recorded_under(Some(&attempt_span(3)), &run), None);
+        assert_eq!(recorded_under(Some(elsewhere), &run, None), None);
+        // A later attempt than the records know of is not this collector's to guess.
+        assert_eq!(recorded_under(Some(&attempt_span(3)), &run, None), None);
     }
 
     #[test]
     fn runs_without_a_sampled_trace_or_an_attempt_get_nothing() {
-        assert_eq!(recorded_under(None, &run(1, None)), None);
+        assert_eq!(recorded_under(None, &run(1, None), None), None);
         assert_eq!(
-            recorded_under(None, &run(1, Some("not a traceparent"))),
+            recorded_under(None, &run(1, Some("not a traceparent")), None),
             None
         );
         let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
-        assert_eq!(recorded_under(None, &run(1, Some(unsampled))), None);
-        assert_eq!(recorded_under(None, &run(0, Some(SUBMITTED))), None);
+        assert_eq!(
+            recorded_under(None, &run(1, Some(unsampled)), Some(1)),
+            None
+        );
+        assert_eq!(recorded_under(None, &run(0, Some(SUBMITTED)), None), None);
     }
 
     fn line(message: &str, worker: &str, at_ms: i64, fields: serde_json::Value) -> LogRecord {

@@ -35,7 +35,8 @@ pub fn decided(previous: &WorkerRecord, next: &WorkerRecord, at: Timestamp) -> V
     if let Some(reason) = &next.terminating_reason {
         attributes.push(KeyValue::new("drover.worker.reason", reason.clone()));
     }
-    worker_spans::about_held_runs(STATUS_CHANGED, previous, at, &attributes)
+    let decision = format!("{}/{}", next.incarnation, next.status.as_str());
+    worker_spans::about_held_runs(STATUS_CHANGED, &decision, previous, at, &attributes)
 }
 
 /// Records [`decided`] (nothing when spans are not exported).
@@ -114,7 +115,12 @@ mod tests {
         let mut lost = unresponsive.clone();
         lost.phase = WorkerPhase::Lost;
         lost.status = lost.derive_status();
-        assert_eq!(status(&decided(&unresponsive, &lost, at)), ["LOST"]);
+        let later = decided(&unresponsive, &lost, at);
+        assert_eq!(status(&later), ["LOST"]);
+        assert_ne!(
+            later[0].context, spans[0].context,
+            "two decisions, two spans"
+        );
 
         let mut again = working.clone();
         again.incarnation += 1;

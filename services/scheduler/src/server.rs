@@ -6,9 +6,9 @@ use std::time::Duration;
 use async_nats::jetstream::kv::Store;
 use async_nats::{Client, Message};
 use bytes::Bytes;
-use drover_protocol::envelope::decode;
+use drover_protocol::envelope::{decode, decode_reply};
 use drover_protocol::subject::{self, internal, keys, resources};
-use drover_protocol::{encode, RunCancel, RunSpec, WorkerRecord};
+use drover_protocol::{encode, Accepted, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::WireError;
 use drover_service_kit::{
@@ -245,8 +245,10 @@ impl Server {
 
     async fn submit(&self, message: &Message) -> Result<Bytes, Error> {
         let spec: RunSpec = decode(&message.payload, self.settings.max_payload_bytes)?;
+        note_in_span("drover.routine_id", &spec.routine_id);
         let trace = TraceContext::current(&TraceContext::from_headers(message.headers.as_ref()));
         let submitted = self.intake.submit(spec, Origin::Client, trace).await?;
+        note_in_span("drover.run_id", &submitted.accepted.run_id);
         Ok(encode(&submitted.accepted))
     }
 
@@ -272,7 +274,12 @@ impl Server {
                 message.payload.clone(),
             );
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(response)) => return Ok(response.payload),
+                Ok(Ok(response)) => {
+                    if let Ok(Ok(accepted)) = decode_reply::<Accepted>(&response.payload) {
+                        note_in_span("drover.run_id", &accepted.run_id);
+                    }
+                    return Ok(response.payload);
+                }
                 Ok(Err(error)) => debug!(%error, "no leader to forward to yet"),
                 Err(_) => debug!("the leader did not answer in time"),
             }
@@ -286,9 +293,11 @@ impl Server {
     fn precheck(&self, subject: &str, message: &Message) -> Result<(), Error> {
         let limit = self.settings.max_payload_bytes;
         if subject == keys::RUN_CANCEL {
-            decode::<RunCancel>(&message.payload, limit)?;
+            let cancel = decode::<RunCancel>(&message.payload, limit)?;
+            note_in_span("drover.run_id", &cancel.run_id);
         } else {
-            decode::<RunSpec>(&message.payload, limit)?;
+            let spec = decode::<RunSpec>(&message.payload, limit)?;
+            note_in_span("drover.routine_id", &spec.routine_id);
         }
         Ok(())
     }
@@ -336,6 +345,13 @@ impl Server {
             },
         );
         let accepted = answer.await.map_err(|_| RouteError::LeadershipChanged)??;
+        note_in_span("drover.run_id", &accepted.run_id);
         Ok(encode(&accepted))
     }
+}
+
+/// Records `value` as `field` of the span the request is served in (fields its span
+/// declares: see `Requests::starting_traces`).
+fn note_in_span(field: &'static str, value: &dyn std::fmt::Display) {
+    tracing::Span::current().record(field, tracing::field::display(value));
 }
