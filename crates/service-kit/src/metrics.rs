@@ -129,6 +129,7 @@ fn describe() {
     for event in ["connected", "disconnected"] {
         counter!(NATS_EVENTS_TOTAL, "event" => event).increment(0);
     }
+    counter!(REPLIES_TOTAL, "outcome" => "ok").increment(0);
     for rare in [
         NATS_CONNECT_FAILURES_TOTAL,
         RESOURCES_FAILURES_TOTAL,

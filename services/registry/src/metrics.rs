@@ -51,10 +51,10 @@ fn describe() {
     }
 }
 
-/// This replica wrote a worker record whose status or incarnation changed.
-pub fn status_changed(previous: Option<WorkerStatus>, next: &WorkerRecord) {
-    counter!(STATUS_CHANGES, "status" => next.status.as_str()).increment(1);
-    if lost(previous, next.status) {
+/// This replica wrote a worker record that went from `previous` to `next`: counts the
+/// worker as lost when it has just become LOST.
+pub fn count_lost(previous: Option<WorkerStatus>, next: WorkerStatus) {
+    if lost(previous, next) {
         counter!(WORKERS_LOST).increment(1);
     }
 }

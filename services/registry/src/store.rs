@@ -332,12 +332,13 @@ impl WorkerStore {
     /// worker counts have the change before the event is out.
     async fn announce(&self, previous: Option<&WorkerRecord>, next: &WorkerRecord, now: Timestamp) {
         self.recount(next.worker_id.as_str());
+        metrics::count_lost(previous.map(|record| record.status), next.status);
         let previous_status = previous.map(|record| record.status);
         let new_incarnation = previous.map(|record| record.incarnation) != Some(next.incarnation);
         if previous_status == Some(next.status) && !new_incarnation {
             return;
         }
-        metrics::status_changed(previous_status, next);
+        ::metrics::counter!(metrics::STATUS_CHANGES, "status" => next.status.as_str()).increment(1);
         let event = WorkerEvent {
             worker_id: next.worker_id.clone(),
             incarnation: next.incarnation,
