@@ -505,7 +505,10 @@ async fn invalid_lines_are_answered_counted_and_not_stored() {
         let name = format!("drover_log_collector_lines_rejected_total{{code=\"{code}\"}}");
         assert_eq!(metric(&stack, &name).await, count, "{code}");
     }
-    assert_eq!(metric(&stack, "drover_log_collector_lines_stored_total").await, 1.0);
+    assert_eq!(
+        metric(&stack, "drover_log_collector_lines_stored_total").await,
+        1.0
+    );
 }
 
 const WORKERS: usize = 5;
