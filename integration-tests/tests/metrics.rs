@@ -67,6 +67,10 @@ fn documented() -> Vec<Documented> {
             services = section_services(heading);
             continue;
         }
+        if line.starts_with("# ") || line.starts_with("## ") {
+            services = None;
+            continue;
+        }
         let (Some(services), Some(row)) = (&services, line.strip_prefix("| `")) else {
             continue;
         };
@@ -84,6 +88,10 @@ fn documented() -> Vec<Documented> {
     );
     let names: HashSet<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names.len(), metrics.len(), "a metric is listed twice");
+    let kinds = ["counter", "gauge", "histogram"];
+    for metric in &metrics {
+        assert!(kinds.contains(&metric.kind.as_str()), "{metric:?}");
+    }
     metrics
 }
 
