@@ -502,10 +502,13 @@ async fn invalid_lines_are_answered_counted_and_not_stored() {
         ("schema_violation", 2.0),
         ("payload_too_large", 1.0),
     ] {
-        let name = format!("drover_logs_lines_rejected_total{{code=\"{code}\"}}");
+        let name = format!("drover_log_collector_lines_rejected_total{{code=\"{code}\"}}");
         assert_eq!(metric(&stack, &name).await, count, "{code}");
     }
-    assert_eq!(metric(&stack, "drover_logs_lines_stored_total").await, 1.0);
+    assert_eq!(
+        metric(&stack, "drover_log_collector_lines_stored_total").await,
+        1.0
+    );
 }
 
 const WORKERS: usize = 5;
@@ -614,7 +617,7 @@ async fn a_collector_killed_mid_burst_loses_and_repeats_nothing() {
     assert_burst_stored(&client, &js, &plan, LINES_PER_RUN).await;
     println!(
         "killed with {at_kill} of 10000 stored; after the restart {} redelivered lines were dropped as duplicates",
-        metric(&stack, "drover_logs_lines_duplicate_total").await
+        metric(&stack, "drover_log_collector_lines_duplicate_total").await
     );
 }
 
@@ -634,7 +637,7 @@ async fn replicas_share_the_intake_and_survive_the_leader_dying() {
     let second_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
     let leads = |addr: std::net::SocketAddr| async move {
         matches!(drover_testkit::http_get(addr, "/metrics").await, Ok((200, body))
-            if body.lines().any(|l| l.starts_with("drover_logs_intake_leader ") && l.ends_with(" 1")))
+            if body.lines().any(|l| l.starts_with("drover_log_collector_intake_leader ") && l.ends_with(" 1")))
     };
     let first_addr = stack.admin_addr(LOG_COLLECTOR);
     wait_until("one replica leads", Duration::from_secs(10), || async {

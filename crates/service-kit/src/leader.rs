@@ -86,6 +86,9 @@ where
 {
     let key = lease.key;
     ::metrics::gauge!(lease.gauge).set(0.0);
+    // Shown from the start, so that the first election counts as an increase.
+    ::metrics::counter!(metrics::LEADERSHIP_CHANGES_TOTAL, "lease" => key, "change" => "elected")
+        .increment(0);
     while !shutdown.is_cancelled() {
         match lease.bucket.create(key, lease.value()).await {
             Ok(revision) => {

@@ -23,6 +23,7 @@ pub use backoff::{retry_until_cancelled, Backoff};
 pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};
 pub use leader::{run_for_leadership, Lease};
 pub use lookup::{look_up, open_bucket, open_consumer, open_stream};
+pub use metrics::ServiceMetrics;
 pub use nats::{connect, ConnectError};
 pub use readiness::{Check, Readiness};
 pub use resources::{

@@ -1,8 +1,14 @@
 //! The Prometheus recorder and the names of the kit's own metrics.
+//!
+//! Every metric is described when the recorder is installed, so that `/metrics` carries its
+//! `# HELP` and `# TYPE`; counters that count rare events are registered at zero, so that
+//! they show from the start and `increase()` sees their first event. Each histogram gets
+//! buckets of its own: without them the exporter renders a summary, whose quantiles cannot
+//! be aggregated across replicas. docs/observability.md lists every metric.
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter of NATS connection events, labelled `event`.
 pub const NATS_EVENTS_TOTAL: &str = "drover_nats_events_total";
@@ -26,15 +32,44 @@ pub const DRAIN_TIMEOUTS_TOTAL: &str = "drover_drain_timeouts_total";
 /// `stepped_down` or `resigned`).
 pub const LEADERSHIP_CHANGES_TOTAL: &str = "drover_leadership_changes_total";
 
-/// Installs the global Prometheus recorder once and returns its handle.
-///
-/// Later calls return the same handle. If another recorder was installed first, the
-/// handle renders only this recorder's (empty) registry and a warning is logged.
+/// A histogram's full name and the upper bounds of its buckets, in increasing order.
+pub type Histogram = (&'static str, &'static [f64]);
+
+/// A service's own metrics, set up with the recorder.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceMetrics {
+    /// Describes each metric (`# HELP`, `# TYPE`) and registers those that must show
+    /// before their first event.
+    pub describe: fn(),
+    /// The buckets of each of the service's histograms.
+    pub histograms: &'static [Histogram],
+}
+
+impl ServiceMetrics {
+    /// No metrics of its own: only the kit's.
+    pub const NONE: ServiceMetrics = ServiceMetrics {
+        describe: || {},
+        histograms: &[],
+    };
+}
+
+/// Installs the global Prometheus recorder once, with only the kit's metrics, and returns
+/// its handle. See [`install_for`].
 pub fn install() -> PrometheusHandle {
+    install_for(&ServiceMetrics::NONE)
+}
+
+/// Installs the global Prometheus recorder once, with the buckets of `service`'s
+/// histograms, describes the kit's and `service`'s metrics, and returns the handle.
+///
+/// Later calls return the same handle (a later call's buckets are not applied, its
+/// descriptions are). If another recorder was installed first, the handle renders only
+/// this recorder's (empty) registry and a warning is logged.
+pub fn install_for(service: &ServiceMetrics) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
+    let handle = HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = builder(service.histograms).build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
@@ -42,11 +77,27 @@ pub fn install() -> PrometheusHandle {
             describe();
             handle
         })
-        .clone()
+        .clone();
+    (service.describe)();
+    handle
+}
+
+/// A builder that renders each of `histograms` as a Prometheus histogram.
+fn builder(histograms: &[Histogram]) -> PrometheusBuilder {
+    histograms
+        .iter()
+        .fold(PrometheusBuilder::new(), |builder, (name, buckets)| {
+            let matcher = Matcher::Full((*name).to_owned());
+            match builder.set_buckets_for_metric(matcher, buckets) {
+                Ok(builder) => builder,
+                // Only an empty bucket list is refused, and no caller gives one.
+                Err(error) => panic!("histogram {name}: {error}"),
+            }
+        })
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
+    use metrics::{counter, describe_counter, describe_gauge};
     describe_counter!(NATS_EVENTS_TOTAL, "NATS connection events, by event");
     describe_counter!(
         NATS_CONNECT_FAILURES_TOTAL,
@@ -75,4 +126,42 @@ fn describe() {
         LEADERSHIP_CHANGES_TOTAL,
         "leadership changes, by lease and change"
     );
+    for event in ["connected", "disconnected"] {
+        counter!(NATS_EVENTS_TOTAL, "event" => event).increment(0);
+    }
+    counter!(REPLIES_TOTAL, "outcome" => "ok").increment(0);
+    for rare in [
+        NATS_CONNECT_FAILURES_TOTAL,
+        RESOURCES_FAILURES_TOTAL,
+        REPLY_PUBLISH_FAILURES_TOTAL,
+        DRAIN_TIMEOUTS_TOTAL,
+    ] {
+        counter!(rare).increment(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_with_buckets_render_as_histograms() {
+        const HISTOGRAMS: &[Histogram] = &[("kit_test_seconds", &[0.1, 1.0])];
+        let recorder = builder(HISTOGRAMS).build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("kit_test_seconds").record(0.5);
+            metrics::histogram!("kit_test_other").record(0.5);
+        });
+        let text = handle.render();
+        assert!(text.contains("# TYPE kit_test_seconds histogram"), "{text}");
+        assert!(
+            text.contains("kit_test_seconds_bucket{le=\"1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE kit_test_other summary"),
+            "a histogram without buckets is a summary: {text}"
+        );
+    }
 }

@@ -14,10 +14,11 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::backoff::Backoff;
+use crate::metrics::{self, ServiceMetrics};
 use crate::nats::{connect_observed, ConnectError, Connections};
 use crate::readiness::Readiness;
 use crate::settings::{load_settings, CommonArgs, Settings};
-use crate::{admin, metrics, resources};
+use crate::{admin, resources};
 
 /// Exit status for a configuration error (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -54,8 +55,9 @@ impl std::fmt::Debug for ServiceContext {
     }
 }
 
-/// Runs a service: settings, telemetry, metrics, admin server, signals, NATS, JetStream
-/// resources, then `body`, then a drain bounded by `drain_grace_ms`.
+/// Runs a service: settings, telemetry, metrics (the kit's and `service_metrics`), admin
+/// server, signals, NATS, JetStream resources, then `body`, then a drain bounded by
+/// `drain_grace_ms`.
 ///
 /// `body` may run until `shutdown` is cancelled, or spawn its tasks on `tracker` and return;
 /// the service then runs until a signal or until every tracked task has ended. Exit status:
@@ -64,6 +66,7 @@ impl std::fmt::Debug for ServiceContext {
 pub async fn run_service<F, Fut>(
     service_name: &'static str,
     default_admin_addr: &'static str,
+    service_metrics: ServiceMetrics,
     args: CommonArgs,
     body: F,
 ) -> ExitCode
@@ -79,7 +82,14 @@ where
         }
     };
     let telemetry = drover_telemetry::init(service_name);
-    let code = run_with_settings(service_name, default_admin_addr, settings, body).await;
+    let code = run_with_settings(
+        service_name,
+        default_admin_addr,
+        &service_metrics,
+        settings,
+        body,
+    )
+    .await;
     // The OTLP client blocks; keep it off the runtime's worker threads.
     if tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
@@ -93,6 +103,7 @@ where
 async fn run_with_settings<F, Fut>(
     service_name: &'static str,
     default_admin_addr: &'static str,
+    service_metrics: &ServiceMetrics,
     settings: Settings,
     body: F,
 ) -> ExitCode
@@ -101,7 +112,7 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let instance_id = settings.instance_id.clone();
-    let handle = metrics::install();
+    let handle = metrics::install_for(service_metrics);
     ::metrics::gauge!(
         metrics::SERVICE_INFO,
         "service" => service_name,

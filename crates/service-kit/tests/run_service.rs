@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{http_get, wait_until, NatsServer};
+use drover_service_kit::metrics::ServiceMetrics;
 use drover_service_kit::{run_service, CommonArgs, EXIT_CONFIG};
 
 fn free_port() -> u16 {
@@ -27,7 +28,14 @@ async fn boots_serves_and_drains_on_sigterm() {
         config: Some("/nonexistent/drover.toml".into()),
         ..Default::default()
     };
-    let code = run_service("kit-test", "127.0.0.1:0", bad, |_| async { Ok(()) }).await;
+    let code = run_service(
+        "kit-test",
+        "127.0.0.1:0",
+        ServiceMetrics::NONE,
+        bad,
+        |_| async { Ok(()) },
+    )
+    .await;
     assert_eq!(code, ExitCode::from(EXIT_CONFIG));
 
     let server = NatsServer::start();
@@ -39,9 +47,13 @@ async fn boots_serves_and_drains_on_sigterm() {
         admin_addr: Some("127.0.0.1:0".to_owned()),
         ..Default::default()
     };
-    let code = run_service("kit-test", "127.0.0.1:0", args, |_| async {
-        anyhow::bail!("cannot start: {}", "no luck")
-    })
+    let code = run_service(
+        "kit-test",
+        "127.0.0.1:0",
+        ServiceMetrics::NONE,
+        args,
+        |_| async { anyhow::bail!("cannot start: {}", "no luck") },
+    )
     .await;
     assert_eq!(code, ExitCode::FAILURE);
 
@@ -57,6 +69,7 @@ async fn boots_serves_and_drains_on_sigterm() {
     let service = tokio::spawn(run_service(
         "kit-test",
         "127.0.0.1:0",
+        ServiceMetrics::NONE,
         args,
         move |ctx| async move {
             assert_eq!(ctx.settings.drain_grace_ms, 3000);

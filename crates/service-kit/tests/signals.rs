@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{http_get, wait_until, NatsServer};
+use drover_service_kit::metrics::ServiceMetrics;
 use drover_service_kit::{run_service, CommonArgs};
 
 const CHILD_ENV: &str = "DROVER_KIT_SIGNAL_CHILD";
@@ -22,6 +23,7 @@ async fn child_service() {
     let code = run_service(
         "kit-signal-test",
         "127.0.0.1:0",
+        ServiceMetrics::NONE,
         CommonArgs::default(),
         |ctx| async move {
             ctx.readiness.set_serving(true);

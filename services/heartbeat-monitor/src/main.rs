@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
     run_service(
         "drover-heartbeat-monitor",
         "127.0.0.1:9711",
+        drover_heartbeat_monitor::metrics::METRICS,
         args.common,
         |ctx| drover_heartbeat_monitor::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness),
     )

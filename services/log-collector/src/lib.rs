@@ -45,7 +45,6 @@ pub async fn run(
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
-    metrics::describe();
     let js = async_nats::jetstream::new(nats.clone());
     // Each look-up is retried until it succeeds; `None` when shutdown came first.
     let opened = async {

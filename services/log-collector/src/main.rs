@@ -19,6 +19,7 @@ async fn main() -> ExitCode {
     run_service(
         "drover-log-collector",
         "127.0.0.1:9713",
+        drover_log_collector::metrics::METRICS,
         args.common,
         |ctx| drover_log_collector::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness),
     )

@@ -1,33 +1,56 @@
-//! Metric names of the log-collector.
+//! Metric names of the log-collector and their descriptions. docs/observability.md lists
+//! them for operators.
+
+use drover_service_kit::metrics::{Histogram, ServiceMetrics};
 
 /// Log lines stored in `DROVER_LOGS`.
-pub const LINES_STORED: &str = "drover_logs_lines_stored_total";
+pub const LINES_STORED: &str = "drover_log_collector_lines_stored_total";
 /// Log lines stored again after a redelivery and dropped by the stream's dedup window.
-pub const LINES_DUPLICATE: &str = "drover_logs_lines_duplicate_total";
+pub const LINES_DUPLICATE: &str = "drover_log_collector_lines_duplicate_total";
 /// Log lines refused, by `code`.
-pub const LINES_REJECTED: &str = "drover_logs_lines_rejected_total";
+pub const LINES_REJECTED: &str = "drover_log_collector_lines_rejected_total";
 /// Intake messages handled together in one batch (one pipelined round of publishes).
-pub const BATCH_SIZE: &str = "drover_logs_intake_batch_size";
+pub const BATCH_SIZE: &str = "drover_log_collector_intake_batch_size";
 /// Publishes of a record that had to be retried.
-pub const PUBLISH_RETRIES: &str = "drover_logs_publish_retries_total";
+pub const PUBLISH_RETRIES: &str = "drover_log_collector_publish_retries_total";
 /// Resets of the intake consumer to its ack floor, by `reason` (`takeover`, `gap`, `publish`).
-pub const CONSUMER_RESETS: &str = "drover_logs_consumer_resets_total";
+pub const CONSUMER_RESETS: &str = "drover_log_collector_consumer_resets_total";
 /// Run record lookups for enrichment, by `outcome` (`cached`, `found`, `missing`, `error`).
-pub const RUN_LOOKUPS: &str = "drover_logs_run_lookups_total";
+pub const RUN_LOOKUPS: &str = "drover_log_collector_run_lookups_total";
 /// 1 while this replica leads the intake.
-pub const INTAKE_LEADER: &str = "drover_logs_intake_leader";
+pub const INTAKE_LEADER: &str = "drover_log_collector_intake_leader";
 /// `v1.logs.query` requests, by `endpoint` (`query`) and `outcome` (`ok` or an error code).
-pub const QUERIES: &str = "drover_logs_queries_total";
+pub const QUERIES: &str = "drover_log_collector_queries_total";
 /// Records returned by one `v1.logs.query`.
-pub const QUERY_RECORDS: &str = "drover_logs_query_records";
+pub const QUERY_RECORDS: &str = "drover_log_collector_query_records";
 /// Seconds spent answering one `v1.logs.query`.
-pub const QUERY_SECONDS: &str = "drover_logs_query_seconds";
+pub const QUERY_SECONDS: &str = "drover_log_collector_query_seconds";
 /// Stored records that could not be read back, skipped by queries.
-pub const UNREADABLE_RECORDS: &str = "drover_logs_unreadable_records_total";
+pub const UNREADABLE_RECORDS: &str = "drover_log_collector_unreadable_records_total";
 
-/// Registers the descriptions shown on `/metrics`.
-pub fn describe() {
-    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
+/// Intake messages per batch: up to one pull.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+/// Records per query page: up to the largest page.
+const RECORDS_BUCKETS: &[f64] = &[0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+/// Seconds per query: a direct read of the stream, to a long scan.
+const QUERY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const HISTOGRAMS: &[Histogram] = &[
+    (BATCH_SIZE, BATCH_BUCKETS),
+    (QUERY_RECORDS, RECORDS_BUCKETS),
+    (QUERY_SECONDS, QUERY_BUCKETS),
+];
+
+/// The log-collector's metrics, for `run_service`.
+pub const METRICS: ServiceMetrics = ServiceMetrics {
+    describe,
+    histograms: HISTOGRAMS,
+};
+
+/// Registers the descriptions shown on `/metrics`, and the counters of rare events at 0.
+fn describe() {
+    use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(LINES_STORED, "log lines stored");
     describe_counter!(
         LINES_DUPLICATE,
@@ -41,6 +64,20 @@ pub fn describe() {
     describe_gauge!(INTAKE_LEADER, "1 while this replica leads the intake");
     describe_counter!(QUERIES, "log queries, by outcome");
     describe_histogram!(QUERY_RECORDS, "records returned per log query");
-    describe_histogram!(QUERY_SECONDS, "seconds per log query");
+    describe_histogram!(QUERY_SECONDS, Unit::Seconds, "seconds per log query");
     describe_counter!(UNREADABLE_RECORDS, "stored records skipped as unreadable");
+    for rare in [
+        LINES_STORED,
+        LINES_DUPLICATE,
+        PUBLISH_RETRIES,
+        UNREADABLE_RECORDS,
+    ] {
+        counter!(rare).increment(0);
+    }
+    for reason in ["takeover", "gap", "publish"] {
+        counter!(CONSUMER_RESETS, "reason" => reason).increment(0);
+    }
+    for outcome in ["cached", "found", "missing", "error"] {
+        counter!(RUN_LOOKUPS, "outcome" => outcome).increment(0);
+    }
 }

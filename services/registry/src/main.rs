@@ -16,8 +16,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    run_service("drover-registry", "127.0.0.1:9710", args.common, |ctx| {
-        drover_registry::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness)
-    })
+    run_service(
+        "drover-registry",
+        "127.0.0.1:9710",
+        drover_registry::metrics::METRICS,
+        args.common,
+        |ctx| drover_registry::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness),
+    )
     .await
 }

@@ -1,7 +1,6 @@
 //! Wiring: the `drover-registry` micro service, the directive consumer, internal requests.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -13,11 +12,13 @@ use drover_protocol::{
     Claim, InternalReply, LivenessReport, Ready, Register, Registered, RegistryGet, RegistryList,
     Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList, WorkerRecord,
 };
+use drover_service_kit::kv_cache::Change;
 use drover_service_kit::{
     consume, drain, open_consumer, settle_counting, start_service, Readiness, Requests, Settings,
     Settlement, WireError,
 };
 use futures::StreamExt;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -115,7 +116,7 @@ impl Server {
                 .await;
             });
         }
-        tasks.spawn(Arc::clone(&server).report_gauges(shutdown.clone()));
+        tasks.spawn(Arc::clone(&server).follow_counts(shutdown.clone()));
         readiness.set_serving(true);
         info!("registry serving");
 
@@ -244,6 +245,7 @@ impl Server {
         };
         settle_counting(&self.nats, &message, settlement, |code| {
             count("directive", code.as_str());
+            metrics::directive_rejected(code);
         })
         .await;
     }
@@ -389,16 +391,19 @@ impl Server {
         }
     }
 
-    async fn report_gauges(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
-            let mut counts = std::collections::HashMap::new();
-            for record in self.store.list() {
-                *counts.entry(record.status).or_insert(0u64) += 1;
-            }
-            for status in drover_protocol::WorkerStatus::ALL {
-                let value = counts.get(&status).copied().unwrap_or(0);
-                ::metrics::gauge!(metrics::WORKERS, "status" => status.as_str()).set(value as f64);
+    /// Keeps the workers-by-status gauge with the changes other replicas make (this
+    /// replica's own writes count themselves, in `WorkerStore::announce`).
+    async fn follow_counts(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut changes = self.store.cache().subscribe();
+        self.store.recount_all();
+        while let Some(change) = shutdown.run_until_cancelled(changes.recv()).await {
+            match change {
+                Ok(Change::Put(key, _) | Change::Deleted(key)) => self.store.recount(&key),
+                Err(RecvError::Lagged(missed)) => {
+                    debug!(missed, "worker changes lagged, counting afresh");
+                    self.store.recount_all();
+                }
+                Err(RecvError::Closed) => return,
             }
         }
     }

@@ -9,7 +9,7 @@ use drover_protocol::{encode, subject, Timestamp, WorkerEvent, WorkerId, WorkerR
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::metrics;
+use crate::metrics::{self, WorkerCounts};
 use crate::transitions::{Outcome, Rejection};
 use drover_service_kit::kv_cache::KvCache;
 
@@ -54,6 +54,7 @@ pub struct WorkerStore {
     cache: Arc<KvCache<WorkerRecord>>,
     client: Client,
     slots: Mutex<HashMap<WorkerId, Arc<Slot>>>,
+    counts: WorkerCounts,
 }
 
 impl std::fmt::Debug for WorkerStore {
@@ -69,12 +70,24 @@ impl WorkerStore {
             cache,
             client,
             slots: Mutex::new(HashMap::new()),
+            counts: WorkerCounts::default(),
         }
     }
 
     /// The cache behind the store.
     pub fn cache(&self) -> &Arc<KvCache<WorkerRecord>> {
         &self.cache
+    }
+
+    /// Counts every cached record by status afresh.
+    pub fn recount_all(&self) {
+        self.counts.reset(|| self.cache.values());
+    }
+
+    /// Counts the worker under key `key` by its cached status.
+    pub fn recount(&self, key: &str) {
+        self.counts
+            .refresh(key, || self.cache.get(key).map(|entry| entry.value.status));
     }
 
     /// The cached record of a worker.
@@ -315,8 +328,11 @@ impl WorkerStore {
             .map_err(|error| MutateError::Store(error.to_string()))
     }
 
-    /// Publishes `v1.registry.events.<w>` when the status or the incarnation changed.
+    /// Publishes `v1.registry.events.<w>` when the status or the incarnation changed; the
+    /// worker counts have the change before the event is out.
     async fn announce(&self, previous: Option<&WorkerRecord>, next: &WorkerRecord, now: Timestamp) {
+        self.recount(next.worker_id.as_str());
+        metrics::count_lost(previous.map(|record| record.status), next.status);
         let previous_status = previous.map(|record| record.status);
         let new_incarnation = previous.map(|record| record.incarnation) != Some(next.incarnation);
         if previous_status == Some(next.status) && !new_incarnation {

@@ -367,7 +367,10 @@ impl Intake {
         let mut record = record;
         record.queue_seq = Some(seq);
         let revision = match self.store.create(&record).await {
-            Ok(revision) => Some(revision),
+            Ok(revision) => {
+                crate::metrics::submitted(&record);
+                Some(revision)
+            }
             Err(StoreError::Exists) => None,
             Err(error) => return Err(not_stored(error)),
         };

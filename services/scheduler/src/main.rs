@@ -16,8 +16,12 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    run_service("drover-scheduler", "127.0.0.1:9712", args.common, |ctx| {
-        drover_scheduler::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness)
-    })
+    run_service(
+        "drover-scheduler",
+        "127.0.0.1:9712",
+        drover_scheduler::metrics::METRICS,
+        args.common,
+        |ctx| drover_scheduler::run(ctx.settings, ctx.client, ctx.shutdown, ctx.readiness),
+    )
     .await
 }

@@ -323,8 +323,7 @@ impl RunStore {
         if previous == Some(record.status) {
             return;
         }
-        ::metrics::counter!(metrics::RUN_TRANSITIONS, "status" => record.status.as_str())
-            .increment(1);
+        metrics::transition(previous, record);
         let event = RunEvent {
             run_id: record.run_id.clone(),
             status: record.status,

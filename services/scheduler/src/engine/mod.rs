@@ -11,6 +11,7 @@ mod fetch;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod placement;
+mod queue_depth;
 mod registry;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ pub use actor::Event;
 use dispatcher::Dispatcher;
 
 use crate::intake::Intake;
+use crate::metrics::QueueDepth;
 use crate::store::RunStore;
 
 /// Shared state of the leader's engine.
@@ -43,6 +45,7 @@ pub struct Engine {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) registry: registry::RegistryClient,
     pub(crate) outbox: Outbox,
+    pub(crate) queue_depth: QueueDepth,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     actors: Mutex<HashMap<RunId, mpsc::UnboundedSender<Event>>>,
@@ -73,6 +76,7 @@ impl Engine {
             store,
             intake,
             dispatcher: Dispatcher::new(),
+            queue_depth: QueueDepth::default(),
             shutdown,
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
@@ -153,6 +157,8 @@ impl Engine {
         self.tasks.spawn(fetch::fetch_queues(Arc::clone(&self)));
         self.tasks.spawn(fetch::read_directives(Arc::clone(&self)));
         self.tasks.spawn(fetch::read_timers(Arc::clone(&self)));
+        self.tasks
+            .spawn(queue_depth::report(Arc::clone(&self), Arc::clone(&workers)));
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => break,

@@ -115,7 +115,7 @@ impl Actor {
             }
             return;
         }
-        ::metrics::counter!(metrics::ASSIGNMENTS).increment(1);
+        metrics::assigned(&self.engine.queue_depth, &assigned);
         self.send(Letter::assignment(&assigned)).await;
         self.arm_attempt(&assigned);
         if assigned.attempt == 1 && assigned.max_wait_time_ms.is_some() {

@@ -161,7 +161,6 @@ impl Actor {
     /// The run reached a terminal state: clean up and tell whoever waits on it.
     pub(super) async fn ended(&mut self, record: &RunRecord) {
         info!(run = %self.run, status = %record.status, attempt = record.attempt, reason = ?record.failure_reason, "run ended");
-        ::metrics::counter!(metrics::RUNS_ENDED, "status" => record.status.as_str()).increment(1);
         self.engine.dispatcher.withdraw(&self.run);
         self.placement = None;
         self.finish_lease().await;
