@@ -3,37 +3,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use drover_integration_tests::cli::{drover, drover_binary, stdout};
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
 use drover_protocol::RunStatus;
-use drover_testkit::{bin_dir, free_port, wait_until, Stack};
+use drover_testkit::{free_port, wait_until, Stack};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn drover_binary() -> PathBuf {
-    bin_dir().unwrap().join("drover")
-}
-
-/// Runs `drover` with `args` against `url`.
-async fn drover(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(drover_binary())
-        .args(args)
-        .env("DROVER_NATS_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .expect("drover runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

@@ -5,38 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Client;
+use drover_integration_tests::cli::{drover, drover_binary, stdout};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
 use drover_protocol::subject::keys;
 use drover_protocol::trace::{TraceParent, TRACEPARENT};
-use drover_testkit::{bin_dir, wait_until, Stack};
+use drover_testkit::{wait_until, Stack};
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-fn drover_binary() -> PathBuf {
-    bin_dir().unwrap().join("drover")
-}
-
-/// Runs `drover` with `args` against `url`.
-async fn drover(url: &str, args: &[&str]) -> Output {
-    tokio::process::Command::new(drover_binary())
-        .args(args)
-        .env("DROVER_NATS_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .await
-        .expect("drover runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// A request seen: its subject and the `traceparent` it carried.
 type Seen = (String, Option<String>);
