@@ -27,13 +27,6 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def _failed(request: pytest.FixtureRequest) -> bool:
-    return any(
-        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-        for when in ("setup", "call")
-    )
-
-
 @pytest.fixture
 async def nats_server(request: pytest.FixtureRequest) -> AsyncIterator[harness.NatsServer]:
     """A fresh nats-server with JetStream on a free port and a temporary store."""
@@ -41,7 +34,7 @@ async def nats_server(request: pytest.FixtureRequest) -> AsyncIterator[harness.N
     try:
         yield server
     finally:
-        if _failed(request):
+        if harness.request_failed(request):
             server.process.dump_log()
         server.close()
 
@@ -71,7 +64,7 @@ async def stack(
     try:
         yield start
     finally:
-        failed = _failed(request)
+        failed = harness.request_failed(request)
         for s in started:
             if failed:
                 s.dump_logs()

@@ -149,6 +149,15 @@ async def _truthy(predicate: Callable[[], Any]) -> Optional[bool]:
 # ---------------------------------------------------------------------------------------
 
 
+def request_failed(request: Any) -> bool:
+    """Whether the test of a pytest ``request`` failed in setup or call (the conftest stashes
+    each phase's report on the item), so that a fixture can print what it holds."""
+    return any(
+        getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+        for when in ("setup", "call")
+    )
+
+
 def nats_server_binary() -> str:
     """``DROVER_NATS_SERVER``, then ``<repo>/.tools/bin/nats-server``, then ``PATH``."""
     env = os.environ.get("DROVER_NATS_SERVER")

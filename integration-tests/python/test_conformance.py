@@ -23,7 +23,7 @@ from typing import AsyncIterator
 import pytest
 
 from conformance.support import CONFORMANCE_DIR, Drover, WorkerProcess, python_program, rust_program
-from drover_harness import Stack, wait_until
+from drover_harness import Stack, request_failed, wait_until
 
 INTERVAL_MS = 200
 LOST_AFTER_MS = 1000
@@ -76,7 +76,7 @@ async def conf(request: pytest.FixtureRequest, stack) -> AsyncIterator[Conforman
     finally:
         for worker in c.workers:
             worker.kill()
-        failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+        failed = request_failed(request)
         if failed:
             for worker in c.workers:
                 worker.dump_log(80)

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 import pytest
 
 from conformance.support import EXAMPLES_DIR, Drover, WorkerProcess, python_program, rust_program
-from drover_harness import Stack, wait_for, wait_until
+from drover_harness import Stack, request_failed, wait_for, wait_until
 
 INTERVAL_MS = 200
 LOST_AFTER_MS = 1000
@@ -56,7 +56,7 @@ async def examples(request: pytest.FixtureRequest, stack) -> AsyncIterator[Examp
     finally:
         for worker in e.workers:
             worker.kill()
-        failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+        failed = request_failed(request)
         if failed:
             for worker in e.workers:
                 worker.dump_log(80)

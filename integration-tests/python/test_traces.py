@@ -34,7 +34,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 import pytest
 
 from conformance.support import Drover, WorkerProcess, python_program, rust_program
-from drover_harness import Stack, bin_dir, patient, wait_until
+from drover_harness import Stack, bin_dir, patient, request_failed, wait_until
 from otlp_receiver import OtlpReceiver, Span
 
 INTERVAL_MS = 200
@@ -138,7 +138,7 @@ async def start_traced(
     finally:
         for worker in traced.workers:
             worker.kill()
-        failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call"))
+        failed = request_failed(request)
         if failed:
             for worker in traced.workers:
                 worker.dump_log(80)
