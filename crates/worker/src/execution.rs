@@ -7,7 +7,7 @@
 //! span is exported, the `v1.log` messages of those lines carry its `traceparent`, which
 //! tells the log-collector that the worker has recorded them already (protocol §1).
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use async_nats::HeaderMap;
@@ -95,8 +95,7 @@ impl Execution {
 /// The span's context as `v1.log` headers, when this process exports spans and the span
 /// is sampled: only then are events recorded on it seen by anyone.
 fn exported_context(span: &Span) -> Option<HeaderMap> {
-    static EXPORTING: OnceLock<bool> = OnceLock::new();
-    if !*EXPORTING.get_or_init(drover_telemetry::export_enabled) {
+    if !drover_telemetry::export_enabled_cached() {
         return None;
     }
     let context = span.context();

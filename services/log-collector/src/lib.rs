@@ -53,7 +53,7 @@ pub async fn run(
         let runs = open_bucket(&js, resources::RUNS_BUCKET, &shutdown).await?;
         let leaders = open_bucket(&js, resources::LEADERS_BUCKET, &shutdown).await?;
         // Followed only to put lines on their runs' traces: see `trace::recorded_under`.
-        let workers = if drover_telemetry::export_enabled() {
+        let workers = if drover_telemetry::export_enabled_cached() {
             Some(KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await?)
         } else {
             None

@@ -47,14 +47,6 @@ impl TraceContext {
         }
     }
 
-    /// The trace context a run record keeps: the one it was accepted in.
-    pub fn of(record: &RunRecord) -> Self {
-        Self {
-            traceparent: record.traceparent.clone(),
-            tracestate: record.tracestate.clone(),
-        }
-    }
-
     /// The context of the span of the run's current attempt (`drover.attempt`), or of the
     /// run's own span before its first attempt: what a directive about the run carries.
     pub fn of_attempt(record: &RunRecord) -> Self {
