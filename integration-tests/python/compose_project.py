@@ -1,4 +1,4 @@
-"""One Compose project driven from a test: up, health, crashes, down, and what is left.
+"""One Compose project driven from a test: up, health, crashes, network cuts, down, and what is left.
 
 Works with docker-compose 1.29 (which has no ``up --wait``: :meth:`ComposeProject.wait_healthy`
 polls each container's healthcheck itself) and with Compose v2. Every project gets a name of
@@ -96,6 +96,19 @@ class ComposeProject:
         health = self.state(service).get("Health")
         return health["Status"] if health else None
 
+    def healths(self, services: Iterable[str]) -> dict[str, Optional[str]]:
+        """:meth:`health` of several services with one ``docker inspect``."""
+        services = list(services)
+        ids = [self.container(s) for s in services]
+        result = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True)
+        assert result.returncode == 0, f"docker inspect: {result.stderr}"
+        states = {info["Id"]: info["State"] for info in json.loads(result.stdout)}
+        found = {}
+        for service, short in zip(services, ids):
+            state = next(v for k, v in states.items() if k.startswith(short))
+            found[service] = state["Health"]["Status"] if state.get("Health") else None
+        return found
+
     def health_log(self, service: str) -> str:
         """The last healthcheck outputs of the service, for failure messages."""
         health = self.state(service).get("Health") or {}
@@ -128,6 +141,29 @@ class ComposeProject:
         assert pid > 0, f"{service} is not running"
         os.kill(pid, signal.SIGKILL)
         return pid
+
+    def disconnect(self, service: str) -> dict[str, list[str]]:
+        """Cuts the service's container off every network it is on, as a network partition
+        would (its process keeps running, and its published ports go away). Returns what
+        :meth:`reconnect` needs: each network with the container's aliases on it."""
+        container = self.container(service)
+        networks = self.inspect(container)["NetworkSettings"]["Networks"]
+        cut = {name: list(endpoint.get("Aliases") or []) for name, endpoint in networks.items()}
+        for network in cut:
+            result = subprocess.run(["docker", "network", "disconnect", network, container], capture_output=True, text=True)
+            assert result.returncode == 0, f"docker network disconnect {network} {service}: {result.stderr}"
+        return cut
+
+    def reconnect(self, service: str, cut: Mapping[str, list[str]]) -> None:
+        """Joins the networks :meth:`disconnect` cut the service off again, with the same
+        aliases: without them its service name would no longer resolve on the network."""
+        container = self.container(service)
+        for network, aliases in cut.items():
+            argv = ["docker", "network", "connect"]
+            for alias in aliases:
+                argv += ["--alias", alias]
+            result = subprocess.run([*argv, network, container], capture_output=True, text=True)
+            assert result.returncode == 0, f"docker network connect {network} {service}: {result.stderr}"
 
     # ------------------------------------------------------------------ cleanup
 

@@ -196,9 +196,10 @@ def _binaries(names: tuple[str, ...]) -> dict[str, Path]:
     return found
 
 
-def build_drover(base: str) -> str:
-    """The Drover image from the host's binaries, as a non-root user."""
-    tag = "drover-standin/drover:test"
+def build_drover(base: str, tag: str = "drover-standin/drover:test") -> str:
+    """The Drover image from the host's binaries, as a non-root user, tagged ``tag`` (a test
+    of its own can use a tag of its own, which a concurrent build of another test's binaries
+    cannot move under it)."""
     _say(f"building {tag} from {bin_dir()}")
     copies = "\n".join(f"COPY {name} /usr/local/bin/{name}" for name in DROVER_BINARIES)
     dockerfile = f"FROM {base}\n{copies}\nUSER {NONROOT}\nCMD [\"drover\", \"--help\"]\n"
