@@ -5,6 +5,7 @@
 pub mod admin;
 mod backoff;
 mod consume;
+mod health_probe;
 pub mod kv_cache;
 mod leader;
 mod lookup;

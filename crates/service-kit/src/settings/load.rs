@@ -20,6 +20,10 @@ pub struct CommonArgs {
     /// Admin HTTP address (health, readiness, metrics).
     #[arg(long, value_name = "ADDR")]
     pub admin_addr: Option<String>,
+    /// Do not run: ask the running service's `/readyz` on its admin address and exit 0 when
+    /// it is ready, 1 when not (a container health probe that needs no curl).
+    #[arg(long)]
+    pub check_health: bool,
 }
 
 /// Loads settings from defaults, the config file, the process environment and `args`.
