@@ -217,10 +217,76 @@ def build_jaeger(base: str) -> str:
     return _build(tag, dockerfile, _binaries((SINK_BINARY,)))
 
 
+def ensure_distroless(base: str) -> str:
+    """A stand-in for ``gcr.io/distroless/cc-debian12:nonroot``: ``FROM scratch`` with only
+    the C runtime the binaries link (glibc, libm, libgcc_s), CA certificates and the nonroot
+    user; no shell. deploy/Dockerfile's runtime, to show the binaries need nothing more."""
+    tag = f"drover-standin/distroless-cc:{base.split(':')[-1]}"
+    if _image_exists(tag):
+        return tag
+    _say(f"building {tag}")
+    libs = ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libgcc_s.so.1")
+    dockerfile = "\n".join(
+        [
+            f"FROM {base} AS debian",
+            "RUN echo 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' > /passwd"
+            " && echo 'nonroot:x:65532:' > /group && mkdir -p /home/nonroot /tmp-empty",
+            "FROM scratch",
+            *(f"COPY --from=debian /lib/x86_64-linux-gnu/{lib} /lib/x86_64-linux-gnu/{lib}" for lib in libs),
+            "COPY --from=debian /lib64/ld-linux-x86-64.so.2 /lib64/ld-linux-x86-64.so.2",
+            "COPY --from=debian /passwd /etc/passwd",
+            "COPY --from=debian /group /etc/group",
+            "COPY --from=debian --chown=65532:65532 /home/nonroot /home/nonroot",
+            "COPY --from=debian /tmp-empty /tmp",
+            "USER 65532:65532",
+            "",
+        ]
+    )
+    return _build(tag, dockerfile, {})
+
+
+def ensure_rust(base: str) -> str:
+    """A stand-in for ``rust:1-bookworm``: the base with gcc, this machine's stable Rust
+    toolchain (``rustup``'s copy) and its CA certificates, so that cargo inside a build
+    reaches crates.io as cargo on the host does."""
+    rustc = _run(["rustc", "--print", "sysroot"]).stdout.strip()
+    toolchain = Path(rustc)
+    version = _run(["rustc", "--version"]).stdout.split()[1]
+    tag = f"drover-standin/rust:{version}-{base.split(':')[-1]}"
+    if _image_exists(tag):
+        return tag
+    _say(f"building {tag} from {toolchain} (copies the toolchain; a minute or two)")
+    with tempfile.TemporaryDirectory(prefix="drover-rust-image-") as context:
+        shutil.copytree(toolchain, Path(context) / "rust", symlinks=True, ignore=shutil.ignore_patterns("doc", "share"))
+        shutil.copy2("/etc/ssl/certs/ca-certificates.crt", Path(context) / "ca-certificates.crt")
+        (Path(context) / "Dockerfile").write_text(
+            "\n".join(
+                [
+                    f"FROM {base}",
+                    "COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
+                    "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+                    " gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*"
+                    " && cat /etc/ssl/certs/ca-certificates.crt > /dev/null",
+                    "COPY ca-certificates.crt /usr/local/share/ca-certificates/host.crt",
+                    "COPY rust /usr/local/rust",
+                    "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                    " CARGO_HOME=/usr/local/cargo SSL_CERT_FILE=/usr/local/share/ca-certificates/host.crt"
+                    " CARGO_HTTP_CAINFO=/usr/local/share/ca-certificates/host.crt",
+                    "",
+                ]
+            )
+        )
+        _run(["docker", "build", "--quiet", "-t", tag, context], env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    return tag
+
+
 def ensure_all() -> Images:
-    """Every stand-in, built or found."""
+    """Every stand-in, built or found. ``DROVER_TEST_DROVER_IMAGE`` names a Drover image to
+    use instead of building one from the host's binaries (scripts/check-dockerfile passes the
+    image deploy/Dockerfile built)."""
     base = ensure_base()
-    return Images(drover=build_drover(base), nats=ensure_nats(), jaeger=build_jaeger(base))
+    drover = os.environ.get("DROVER_TEST_DROVER_IMAGE") or build_drover(base)
+    return Images(drover=drover, nats=ensure_nats(), jaeger=build_jaeger(base))
 
 
 def received_requests(url: str) -> list[tuple[str, bytes]]:

@@ -107,7 +107,8 @@ pub fn load_from(
     Ok(settings)
 }
 
-fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
+/// The keys the loader accepts: the fields of `defaults`.
+pub(super) fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
     let table = Config::try_from(defaults)
         .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
         .map_err(|error| ConfigError::Load(one_line(error)))?;
