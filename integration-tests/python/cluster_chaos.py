@@ -73,7 +73,7 @@ RESTART_TIMEOUT = 60  # the restart policy starts a killed node again
 REJOIN_TIMEOUT = 120  # a node is back: healthy, caught up and current
 HEALTHY_TIMEOUT = 120  # every container's healthcheck says healthy again
 ACCEPT_TIMEOUT = 120  # one submission, sent again and again, until a runID comes back
-DRAIN_TIMEOUT = 240  # every accepted run is terminal once the load stops
+DRAIN_TIMEOUT = 120  # every accepted run is terminal once the load stops
 REQUEST_TIMEOUT = 5.0  # one request
 SETTLE = 3.0  # after the drain: a window in which no ended run may change
 
@@ -210,6 +210,7 @@ class Chaos:
         self.problems: list[str] = []
         self.ended: dict[str, dict[str, Any]] = {}  # each run's record as it was when the drain saw it end
         self.final: dict[str, dict[str, Any]] = {}  # and after the settling window
+        self.unfinished: list[str] = []  # accepted runs the drain gave up on
         self.stop_load = asyncio.Event()
         self.started = self.load_stopped = self.drained = 0.0
 
@@ -430,10 +431,8 @@ class Chaos:
 
         try:
             await wait_until("every accepted run terminal", progress, timeout)
-        except TimeoutError as error:
-            found = await self.fetch_all(nc, pending[:5])
-            seen = ", ".join(f"{r} {(rec or {}).get('status', why)}" for r, (rec, why) in found.items())
-            self.problems.append(f"{len(pending)} accepted runs did not end ({error}); for example {seen}")
+        except TimeoutError:
+            self.unfinished = list(pending)
         self.drained = time.time()
 
     async def check(self, nc: NatsClient) -> None:
@@ -446,6 +445,7 @@ class Chaos:
         final = await self.fetch_all(nc, [s.run_id for s in self.accepted()])
         self.final = {run: record for run, (record, _) in final.items() if record}
         finished = {(e.run_id, e.attempt) for e in self.executions if e.ended is not None}
+        never_ended = []
         for sub in self.accepted():
             run = sub.run_id
             record, why = final[run]
@@ -453,6 +453,9 @@ class Chaos:
                 problem(f"run {run} (submission {sub.index}) was accepted but its record is gone: {why}")
                 continue
             status = record["status"]
+            if status not in TERMINAL:
+                never_ended.append(f"{run} still {status} at attempt {record.get('attempt')}")
+                continue
             terminal = [t["status"] for t in record.get("transitions", []) if t["status"] in TERMINAL]
             if len(terminal) != 1:
                 problem(f"run {run} has {len(terminal)} terminal transitions: {terminal}")
@@ -462,7 +465,7 @@ class Chaos:
             ]:
                 problem(f"run {run} changed after it ended: {kept['status']} became {status}")
             outcomes = self.announced.get(run, set()) | {(status, json.dumps(record.get("result"), sort_keys=True))}
-            if status in TERMINAL and len(outcomes) > 1:
+            if len(outcomes) > 1:
                 problem(f"run {run} was announced with two outcomes: {sorted(outcomes)}")
             if status != "SUCCEEDED":
                 continue
@@ -474,6 +477,10 @@ class Chaos:
                     problem(f"run {run} succeeded with attempt {record['attempt']}, which no worker finished")
             elif result != {"greeting": f"hello, {sub.params['name']}"}:
                 problem(f"run {run} ({GREET}) ended with the wrong result {result}")
+        if never_ended:
+            waited = time.time() - self.load_stopped
+            examples = "; ".join(never_ended[:5]) + ("; ..." if len(never_ended) > 5 else "")
+            problem(f"{len(never_ended)} accepted runs never ended ({waited:.0f}s after the load stopped): {examples}")
         for e in self.executions:
             sub = self.submissions.get(e.index)
             if sub is None or (sub.run_id and sub.run_id != e.run_id):
@@ -575,6 +582,7 @@ class Report:
             "faults": [{**asdict(f), "story": f.line(chaos.started)} for f in self.faults],
             "longest_pause_s": round(longest_pause(chaos), 1),
             "drain_s": round(chaos.drained - chaos.load_stopped, 1),
+            "unfinished_runs": len(chaos.unfinished),
             "problems": self.problems,
         }
 
@@ -595,7 +603,9 @@ class Report:
             f"  partitions             {f['partitions']}",
             *[f"  fault {n}: {fault.line(self.started)}" for n, fault in enumerate(self.faults, 1)],
             f"  longest pause          {f['longest_pause_s']}s of the load without a run succeeding",
-            f"  drain                  every accepted run terminal {f['drain_s']}s after the load stopped",
+            f"  drain                  every accepted run terminal {f['drain_s']}s after the load stopped"
+            if not f["unfinished_runs"]
+            else f"  drain                  gave up after {f['drain_s']}s with {f['unfinished_runs']} runs not terminal",
         ]
         return lines + ([f"  VIOLATION: {p}" for p in self.problems] or ["  violations             none"])
 

@@ -6,8 +6,8 @@ while the JetStream meta leader is killed (SIGKILL to its nats-server by the con
 the restart policy starts it again) and a node is cut off the network for 15 s (30 s in the
 long form, which people run by hand). Afterwards every accepted run must have exactly one
 terminal state, announced with one outcome, the one its last attempt produced (how each is
-checked: cluster_chaos.py), and ``down -v`` must leave nothing behind. About two and a half
-minutes; skipped, saying why, where Docker is absent.
+checked: cluster_chaos.py), and ``down -v`` must leave nothing behind. About a minute and a
+half on two cores; skipped, saying why, where Docker is absent.
 
 DROVER_CHAOS_SEED picks another seed (the order of the faults, the pauses before them, the
 node cut off, the runs' parameters).
