@@ -18,7 +18,7 @@ use crate::metrics::{self, ServiceMetrics};
 use crate::nats::{connect_observed, ConnectError, Connections};
 use crate::readiness::Readiness;
 use crate::settings::{load_settings, CommonArgs, Settings};
-use crate::{admin, resources};
+use crate::{admin, health_probe, resources};
 
 /// Exit status for a configuration error (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -81,6 +81,10 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if args.check_health {
+        let admin_addr = settings.admin_addr.as_deref().unwrap_or(default_admin_addr);
+        return health_probe::check_health(service_name, admin_addr).await;
+    }
     let telemetry = drover_telemetry::init(service_name);
     let code = run_with_settings(
         service_name,

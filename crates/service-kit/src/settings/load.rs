@@ -20,6 +20,10 @@ pub struct CommonArgs {
     /// Admin HTTP address (health, readiness, metrics).
     #[arg(long, value_name = "ADDR")]
     pub admin_addr: Option<String>,
+    /// Do not run: ask the running service's `/readyz` on its admin address and exit 0 when
+    /// it is ready, 1 when not (a container health probe that needs no curl).
+    #[arg(long)]
+    pub check_health: bool,
 }
 
 /// Loads settings from defaults, the config file, the process environment and `args`.
@@ -103,7 +107,8 @@ pub fn load_from(
     Ok(settings)
 }
 
-fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
+/// The keys the loader accepts: the fields of `defaults`.
+pub(super) fn known_keys(defaults: &Settings) -> Result<BTreeSet<String>, ConfigError> {
     let table = Config::try_from(defaults)
         .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
         .map_err(|error| ConfigError::Load(one_line(error)))?;

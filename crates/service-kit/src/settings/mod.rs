@@ -21,6 +21,46 @@ pub const NATS_URL_ENV: &str = "NATS_URL";
 /// Where services connect when nothing else says.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 
+/// Every [`Settings`] key as a config file spells it; `DROVER_<KEY>` in upper case sets it
+/// from the environment. Deployment checks read this list (a test keeps it equal to the
+/// keys the loader accepts).
+pub const SETTING_KEYS: [&str; 15] = [
+    "nats_url",
+    "admin_addr",
+    "js_replicas",
+    "drain_grace_ms",
+    "max_payload_bytes",
+    "heartbeat_interval_ms",
+    "lost_after_ms",
+    "run_retention_ms",
+    "logs_max_age_ms",
+    "logs_max_bytes",
+    "leader_lease_ms",
+    "run_lease_ms",
+    "assign_ack_timeout_ms",
+    "max_reassignments",
+    "instance_id",
+];
+
+/// The environment variables [`load_settings`] reads besides `DROVER_<KEY>`.
+pub const LOADER_ENV_VARS: [&str; 2] = ["DROVER_CONFIG", "NATS_URL"];
+
+/// The environment variables `drover_telemetry::init`, which every service calls, reads:
+/// the log filter and format, the trace filter, and the OpenTelemetry export settings.
+pub const TELEMETRY_ENV_VARS: [&str; 11] = [
+    "RUST_LOG",
+    "DROVER_LOG_FORMAT",
+    "DROVER_TRACE_FILTER",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+];
+
 /// All DROVER_* settings shared by every service (one namespace so one environment
 /// configures the whole stack).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -306,6 +346,34 @@ mod tests {
                 text.contains(&format!("DROVER_{}", key.to_ascii_uppercase())),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn setting_keys_are_the_fields_and_the_environment_sets_each() {
+        let known = load::known_keys(&Settings::default()).unwrap();
+        let listed: std::collections::BTreeSet<String> =
+            SETTING_KEYS.iter().map(|key| (*key).to_owned()).collect();
+        assert_eq!(listed.len(), SETTING_KEYS.len(), "a key is listed twice");
+        assert_eq!(listed, known);
+        // A value no field accepts, given as DROVER_<KEY>, fails naming that key: the
+        // variable reaches the field.
+        for key in SETTING_KEYS {
+            let name = format!("{ENV_PREFIX}_{}", key.to_ascii_uppercase());
+            let error = load_from(&CommonArgs::default(), env(&[(&name, "not a value!")]))
+                .expect_err(&name);
+            assert!(error.to_string().contains(key), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn listed_env_vars_are_the_ones_read() {
+        assert_eq!(LOADER_ENV_VARS, [CONFIG_ENV, NATS_URL_ENV]);
+        for name in [
+            drover_telemetry::LOG_FORMAT_ENV,
+            drover_telemetry::TRACE_FILTER_ENV,
+        ] {
+            assert!(TELEMETRY_ENV_VARS.contains(&name), "{name}");
         }
     }
 

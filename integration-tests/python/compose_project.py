@@ -1,0 +1,149 @@
+"""One Compose project driven from a test: up, health, crashes, down, and what is left.
+
+Works with docker-compose 1.29 (which has no ``up --wait``: :meth:`ComposeProject.wait_healthy`
+polls each container's healthcheck itself) and with Compose v2. Every project gets a name of
+its own (``COMPOSE_PROJECT_NAME``) so that tests never touch a user's containers, and
+:meth:`ComposeProject.leftovers` finds anything of it that ``down -v`` did not remove.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+from drover_harness import wait_for, wait_until
+from standin_images import compose_command
+
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+class ComposeProject:
+    """``files`` (compose files, in order) as project ``<prefix>-<random>`` with ``env``."""
+
+    def __init__(self, files: Iterable[Path], prefix: str, env: Mapping[str, str], directory: Path):
+        command = compose_command()
+        assert command is not None, "no Compose command"
+        self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.directory = directory
+        self._base = [*command, "--project-name", self.name]
+        for file in files:
+            self._base += ["-f", str(file)]
+        self.env = {**os.environ, **env, "COMPOSE_PROJECT_NAME": self.name}
+        # A restart policy restarts the same container, so ids are looked up once.
+        self._ids: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ commands
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``compose <args>``; raises with its output when it fails and ``check``."""
+        result = subprocess.run(
+            [*self._base, *args], cwd=self.directory, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"compose {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+            )
+        return result
+
+    def up(self, *services: str) -> subprocess.CompletedProcess:
+        """``up -d --no-build``: images must be present; nothing is pulled or built."""
+        return self.run("up", "-d", "--no-build", *services)
+
+    def down(self) -> None:
+        """``down -v --remove-orphans``, giving each container 10 s to stop."""
+        self.run("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+
+    def logs(self, service: Optional[str] = None, tail: int = 60) -> str:
+        args = ["logs", "--no-color", "--tail", str(tail)]
+        if service:
+            args.append(service)
+        result = self.run(*args, check=False)
+        return result.stdout + result.stderr
+
+    # ------------------------------------------------------------------ containers
+
+    def container(self, service: str) -> str:
+        """The id of the service's (first) container."""
+        if service not in self._ids:
+            ids = self.run("ps", "-a", "-q", service).stdout.split()
+            assert ids, f"service {service} has no container\n{self.logs()}"
+            self._ids[service] = ids[0]
+        return self._ids[service]
+
+    def containers(self, service: str) -> list[str]:
+        """The ids of every container of the service (replicas included)."""
+        return self.run("ps", "-a", "-q", service).stdout.split()
+
+    @staticmethod
+    def inspect(container: str) -> dict[str, Any]:
+        result = subprocess.run(["docker", "inspect", container], capture_output=True, text=True)
+        assert result.returncode == 0, f"docker inspect {container}: {result.stderr}"
+        return json.loads(result.stdout)[0]
+
+    def state(self, service: str) -> dict[str, Any]:
+        """``.State`` of the service's container, plus its ``RestartCount``."""
+        info = self.inspect(self.container(service))
+        return {**info["State"], "RestartCount": info["RestartCount"]}
+
+    def health(self, service: str) -> Optional[str]:
+        """``starting``, ``healthy`` or ``unhealthy``; ``None`` without a healthcheck."""
+        health = self.state(service).get("Health")
+        return health["Status"] if health else None
+
+    def health_log(self, service: str) -> str:
+        """The last healthcheck outputs of the service, for failure messages."""
+        health = self.state(service).get("Health") or {}
+        return "\n".join(f"  exit {entry['ExitCode']}: {entry['Output'].strip()}" for entry in health.get("Log", []))
+
+    async def wait_healthy(self, services: Iterable[str], timeout: float) -> None:
+        """Waits until every service's healthcheck says healthy (what ``up --wait`` does in v2)."""
+        services = list(services)
+
+        def unhealthy() -> list[str]:
+            return [s for s in services if self.health(s) != "healthy"]
+
+        try:
+            await wait_until(f"{', '.join(services)} healthy", lambda: not unhealthy(), timeout)
+        except TimeoutError as error:
+            detail = "\n".join(f"{s}: {self.health(s)}\n{self.health_log(s)}" for s in unhealthy())
+            raise TimeoutError(f"{error}\n{detail}\n{self.logs()}") from None
+
+    async def wait_exited(self, service: str, timeout: float) -> int:
+        """Waits until the service's container has exited; its exit code."""
+        state = await wait_for(
+            f"{service} exited", lambda: (s := self.state(service))["Status"] == "exited" and s, timeout
+        )
+        return int(state["ExitCode"])
+
+    def crash(self, service: str) -> int:
+        """SIGKILLs the container's main process by its pid, as a crash would (``docker kill``
+        counts as a manual stop that restart policies ignore). The pid killed."""
+        pid = int(self.state(service)["Pid"])
+        assert pid > 0, f"{service} is not running"
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    # ------------------------------------------------------------------ cleanup
+
+    def leftovers(self) -> list[str]:
+        """Containers, networks and volumes of this project that still exist."""
+        found = []
+        label = f"label={PROJECT_LABEL}={self.name}"
+        for kind, argv in (
+            ("container", ["docker", "ps", "-a", "-q", "--filter", label]),
+            ("network", ["docker", "network", "ls", "-q", "--filter", label]),
+            ("volume", ["docker", "volume", "ls", "-q", "--filter", label]),
+        ):
+            ids = subprocess.run(argv, capture_output=True, text=True).stdout.split()
+            found += [f"{kind} {i}" for i in ids]
+        return found
+
+    def dump(self) -> None:
+        """Prints the project's recent logs (for a failing test)."""
+        print(f"---- compose project {self.name} ----\n{self.logs(tail=120)}", file=sys.stderr)

@@ -1,0 +1,117 @@
+"""``docker-compose.yml`` as a user runs it, with stand-in images and no pull.
+
+The stand-ins (standin_images.py) replace the public images through the variables the compose
+file offers (DROVER_IMAGE, NATS_IMAGE, JAEGER_IMAGE); every published port is moved to a free
+one. The test brings the stack up, waits for every healthcheck, sees the demo's run SUCCEED and
+its trace reach the Jaeger stand-in, uses the CLI from the host, crashes the scheduler with
+SIGKILL and sees it restarted and the next run succeed, then takes everything down and checks
+that nothing of the project is left. Skipped, saying why, where Docker is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from compose_project import ComposeProject
+from drover_harness import REPO, bin_dir, free_port, request_failed, wait_for, wait_until
+from otlp_receiver import OtlpReceiver
+from standin_images import docker_missing, ensure_all, received_requests
+
+SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector")
+PORTS = (
+    "NATS_PORT",
+    "NATS_MONITOR_PORT",
+    "JAEGER_UI_PORT",
+    "OTLP_GRPC_PORT",
+    "OTLP_HTTP_PORT",
+    "REGISTRY_ADMIN_PORT",
+    "HEARTBEAT_MONITOR_ADMIN_PORT",
+    "SCHEDULER_ADMIN_PORT",
+    "LOG_COLLECTOR_ADMIN_PORT",
+)
+RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+pytestmark = [
+    pytest.mark.skipif(docker_missing() is not None, reason=f"container tests: {docker_missing()}"),
+    # Image builds (a Debian base once per machine, about 40 s) and the stack's start-up.
+    pytest.mark.timeout(600),
+]
+
+
+@pytest.fixture
+def project(request):
+    images = ensure_all()
+    ports = {name: str(free_port()) for name in PORTS}
+    project = ComposeProject([REPO / "docker-compose.yml"], "drover-compose-test", {**images.env(), **ports}, REPO)
+    project.ports = {name: int(port) for name, port in ports.items()}
+    yield project
+    if request_failed(request):
+        project.dump()
+    project.down()
+
+
+def drover(project: ComposeProject, *args: str) -> subprocess.CompletedProcess:
+    """The CLI on the host, against the stack's NATS."""
+    url = f"nats://127.0.0.1:{project.ports['NATS_PORT']}"
+    return subprocess.run(
+        [str(bin_dir() / "drover"), "--nats-url", url, *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def run_record(project: ComposeProject, run_id: str) -> dict | None:
+    result = drover(project, "runs", "get", run_id, "--json")
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+async def test_compose_up_runs_the_demo_survives_a_crash_and_leaves_nothing(project: ComposeProject):
+    # docker-compose 1.29 starts each service once what it depends on is healthy (or, for
+    # the example worker, once the demo has exited 0), so `up -d` returns after the demo.
+    project.up()
+    await project.wait_healthy(["nats", *SERVICES], timeout=120)
+    assert await project.wait_exited("demo", timeout=60) == 0, project.logs("demo")
+
+    # The demo printed its run; the example worker runs it to SUCCEEDED.
+    demo_output = project.logs("demo")
+    found = RUN_ID.search(demo_output)
+    assert found, f"no run id in the demo's output:\n{demo_output}"
+    run_id = found.group(0)
+    record = await wait_for(
+        f"demo run {run_id} ended",
+        lambda: (r := run_record(project, run_id)) and r["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and r,
+        timeout=90,
+    )
+    assert record["status"] == "SUCCEEDED", json.dumps(record, indent=2)
+
+    listed = drover(project, "runs", "list")
+    assert listed.returncode == 0 and run_id in listed.stdout, f"{listed.stdout}\n{listed.stderr}"
+
+    # Its trace reached the Jaeger stand-in, with the CLI's, the scheduler's and the worker's spans.
+    sink = f"http://127.0.0.1:{project.ports['JAEGER_UI_PORT']}/received"
+
+    def services_in_trace() -> set[str]:
+        receiver = OtlpReceiver()
+        for content_type, body in received_requests(sink):
+            receiver.take(body, content_type)
+        traces = receiver.traces_with(lambda s: s.attr("drover.run_id") == run_id)
+        return {s.service for t in traces for s in receiver.spans(t)}
+
+    wanted = {"drover-cli", "drover-scheduler", "drover-example-worker"}
+    await wait_until(f"spans of {sorted(wanted)} in the demo's trace", lambda: wanted <= services_in_trace(), 60)
+
+    # A crash: SIGKILL the scheduler's process; the restart policy brings it back.
+    restarts = project.state("scheduler")["RestartCount"]
+    project.crash("scheduler")
+    await wait_until(
+        "the scheduler restarted", lambda: project.state("scheduler")["RestartCount"] > restarts, timeout=60
+    )
+    await project.wait_healthy(["scheduler"], timeout=90)
+    greeted = drover(project, "submit", "demo.greet", "--params", '{"name":"compose"}', "--wait", "--json")
+    assert greeted.returncode == 0, f"{greeted.stdout}\n{greeted.stderr}\n{project.logs('scheduler')}"
+    assert "hello, compose" in greeted.stdout, greeted.stdout
+
+    project.down()
+    assert project.leftovers() == [], "compose down -v left these behind"
