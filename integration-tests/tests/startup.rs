@@ -1,12 +1,14 @@
 //! Every service rides out NATS going away during its start-up: it stays alive, says not
 //! ready while NATS is unreachable, and once NATS is back it becomes ready and serves.
 //!
-//! Each service reaches NATS through a proxy. A first start, uncut, counts the JetStream
-//! API requests the start-up makes (looking up and ensuring streams, buckets and consumers,
-//! watches, elections); the cases then cut the connection just before requests spread over
-//! that count, from the very first byte to the last request, and also restart nats-server
-//! itself during the start-up, the way a chaos test once made the scheduler exit. The cases
-//! of one service run side by side, each on its own nats-server.
+//! Each service reaches NATS through a proxy. A first start, uncut, records the JetStream
+//! API requests the start-up makes (ensuring streams, buckets and consumers, then the
+//! service's own look-ups, watches, consumers and election). The cases then cut the
+//! connection before the first byte, before a few requests of the ensure and before every
+//! request of the service's own steps, before a few replies (the server acted, the service
+//! never heard), and restart nats-server itself during the start-up, the way a chaos test
+//! once made the scheduler exit. A request lost with the connection times out after 5 s,
+//! so the cases of one service run side by side, each on its own nats-server.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -266,7 +268,7 @@ async fn one_case(service: Service, case: Case) -> anyhow::Result<()> {
     result.with_context(|| format!("log tail of {name}:\n{}", stack.service(name).log_tail(30)))
 }
 
-/// Waits until the armed cut fires, failing if the service exits or gets ready first.
+/// Waits until the armed cut fires, failing if the service exits first.
 async fn reach_the_cut(stack: &mut Stack, name: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + patient(REACH_CUT);
     while !stack.proxy().is_cut() {
