@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, drover_binary, stdout};
+use drover_integration_tests::cli::{drover, drover_binary, processes_mentioning, stdout};
 use drover_testkit::{free_port, http_get, wait_for, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -48,27 +48,6 @@ fn field(text: &str, key: &str, after: &str) -> Option<String> {
                 .unwrap_or_default()
                 .to_owned()
         })
-}
-
-/// Every process whose command line or environment mentions `needle`, but this one.
-fn processes_mentioning(needle: &str, except: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() || pid == except {
-            continue;
-        }
-        let mentions = ["cmdline", "environ"].iter().any(|file| {
-            std::fs::read(entry.path().join(file))
-                .is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(needle))
-        });
-        if mentions {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Submits `demo.greet` and waits for its greeting.
@@ -214,11 +193,11 @@ async fn drover_dev_restarts_what_is_killed_and_ctrl_c_stops_during_the_wait() {
     );
     let marker = state.path().to_string_lossy().into_owned();
     assert!(
-        processes_mentioning(&marker, dev_pid).is_empty(),
+        processes_mentioning(&marker, Some(dev_pid)).is_empty(),
         "nats-server left behind"
     );
     assert!(
-        processes_mentioning(&format!("DROVER_NATS_URL={url}"), dev_pid).is_empty(),
+        processes_mentioning(&format!("DROVER_NATS_URL={url}"), Some(dev_pid)).is_empty(),
         "services left behind"
     );
 }
