@@ -25,3 +25,29 @@ pub async fn drover(url: &str, args: &[&str]) -> Output {
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Every process, other than this test and `except`, whose command line or environment
+/// mentions `needle`: the command line names a stack's state directory (nats-server) and the
+/// environment its NATS URL (the services), so this finds what a `drover dev` left behind.
+pub fn processes_mentioning(needle: &str, except: Option<u32>) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || Some(pid) == except {
+            continue;
+        }
+        let mentions = ["cmdline", "environ"].iter().any(|file| {
+            std::fs::read(entry.path().join(file))
+                .is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(needle))
+        });
+        if mentions {
+            found.push(pid);
+        }
+    }
+    found
+}

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, drover_binary, stdout};
+use drover_integration_tests::cli::{drover, drover_binary, processes_mentioning, stdout};
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
@@ -178,29 +178,6 @@ async fn runs_workers_and_submit_against_a_stack() {
     assert!(report["streams"]["DROVER_QUEUE"]["messages"].is_u64());
 }
 
-/// Every process whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        // The command line (nats-server names the state directory) or the environment
-        // (the services get the stack's NATS URL) identifies the stack's processes.
-        let mentions = ["cmdline", "environ"].iter().any(|file| {
-            std::fs::read(entry.path().join(file))
-                .is_ok_and(|bytes| String::from_utf8_lossy(&bytes).contains(needle))
-        });
-        if mentions {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[tokio::test]
 async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     let state = tempfile::tempdir().unwrap();
@@ -282,11 +259,11 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     let url_marker = format!("DROVER_NATS_URL={url}");
     // Besides `drover dev` itself (its command line names the state directory too).
     let dev_pid = dev.id().unwrap();
-    let running = processes_mentioning(&marker)
+    let running = processes_mentioning(&marker, None)
         .into_iter()
         .filter(|&pid| pid != dev_pid)
         .count()
-        + processes_mentioning(&url_marker).len();
+        + processes_mentioning(&url_marker, None).len();
     assert_eq!(
         running, 6,
         "nats-server, four services and the example worker should be running"
@@ -303,11 +280,11 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
         .unwrap();
     assert!(status.success(), "exit {status}");
     assert!(
-        processes_mentioning(&marker).is_empty(),
+        processes_mentioning(&marker, None).is_empty(),
         "nats-server left behind"
     );
     assert!(
-        processes_mentioning(&url_marker).is_empty(),
+        processes_mentioning(&url_marker, None).is_empty(),
         "services left behind"
     );
     assert!(!drover(&url, &["status"]).await.status.success());

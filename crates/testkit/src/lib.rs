@@ -8,6 +8,8 @@
 //!   one reports ready on its admin port.
 //! - [`call`], [`list_workers`] and [`count_workers`] make requests to Drover's services
 //!   as an outside client does.
+//! - [`Proxy`] sits between clients and nats-server and cuts every connection on demand,
+//!   or at a chosen point of a start-up, until restored.
 //! - [`Fleet`] simulates many workers over a few connections, for scale tests and the
 //!   benchmark.
 //! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
@@ -30,6 +32,7 @@ mod nats;
 mod paths;
 mod proc_stats;
 mod process;
+mod proxy;
 mod request;
 mod stack;
 mod supervised;
@@ -41,6 +44,7 @@ pub use nats::{NatsOptions, NatsServer};
 pub use paths::{bin_dir, free_port, nats_server_binary, workspace_root};
 pub use proc_stats::ProcStats;
 pub use process::ServiceProcess;
+pub use proxy::{CutPoint, Proxy};
 pub use request::{call, count_workers, list_workers, REQUEST_TIMEOUT};
 pub use stack::{Stack, StackBuilder, HEARTBEAT_MONITOR, LOG_COLLECTOR, REGISTRY, SCHEDULER};
 pub use wait::{hold_for, patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};

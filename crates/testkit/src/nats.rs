@@ -102,6 +102,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The client address, 127.0.0.1:<port> (for a [`Proxy`](crate::Proxy) in front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, self.port))
+    }
+
     /// The client port; it stays the same across restarts.
     pub fn port(&self) -> u16 {
         self.port

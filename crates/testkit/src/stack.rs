@@ -13,6 +13,11 @@
 //! stack.restart_nats().await?;
 //! ```
 //!
+//! With [`StackBuilder::through_proxy`] or [`StackBuilder::cut_at`] the services reach NATS
+//! through a [`Proxy`] that the test can cut ([`Stack::proxy`]); test clients still connect
+//! to NATS directly. [`StackBuilder::spawn`] starts the processes without waiting for them,
+//! for tests of the start-up itself.
+//!
 //! Each service gets `DROVER_NATS_URL`, `DROVER_HEARTBEAT_INTERVAL_MS`,
 //! `DROVER_LOST_AFTER_MS` and `RUST_LOG=info` (all overridable with [`StackBuilder::env`]
 //! or [`StackBuilder::service_env`]) and `--admin-addr 127.0.0.1:<free port>`. A service
@@ -31,6 +36,7 @@ use crate::logfile;
 use crate::nats::{NatsOptions, NatsServer};
 use crate::paths::free_port;
 use crate::process::ServiceProcess;
+use crate::proxy::{CutPoint, Proxy};
 use crate::wait::patient;
 
 /// Binary name of the registry service.
@@ -43,6 +49,8 @@ pub const SCHEDULER: &str = "drover-scheduler";
 pub const LOG_COLLECTOR: &str = "drover-log-collector";
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Free ports tried for a service's admin server before giving up.
+const ADMIN_PORT_TRIES: u32 = 5;
 
 /// Builds a [`Stack`]; see the module docs.
 #[derive(Debug, Clone)]
@@ -55,6 +63,8 @@ pub struct StackBuilder {
     service_args: BTreeMap<String, Vec<String>>,
     nats_options: NatsOptions,
     ready_timeout: Duration,
+    through_proxy: bool,
+    cut_at: Option<CutPoint>,
 }
 
 impl Default for StackBuilder {
@@ -68,6 +78,8 @@ impl Default for StackBuilder {
             service_args: BTreeMap::new(),
             nats_options: NatsOptions::default(),
             ready_timeout: READY_TIMEOUT,
+            through_proxy: false,
+            cut_at: None,
         }
     }
 }
@@ -162,19 +174,55 @@ impl StackBuilder {
         self
     }
 
+    /// The services reach NATS through a [`Proxy`] (see [`Stack::proxy`]).
+    pub fn through_proxy(mut self) -> Self {
+        self.through_proxy = true;
+        self
+    }
+
+    /// The services reach NATS through a [`Proxy`] with a cut armed at `point` before the
+    /// first service starts.
+    pub fn cut_at(mut self, point: CutPoint) -> Self {
+        self.through_proxy = true;
+        self.cut_at = Some(point);
+        self
+    }
+
     /// Starts NATS, then every chosen service, and waits until all of them are ready.
     pub async fn start(self) -> anyhow::Result<Stack> {
+        let services = self.services.clone();
+        let mut stack = self.spawn().await?;
+        // Started together, then awaited one by one: they become ready concurrently.
+        for name in &services {
+            stack.wait_service_ready(name).await?;
+        }
+        Ok(stack)
+    }
+
+    /// Starts NATS (and the proxy), then every chosen service, without waiting for the
+    /// services to be ready.
+    pub async fn spawn(self) -> anyhow::Result<Stack> {
         let nats = NatsServer::start_with(self.nats_options.clone()).await?;
+        let proxy = if self.through_proxy {
+            let proxy = Proxy::start(nats.addr()).await?;
+            if let Some(point) = self.cut_at {
+                proxy.cut_at(point);
+            }
+            Some(proxy)
+        } else {
+            None
+        };
+        let url = proxy.as_ref().map_or_else(|| nats.url(), Proxy::url);
         let mut stack = Stack {
             services: BTreeMap::new(),
             admin: BTreeMap::new(),
             ready_timeout: self.ready_timeout,
+            proxy,
             nats,
         };
         for name in &self.services {
-            let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
             let mut env = vec![
-                ("DROVER_NATS_URL".to_string(), stack.nats.url()),
+                ("DROVER_NATS_URL".to_string(), url.clone()),
                 (
                     "DROVER_HEARTBEAT_INTERVAL_MS".to_string(),
                     self.heartbeat_interval_ms.to_string(),
@@ -187,17 +235,57 @@ impl StackBuilder {
             ];
             env.extend(self.env.iter().cloned());
             env.extend(self.service_env.get(name).into_iter().flatten().cloned());
-            let mut args = vec!["--admin-addr".to_string(), admin.to_string()];
-            args.extend(self.service_args.get(name).into_iter().flatten().cloned());
-            let process = ServiceProcess::start(name, &env, &args)?;
+            let extra = self.service_args.get(name).cloned().unwrap_or_default();
+            let (process, admin) = spawn_service(name, &env, &extra, self.ready_timeout).await?;
             stack.services.insert(name.clone(), process);
             stack.admin.insert(name.clone(), admin);
         }
-        // Started together, then awaited one by one: they become ready concurrently.
-        for name in &self.services {
-            stack.wait_service_ready(name).await?;
-        }
         Ok(stack)
+    }
+}
+
+/// Starts service `name` with `--admin-addr` on a free port, and waits until its admin
+/// server answers (or it exits).
+///
+/// A port found free can be taken by another process before the service binds it: then
+/// the service exits at once, and it is started again on another port.
+async fn spawn_service(
+    name: &str,
+    env: &[(String, String)],
+    extra_args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(ServiceProcess, SocketAddr)> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let mut args = vec!["--admin-addr".to_string(), admin.to_string()];
+        args.extend(extra_args.iter().cloned());
+        let mut process = ServiceProcess::start(name, env, &args)?;
+        let deadline = tokio::time::Instant::now() + patient(timeout);
+        let mut interval = Duration::from_millis(5);
+        loop {
+            if http_get(admin, "/healthz").await.is_ok() {
+                return Ok((process, admin));
+            }
+            if process.exit_status().is_some() {
+                let taken = process.log_contents().contains("Address already in use");
+                if taken && tries < ADMIN_PORT_TRIES {
+                    break;
+                }
+                // The caller sees the exit and reports it with the log.
+                return Ok((process, admin));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{name}'s admin server did not answer on {admin} within {:?}; log tail:\n{}",
+                    patient(timeout),
+                    process.log_tail(logfile::DUMP_LINES)
+                );
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(Duration::from_millis(50));
+        }
     }
 }
 
@@ -208,6 +296,8 @@ pub struct Stack {
     services: BTreeMap<String, ServiceProcess>,
     admin: BTreeMap<String, SocketAddr>,
     ready_timeout: Duration,
+    // Between the services and the server, if asked for.
+    proxy: Option<Proxy>,
     /// The NATS server every service connects to.
     pub nats: NatsServer,
 }
@@ -218,9 +308,21 @@ impl Stack {
         StackBuilder::default()
     }
 
-    /// The NATS URL the services use.
+    /// The NATS server's URL (the services use the proxy's, if the stack has one).
     pub fn nats_url(&self) -> String {
         self.nats.url()
+    }
+
+    /// The proxy between the services and NATS.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the stack was built without [`StackBuilder::through_proxy`] or
+    /// [`StackBuilder::cut_at`].
+    pub fn proxy(&self) -> &Proxy {
+        self.proxy
+            .as_ref()
+            .expect("the stack was built with through_proxy or cut_at")
     }
 
     /// A new NATS client (see [`NatsServer::client`]).

@@ -1,16 +1,19 @@
 //! `drover dev`: run the whole stack locally, in the foreground, until Ctrl-C.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use clap::Args;
+use futures::FutureExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::client::Drover;
@@ -24,9 +27,26 @@ pub static CHILD_RUST_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::ne
 
 /// How long a process gets to stop after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How often the processes are checked.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// The wait before restarting a process the first time; it doubles with every restart.
+const FIRST_RESTART_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait before restarting a process.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A process that ran this long before exiting is restarted after the first delay again.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// What `drover dev --help` says about processes that exit.
+const RESTARTS_HELP: &str = "\
+A process that exits, nats-server included, is started again with the same arguments, \
+after a wait that doubles from 1 s to 30 s with every restart (and starts from 1 s again once \
+the process has stayed up for a minute). nats-server comes back on the same port and store, \
+so nothing stored is lost and the services reconnect by themselves. Each restart is reported \
+on stderr with the process's log file. Ctrl-C stops everything, also during a wait.";
 
 /// Run NATS and the Drover services locally until Ctrl-C.
 #[derive(Debug, Args)]
+#[command(after_help = RESTARTS_HELP)]
 pub struct Dev {
     /// Also start the example worker and run a demo workflow.
     #[arg(long)]
@@ -46,10 +66,16 @@ pub struct Dev {
     pub admin_port: u16,
 }
 
+/// A process `drover dev` runs, and what it takes to start it again.
 struct Process {
     name: String,
-    child: Child,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(&'static str, String)>,
     log: PathBuf,
+    /// `None` while it waits to be restarted.
+    child: Option<Child>,
+    started: Instant,
 }
 
 /// Finds a program: `$DROVER_<NAME>` first, then beside this executable, then in
@@ -77,42 +103,69 @@ fn find_program(name: &str, env: &str) -> Option<PathBuf> {
     })
 }
 
+/// Starts `program` as `name`, its stdout and stderr appended to `<logs>/<name>.log`.
 fn spawn(
     name: &str,
     program: &Path,
     args: &[String],
-    envs: &[(&str, String)],
+    envs: &[(&'static str, String)],
     logs: &Path,
 ) -> Result<Process, CliError> {
-    let log = logs.join(format!("{name}.log"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)?;
-    let err = file.try_clone()?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true);
-    command.env(
-        "RUST_LOG",
-        CHILD_RUST_LOG.get().map_or("info", String::as_str),
-    );
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    let child = command.spawn().map_err(|source| CliError::Spawn {
-        program: program.display().to_string(),
-        source,
-    })?;
-    Ok(Process {
+    let mut process = Process {
         name: name.to_owned(),
-        child,
-        log,
-    })
+        program: program.to_owned(),
+        args: args.to_vec(),
+        envs: envs.to_vec(),
+        log: logs.join(format!("{name}.log")),
+        child: None,
+        started: Instant::now(),
+    };
+    process.start()?;
+    Ok(process)
+}
+
+impl Process {
+    /// Starts the program (again).
+    fn start(&mut self) -> Result<(), CliError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let err = file.try_clone()?;
+        let mut command = Command::new(&self.program);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        command.env(
+            "RUST_LOG",
+            CHILD_RUST_LOG.get().map_or("info", String::as_str),
+        );
+        for (key, value) in &self.envs {
+            command.env(key, value);
+        }
+        let child = command.spawn().map_err(|source| CliError::Spawn {
+            program: self.program.display().to_string(),
+            source,
+        })?;
+        self.child = Some(child);
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The exit status, once the running child has exited; the process then waits to be
+    /// restarted.
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
 }
 
 async fn port_in_use(port: u16) -> bool {
@@ -152,7 +205,7 @@ where
         if ready().await {
             return Ok(());
         }
-        if let Ok(Some(status)) = process.child.try_wait() {
+        if let Some(status) = process.exited() {
             return Err(CliError::Other(format!(
                 "{} exited ({status}) while starting; see {}",
                 process.name,
@@ -188,11 +241,15 @@ async fn nats_ready(url: &str) -> bool {
 
 /// Stops every process, newest first: SIGTERM, then SIGKILL after the grace period.
 async fn stop_all(processes: &mut Vec<Process>) {
-    while let Some(mut process) = processes.pop() {
-        if let Some(pid) = process.child.id() {
+    while let Some(process) = processes.pop() {
+        // One waiting to be restarted has nothing to stop.
+        let Some(mut child) = process.child else {
+            continue;
+        };
+        if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        if tokio::time::timeout(STOP_GRACE, process.child.wait())
+        if tokio::time::timeout(STOP_GRACE, child.wait())
             .await
             .is_err()
         {
@@ -200,7 +257,7 @@ async fn stop_all(processes: &mut Vec<Process>) {
                 "{} did not stop in {STOP_GRACE:?}, killing it",
                 process.name
             );
-            let _ = process.child.kill().await;
+            let _ = child.kill().await;
         }
     }
 }
@@ -344,30 +401,101 @@ fn print_summary(url: &str, admin_ports: &[u16], state: &Path, processes: &[Proc
     println!("  state          {}", state.display());
     println!("  logs           {}", state.join("logs").display());
     for process in processes {
-        println!("    {:<24} {}", process.name, process.log.display());
+        let pid = process
+            .pid()
+            .map_or_else(String::new, |pid| format!("  (pid {pid})"));
+        println!("    {:<24} {}{pid}", process.name, process.log.display());
     }
     println!();
     println!("  Try: drover workers list | drover runs list | drover submit <routine> --params '{{}}' --wait");
     println!();
 }
 
-/// Waits for Ctrl-C, SIGTERM, or a process that exits on its own.
+/// When to restart one process, and how often it has been.
+struct Restarts {
+    delays: ExponentialBackoff,
+    count: u32,
+    /// When the process, now exited, is to be started again.
+    due: Option<Instant>,
+}
+
+impl Restarts {
+    fn new() -> Self {
+        Self {
+            delays: Self::delays(),
+            count: 0,
+            due: None,
+        }
+    }
+
+    /// 1 s, 2 s, 4 s, ... up to 30 s; no jitter, since it is one process on one machine.
+    fn delays() -> ExponentialBackoff {
+        ExponentialBuilder::new()
+            .with_min_delay(FIRST_RESTART_DELAY)
+            .with_max_delay(MAX_RESTART_DELAY)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+    }
+
+    /// Schedules the next restart of a process that ran for `ran`; returns the wait.
+    fn schedule(&mut self, ran: Duration, now: Instant) -> Duration {
+        if ran >= STABLE_AFTER {
+            self.delays = Self::delays();
+        }
+        let delay = self.delays.next().unwrap_or(MAX_RESTART_DELAY);
+        self.count += 1;
+        self.due = Some(now + delay);
+        delay
+    }
+}
+
+/// Restarts every process that exits, after its backoff, until Ctrl-C or SIGTERM.
 async fn supervise(processes: &mut [Process]) -> Result<(), CliError> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut restarts: Vec<Restarts> = processes.iter().map(|_| Restarts::new()).collect();
     loop {
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = tokio::time::sleep(SUPERVISE_EVERY) => {}
         }
-        for process in processes.iter_mut() {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                return Err(CliError::Other(format!(
-                    "{} exited ({status}); see {}",
+        // Ctrl-C in a terminal reaches the children too: their exits are not failures.
+        if interrupt.recv().now_or_never().is_some() || terminate.recv().now_or_never().is_some() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        for (process, restarts) in processes.iter_mut().zip(&mut restarts) {
+            if let Some(status) = process.exited() {
+                let delay = restarts.schedule(process.started.elapsed(), now);
+                eprintln!(
+                    "drover dev: {} exited ({status}); restarting in {} (restart {}); see {}",
                     process.name,
+                    humantime::format_duration(delay),
+                    restarts.count,
                     process.log.display()
-                )));
+                );
+            }
+            if process.child.is_none() && restarts.due.is_some_and(|due| due <= now) {
+                restarts.due = None;
+                match process.start() {
+                    Ok(()) => eprintln!(
+                        "drover dev: {} restarted (pid {})",
+                        process.name,
+                        process.pid().unwrap_or_default()
+                    ),
+                    Err(error) => {
+                        let delay = restarts.schedule(Duration::ZERO, now);
+                        eprintln!(
+                            "drover dev: {} could not be restarted ({error}); trying again in {} \
+                             (restart {})",
+                            process.name,
+                            humantime::format_duration(delay),
+                            restarts.count
+                        );
+                    }
+                }
             }
         }
     }
@@ -428,4 +556,24 @@ async fn run_demo(url: &str) -> Result<(), CliError> {
         accepted.run_id, accepted.run_id
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_wait_longer_each_time_and_start_over_after_a_stable_run() {
+        let now = Instant::now();
+        let mut restarts = Restarts::new();
+        let quick = Duration::from_secs(2);
+        let delays: Vec<u64> = (0..7)
+            .map(|_| restarts.schedule(quick, now).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(restarts.count, 7);
+        assert_eq!(restarts.due, Some(now + MAX_RESTART_DELAY));
+        assert_eq!(restarts.schedule(STABLE_AFTER, now), FIRST_RESTART_DELAY);
+        assert_eq!(restarts.count, 8);
+    }
 }

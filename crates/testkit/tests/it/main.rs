@@ -1,6 +1,7 @@
-//! Tests of the testkit against real processes: nats-server and the testkit-sleeper binary.
+//! Tests of the testkit against real processes: nats-server, the proxy in front of it, and the testkit-sleeper binary.
 
 mod nats_server;
+mod proxy;
 mod service_process;
 mod stack;
 
