@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::header::{self, HeaderMap, HeaderValue};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{self, CreateErrorKind};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
 use async_nats::Client;
 use bytes::Bytes;
@@ -21,6 +22,9 @@ use drover_protocol::{encode, RunEvent, RunId, RunRecord, RunStatus, Timestamp};
 use tracing::warn;
 
 use crate::metrics;
+
+/// The header a key-value bucket marks deletes and purges with (`DEL`, `PURGE`).
+const KV_OPERATION: &str = "KV-Operation";
 
 /// A record and the revision it was read or written at.
 #[derive(Debug, Clone)]
@@ -175,27 +179,56 @@ impl RunStore {
     }
 
     /// Reads a run.
+    ///
+    /// The bucket allows direct reads, which any replica answers; in a cluster one that is
+    /// catching up (after a partition, say) may not have a record yet. A record found is
+    /// safe to use (every write is a compare-and-set on the leader, so an old revision only
+    /// costs a retry), but "no such run" decides things: a queue message dropped as an
+    /// orphan, a completion refused. So absence is confirmed by the stream's leader.
     pub async fn get(&self, run: &RunId) -> Result<Option<Stored>, StoreError> {
         let entry = self
             .kv
             .entry(run.as_str())
             .await
             .map_err(StoreError::unavailable)?;
-        let Some(entry) = entry else {
-            return Ok(None);
+        match entry {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                self.decode(run, &entry.value, entry.revision).map(Some)
+            }
+            Some(_) => Ok(None),
+            None if self.kv.stream.cached_info().config.num_replicas > 1 => {
+                self.get_from_leader(run).await
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads a run from the bucket stream's leader (not a direct read).
+    async fn get_from_leader(&self, run: &RunId) -> Result<Option<Stored>, StoreError> {
+        let subject = format!("{}{}", self.kv.prefix, run.as_str());
+        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message,
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(None)
+            }
+            Err(error) => return Err(StoreError::unavailable(error)),
         };
-        if entry.operation != kv::Operation::Put {
+        let removed = message
+            .headers
+            .get(KV_OPERATION)
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        if removed {
             return Ok(None);
         }
-        let record =
-            serde_json::from_slice(&entry.value).map_err(|source| StoreError::Undecodable {
-                run: run.clone(),
-                source,
-            })?;
-        Ok(Some(Stored {
-            record,
-            revision: entry.revision,
-        }))
+        self.decode(run, &message.payload, message.sequence).map(Some)
+    }
+
+    fn decode(&self, run: &RunId, value: &[u8], revision: u64) -> Result<Stored, StoreError> {
+        let record = serde_json::from_slice(value).map_err(|source| StoreError::Undecodable {
+            run: run.clone(),
+            source,
+        })?;
+        Ok(Stored { record, revision })
     }
 
     /// Creates a run record; fails with [`StoreError::Exists`] if there is one.
