@@ -51,3 +51,28 @@ pub fn processes_mentioning(needle: &str, except: Option<u32>) -> Vec<u32> {
     }
     found
 }
+
+/// Starts `drover dev --demo` with its state in `state` and NATS on `port` (admin ports
+/// free), its stdout and stderr piped; killed when dropped.
+pub fn start_dev(state: &std::path::Path, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new(drover_binary())
+        .args(["dev", "--state-dir"])
+        .arg(state)
+        .args([
+            "--nats-port",
+            &port.to_string(),
+            "--admin-port",
+            "0",
+            "--demo",
+        ])
+        .env(
+            "DROVER_NATS_SERVER",
+            drover_testkit::nats_server_binary().unwrap(),
+        )
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, drover_binary, processes_mentioning, stdout};
+use drover_integration_tests::cli::{drover, processes_mentioning, start_dev, stdout};
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
@@ -183,25 +183,7 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("nats://127.0.0.1:{port}");
-    let mut dev = tokio::process::Command::new(drover_binary())
-        .args(["dev", "--state-dir"])
-        .arg(state.path())
-        .args([
-            "--nats-port",
-            &port.to_string(),
-            "--admin-port",
-            "0",
-            "--demo",
-        ])
-        .env(
-            "DROVER_NATS_SERVER",
-            drover_testkit::nats_server_binary().unwrap(),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut dev = start_dev(state.path(), port);
     // What it prints, as a new user would see it.
     let printed = Arc::new(Mutex::new(String::new()));
     {

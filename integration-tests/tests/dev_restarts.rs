@@ -7,12 +7,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, drover_binary, processes_mentioning, stdout};
+use drover_integration_tests::cli::{drover, processes_mentioning, start_dev, stdout};
 use drover_testkit::{free_port, http_get, wait_for, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::process::Child;
 
 /// How long `drover dev --demo` may take to start everything and run the demo workflow.
 const STARTED: Duration = Duration::from_secs(90);
@@ -62,29 +61,6 @@ async fn greet(url: &str, name: &str) {
         submitted.status.success() && stdout(&submitted).contains(&format!("hello, {name}")),
         "a run after the restart: {submitted:?}"
     );
-}
-
-fn start_dev(state: &std::path::Path, port: u16) -> Child {
-    tokio::process::Command::new(drover_binary())
-        .args(["dev", "--state-dir"])
-        .arg(state)
-        .args([
-            "--nats-port",
-            &port.to_string(),
-            "--admin-port",
-            "0",
-            "--demo",
-        ])
-        .env(
-            "DROVER_NATS_SERVER",
-            drover_testkit::nats_server_binary().unwrap(),
-        )
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -206,7 +206,12 @@ impl RunStore {
     /// Reads a run from the bucket stream's leader (not a direct read).
     async fn get_from_leader(&self, run: &RunId) -> Result<Option<Stored>, StoreError> {
         let subject = format!("{}{}", self.kv.prefix, run.as_str());
-        let message = match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+        let message = match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
             Ok(message) => message,
             Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(None)
@@ -220,7 +225,8 @@ impl RunStore {
         if removed {
             return Ok(None);
         }
-        self.decode(run, &message.payload, message.sequence).map(Some)
+        self.decode(run, &message.payload, message.sequence)
+            .map(Some)
     }
 
     fn decode(&self, run: &RunId, value: &[u8], revision: u64) -> Result<Stored, StoreError> {

@@ -52,11 +52,7 @@ async fn a_request_cut_keeps_that_request_from_the_server() -> anyhow::Result<()
         .timeout(Duration::from_secs(1))
         .build(client.clone());
     proxy.cut_at(CutPoint::BeforeJsRequest(1));
-    let config = async_nats::jetstream::stream::Config {
-        name: "PROXIED".to_owned(),
-        subjects: vec!["proxied.>".to_owned()],
-        ..Default::default()
-    };
+    let config = proxied_stream();
     let creating = tokio::spawn({
         let js = js.clone();
         async move { js.create_stream(config).await.map(|_| ()) }
@@ -83,11 +79,7 @@ async fn a_reply_cut_lets_the_server_act_but_keeps_the_answer_from_the_client() 
         .build(client.clone());
     js.query_account().await?;
     proxy.cut_at(CutPoint::BeforeReply(1));
-    let config = async_nats::jetstream::stream::Config {
-        name: "PROXIED".to_owned(),
-        subjects: vec!["proxied.>".to_owned()],
-        ..Default::default()
-    };
+    let config = proxied_stream();
     let created = js.create_stream(config).await;
     assert!(proxy.is_cut());
     assert!(created.is_err(), "the client never hears back");
@@ -98,4 +90,13 @@ async fn a_reply_cut_lets_the_server_act_but_keeps_the_answer_from_the_client() 
         vec!["$JS.API.INFO", "$JS.API.STREAM.CREATE.PROXIED"]
     );
     Ok(())
+}
+
+/// The stream the cut tests try to create through the proxy.
+fn proxied_stream() -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: "PROXIED".to_owned(),
+        subjects: vec!["proxied.>".to_owned()],
+        ..Default::default()
+    }
 }
