@@ -45,12 +45,7 @@ async fn a_nats_client_rides_out_a_cut_and_reconnects_after_restore() -> anyhow:
 
 #[tokio::test]
 async fn a_request_cut_keeps_that_request_from_the_server() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let proxy = Proxy::start(server.addr()).await?;
-    let client = connect(&proxy).await?;
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(1))
-        .build(client.clone());
+    let (server, proxy, js) = jetstream_through_proxy().await?;
     proxy.cut_at(CutPoint::BeforeJsRequest(1));
     let config = proxied_stream();
     let creating = tokio::spawn({
@@ -71,12 +66,7 @@ async fn a_request_cut_keeps_that_request_from_the_server() -> anyhow::Result<()
 #[tokio::test]
 async fn a_reply_cut_lets_the_server_act_but_keeps_the_answer_from_the_client() -> anyhow::Result<()>
 {
-    let server = NatsServer::start().await?;
-    let proxy = Proxy::start(server.addr()).await?;
-    let client = connect(&proxy).await?;
-    let js = async_nats::jetstream::ContextBuilder::new()
-        .timeout(Duration::from_secs(1))
-        .build(client.clone());
+    let (server, proxy, js) = jetstream_through_proxy().await?;
     js.query_account().await?;
     proxy.cut_at(CutPoint::BeforeReply(1));
     let config = proxied_stream();
@@ -99,4 +89,16 @@ fn proxied_stream() -> async_nats::jetstream::stream::Config {
         subjects: vec!["proxied.>".to_owned()],
         ..Default::default()
     }
+}
+
+/// A server, a proxy in front of it, and JetStream through the proxy with a short timeout.
+async fn jetstream_through_proxy(
+) -> anyhow::Result<(NatsServer, Proxy, async_nats::jetstream::Context)> {
+    let server = NatsServer::start().await?;
+    let proxy = Proxy::start(server.addr()).await?;
+    let client = connect(&proxy).await?;
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client);
+    Ok((server, proxy, js))
 }
