@@ -110,6 +110,15 @@ def _say(message: str) -> None:
     print(f"standin-images: {message}", file=sys.stderr, flush=True)
 
 
+def _digest(*parts: bytes | str) -> str:
+    """A short digest of what an image is made of (its Dockerfile, its files): a cached
+    stand-in is rebuilt when any of them changes."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode() if isinstance(part, str) else part)
+    return hasher.hexdigest()[:12]
+
+
 def _build(tag: str, dockerfile: str, files: dict[str, Path]) -> str:
     """Builds ``tag`` from ``dockerfile`` with ``files`` (name in context -> source) as context.
 
@@ -167,11 +176,6 @@ def ensure_nats() -> str:
     busybox = Path(BUSYBOX)
     if not busybox.exists() or "statically linked" not in _run(["file", "-L", str(busybox)]).stdout:
         raise RuntimeError(f"a static busybox is needed at {BUSYBOX} (apt-get install busybox-static; scripts/test does it)")
-    digest = hashlib.sha256(server.read_bytes() + busybox.read_bytes()).hexdigest()[:12]
-    tag = f"drover-standin/nats:{version}-{digest}"
-    if _image_exists(tag):
-        return tag
-    _say(f"building {tag}")
     dockerfile = "\n".join(
         [
             "FROM scratch",
@@ -184,6 +188,10 @@ def ensure_nats() -> str:
             "",
         ]
     )
+    tag = f"drover-standin/nats:{version}-{_digest(dockerfile, server.read_bytes(), busybox.read_bytes())}"
+    if _image_exists(tag):
+        return tag
+    _say(f"building {tag}")
     return _build(tag, dockerfile, {"busybox": busybox, "nats-server": server})
 
 
@@ -219,12 +227,9 @@ def build_jaeger(base: str) -> str:
 
 def ensure_distroless(base: str) -> str:
     """A stand-in for ``gcr.io/distroless/cc-debian12:nonroot``: ``FROM scratch`` with only
-    the C runtime the binaries link (glibc, libm, libgcc_s), CA certificates and the nonroot
-    user; no shell. deploy/Dockerfile's runtime, to show the binaries need nothing more."""
-    tag = f"drover-standin/distroless-cc:{base.split(':')[-1]}"
-    if _image_exists(tag):
-        return tag
-    _say(f"building {tag}")
+    the C runtime the binaries link (glibc, libm, libgcc_s) and the nonroot user; no shell
+    (and, unlike the real one, no CA certificates: nothing here speaks TLS). deploy/Dockerfile's
+    runtime, to show the binaries need nothing more."""
     libs = ("ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libgcc_s.so.1")
     dockerfile = "\n".join(
         [
@@ -242,6 +247,10 @@ def ensure_distroless(base: str) -> str:
             "",
         ]
     )
+    tag = f"drover-standin/distroless-cc:{_digest(dockerfile)}"
+    if _image_exists(tag):
+        return tag
+    _say(f"building {tag}")
     return _build(tag, dockerfile, {})
 
 
@@ -252,30 +261,28 @@ def ensure_rust(base: str) -> str:
     rustc = _run(["rustc", "--print", "sysroot"]).stdout.strip()
     toolchain = Path(rustc)
     version = _run(["rustc", "--version"]).stdout.split()[1]
-    tag = f"drover-standin/rust:{version}-{base.split(':')[-1]}"
+    # apt reaches Debian over plain HTTP; cargo's HTTPS goes through this machine's CAs.
+    dockerfile = "\n".join(
+        [
+            f"FROM {base}",
+            "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
+            " gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*",
+            "COPY ca-certificates.crt /usr/local/share/ca-certificates/host.crt",
+            "COPY rust /usr/local/rust",
+            "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            " CARGO_HOME=/usr/local/cargo SSL_CERT_FILE=/usr/local/share/ca-certificates/host.crt"
+            " CARGO_HTTP_CAINFO=/usr/local/share/ca-certificates/host.crt",
+            "",
+        ]
+    )
+    tag = f"drover-standin/rust:{version}-{_digest(dockerfile)}"
     if _image_exists(tag):
         return tag
     _say(f"building {tag} from {toolchain} (copies the toolchain; a minute or two)")
     with tempfile.TemporaryDirectory(prefix="drover-rust-image-") as context:
         shutil.copytree(toolchain, Path(context) / "rust", symlinks=True, ignore=shutil.ignore_patterns("doc", "share"))
         shutil.copy2("/etc/ssl/certs/ca-certificates.crt", Path(context) / "ca-certificates.crt")
-        (Path(context) / "Dockerfile").write_text(
-            "\n".join(
-                [
-                    f"FROM {base}",
-                    "COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt",
-                    "RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends"
-                    " gcc libc6-dev ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*"
-                    " && cat /etc/ssl/certs/ca-certificates.crt > /dev/null",
-                    "COPY ca-certificates.crt /usr/local/share/ca-certificates/host.crt",
-                    "COPY rust /usr/local/rust",
-                    "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-                    " CARGO_HOME=/usr/local/cargo SSL_CERT_FILE=/usr/local/share/ca-certificates/host.crt"
-                    " CARGO_HTTP_CAINFO=/usr/local/share/ca-certificates/host.crt",
-                    "",
-                ]
-            )
-        )
+        (Path(context) / "Dockerfile").write_text(dockerfile)
         _run(["docker", "build", "--quiet", "-t", tag, context], env=dict(os.environ, DOCKER_BUILDKIT="0"))
     return tag
 
