@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ErrorCode, ErrorPayload, Violation};
 use crate::payload::internal;
+use crate::payload::pool::*;
 use crate::payload::query::*;
 use crate::payload::record::*;
 use crate::payload::run::*;
@@ -65,6 +66,12 @@ payload! {
     WorkerEvent => keys::REGISTRY_EVENTS, RegistryEvents;
     LogsQuery => keys::LOGS_QUERY, LogsQuery;
     LogPage => keys::LOGS_RECORDS, LogsRecords;
+    PoolScale => keys::POOL_SCALE, PoolScale;
+    PoolScaled => keys::POOL_SCALED, PoolScaled;
+    PoolRestart => keys::POOL_RESTART, PoolRestart;
+    PoolRestarting => keys::POOL_RESTARTING, PoolRestarting;
+    PoolStatus => keys::POOL_STATUS, PoolStatus;
+    PoolState => keys::POOL_STATE, PoolState;
 }
 
 #[derive(Serialize)]

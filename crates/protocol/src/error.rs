@@ -41,6 +41,13 @@ pub enum ErrorCode {
     ParentNotRunning,
     /// A list cursor that this service did not hand out.
     InvalidCursor,
+    /// A pool request names a group the pool does not have.
+    UnknownGroup,
+    /// A pool scale request asks for a size outside the group's `min` and `max`.
+    OutOfBounds,
+    /// The payload satisfies its schema but asks for something impossible (for example a
+    /// scale request with both `target` and `delta`).
+    InvalidPayload,
     /// A service that this request needs is not reachable right now; retry later.
     Unavailable,
     /// An unexpected failure inside the service.
@@ -67,13 +74,16 @@ impl ErrorCode {
             ErrorCode::UnknownParentRun => "unknown_parent_run",
             ErrorCode::ParentNotRunning => "parent_not_running",
             ErrorCode::InvalidCursor => "invalid_cursor",
+            ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::OutOfBounds => "out_of_bounds",
+            ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
 
     /// Every code, for documentation and schema tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::InvalidJson,
         ErrorCode::PayloadKeyMismatch,
         ErrorCode::SchemaViolation,
@@ -90,6 +100,9 @@ impl ErrorCode {
         ErrorCode::UnknownParentRun,
         ErrorCode::ParentNotRunning,
         ErrorCode::InvalidCursor,
+        ErrorCode::UnknownGroup,
+        ErrorCode::OutOfBounds,
+        ErrorCode::InvalidPayload,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -97,7 +110,10 @@ impl ErrorCode {
     /// The status code for the NATS service error header (`Nats-Service-Error-Code`).
     pub fn service_status(self) -> u16 {
         match self {
-            ErrorCode::UnknownWorker | ErrorCode::UnknownRun | ErrorCode::UnknownParentRun => 404,
+            ErrorCode::UnknownWorker
+            | ErrorCode::UnknownRun
+            | ErrorCode::UnknownParentRun
+            | ErrorCode::UnknownGroup => 404,
             ErrorCode::StaleIncarnation
             | ErrorCode::StaleAttempt
             | ErrorCode::NotRegistered

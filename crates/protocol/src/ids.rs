@@ -204,6 +204,20 @@ string_id!(
     check_local_run_id
 );
 
+string_id!(
+    /// A pool's identifier (DESIGN §9): the workerID rules, `[A-Za-z0-9_-]{1,64}`.
+    PoolId,
+    "poolID",
+    check_worker_id
+);
+
+string_id!(
+    /// A group of a pool (DESIGN §9): the workerID rules, `[A-Za-z0-9_-]{1,64}`.
+    GroupName,
+    "group",
+    check_worker_id
+);
+
 impl WorkerId {
     /// The longest workerID allowed.
     pub const MAX_LEN: usize = 64;

@@ -13,8 +13,11 @@ pub mod trace;
 
 pub use envelope::{decode, decode_reply, encode, DecodeError, Payload, DEFAULT_MAX_PAYLOAD_BYTES};
 pub use error::{ErrorCode, ErrorPayload, Violation};
-pub use ids::{Attempt, Incarnation, InvalidId, LocalRunId, RoutineId, RunId, WorkerId};
+pub use ids::{
+    Attempt, GroupName, Incarnation, InvalidId, LocalRunId, PoolId, RoutineId, RunId, WorkerId,
+};
 pub use payload::internal::*;
+pub use payload::pool::*;
 pub use payload::query::*;
 pub use payload::record::*;
 pub use payload::run::*;

@@ -79,6 +79,12 @@ schemas! {
     RegistryWorkers => "registry.workers",
     RegistryEvents => "registry.events",
     LogsQuery => "logs.query",
+    PoolScale => "pool.scale",
+    PoolScaled => "pool.scaled",
+    PoolRestart => "pool.restart",
+    PoolRestarting => "pool.restarting",
+    PoolStatus => "pool.status",
+    PoolState => "pool.state",
     LogsRecords => "logs.records",
 }
 

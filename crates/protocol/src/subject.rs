@@ -56,6 +56,18 @@ pub mod keys {
     pub const LOGS_QUERY: &str = "v1.logs.query";
     /// Reply carrying a page of log records.
     pub const LOGS_RECORDS: &str = "v1.logs.records";
+    /// Scale a pool's group (request on `v1.pool.<poolID>.scale`).
+    pub const POOL_SCALE: &str = "v1.pool.scale";
+    /// Reply to a scale request.
+    pub const POOL_SCALED: &str = "v1.pool.scaled";
+    /// Restart a pool's processes (request on `v1.pool.<poolID>.restart`).
+    pub const POOL_RESTART: &str = "v1.pool.restart";
+    /// Reply to a restart request.
+    pub const POOL_RESTARTING: &str = "v1.pool.restarting";
+    /// Ask a pool for its state (request on `v1.pool.<poolID>.status`).
+    pub const POOL_STATUS: &str = "v1.pool.status";
+    /// Reply carrying a pool's state.
+    pub const POOL_STATE: &str = "v1.pool.state";
 }
 
 /// Names of the JetStream streams and key-value buckets (DESIGN §7; normative for operators).
@@ -230,6 +242,34 @@ pub fn registry_events(worker: &WorkerId) -> String {
 /// `v1.registry.events.*`.
 pub fn all_registry_events() -> String {
     format!("{}.*", keys::REGISTRY_EVENTS)
+}
+
+/// The request subjects of a pool (DESIGN §9): `v1.pool.<poolID>.<verb>`.
+pub mod pool {
+    use super::keys;
+    use crate::ids::PoolId;
+
+    /// `v1.pool.<poolID>.scale`.
+    pub fn scale(pool: &PoolId) -> String {
+        in_pool(pool, keys::POOL_SCALE)
+    }
+
+    /// `v1.pool.<poolID>.restart`.
+    pub fn restart(pool: &PoolId) -> String {
+        in_pool(pool, keys::POOL_RESTART)
+    }
+
+    /// `v1.pool.<poolID>.status`.
+    pub fn status(pool: &PoolId) -> String {
+        in_pool(pool, keys::POOL_STATUS)
+    }
+
+    /// `v1.pool.<poolID>.<verb>` for the key `v1.pool.<verb>`: the directive key is the
+    /// subject without the poolID token.
+    fn in_pool(pool: &PoolId, key: &str) -> String {
+        let verb = key.strip_prefix("v1.pool.").unwrap_or(key);
+        format!("v1.pool.{pool}.{verb}")
+    }
 }
 
 /// `drover.queue.<routineID>`: where pending runs of a routine wait.
@@ -434,6 +474,14 @@ mod tests {
             );
         }
         assert_ne!(keys[0], keys[1]);
+    }
+
+    #[test]
+    fn pool_subjects_put_the_pool_between_stem_and_verb() {
+        let pool_id = crate::ids::PoolId::parse("demo").unwrap();
+        assert_eq!(pool::scale(&pool_id), "v1.pool.demo.scale");
+        assert_eq!(pool::restart(&pool_id), "v1.pool.demo.restart");
+        assert_eq!(pool::status(&pool_id), "v1.pool.demo.status");
     }
 
     #[test]

@@ -329,7 +329,8 @@ fn enums_match_the_rust_variants() {
         &variants!(ErrorCode: InvalidJson, PayloadKeyMismatch, SchemaViolation, PayloadTooLarge,
             InvalidSubject, WorkerIdMismatch, UnknownWorker, NotRegistered, StaleIncarnation,
             StaleAttempt, UnknownRun, InvalidRoutineId, InvalidBackoff, UnknownParentRun,
-            ParentNotRunning, InvalidCursor, Unavailable, Internal),
+            ParentNotRunning, InvalidCursor, UnknownGroup, OutOfBounds, InvalidPayload, Unavailable,
+            Internal),
         &mut problems,
     );
     check_enum(
