@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod cli;
+pub mod pool;
 pub mod runner;
 pub mod runs;
 pub mod worker;

@@ -1,0 +1,227 @@
+//! Replacing a `drover pool` group's processes: a soft restart under steady load (rolling,
+//! never fewer RUNNING than target - max_unavailable, never more alive than target +
+//! max_surge, no run lost or failed), a hard restart with runs held (they finish, then
+//! every process starts again), and the quotas (max_runs, max_memory) that replace a
+//! process on the soft path.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drover_integration_tests::cli::drover;
+use drover_integration_tests::pool::{
+    alive, assert_all_succeeded, group, in_group, metric, pids, pool_stack, registry_record,
+    running, settled_at, slow_rust_run, submit_many, wait_all_ended, Load, PoolConfig, PoolRun,
+    WorkerKind, REPLACED, RUNS_END, STARTED,
+};
+use drover_integration_tests::runs::wait_status;
+use drover_protocol::{ProcessPhase, RestartMode, RunStatus};
+use drover_testkit::{free_port, http_get, patient};
+
+/// How long a steady stream may take to get a few more runs accepted.
+const FLOWING: Duration = Duration::from_secs(20);
+/// How long a held run may take to be RUNNING.
+const HELD: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
+    let stack = pool_stack().await;
+    let client = stack.client().await;
+    let config = PoolConfig::new("roll").group(
+        WorkerKind::RustSdk
+            .group("w")
+            .set("size", 3)
+            .set("max_unavailable", 0)
+            .set("max_surge", 1),
+    );
+    let id = config.id().clone();
+    let pool = PoolRun::start(&stack, &config).await;
+    let state = pool.status().await.unwrap();
+    let old_pids = pids(alive(group(&state, "w")));
+    let mut old_incarnations = BTreeMap::new();
+    for process in alive(group(&state, "w")) {
+        let worker = process.worker_id.to_string();
+        let record = registry_record(&client, &worker).await.unwrap();
+        old_incarnations.insert(worker, record.incarnation);
+    }
+
+    // Soft: under a steady stream of quick runs from several submitters.
+    let load = Load::start(
+        &client,
+        &in_group(WorkerKind::RustSdk.quick_run(), &id, "w"),
+        6,
+        Duration::from_millis(15),
+    );
+    load.wait_more(200, FLOWING).await;
+    let sampler = pool.sample();
+    let begun = pool.restart(RestartMode::Soft, Some("w")).await.unwrap();
+    assert!(begun.accepted);
+    assert_eq!(begun.mode, RestartMode::Soft);
+    assert_eq!(
+        begun.groups.iter().map(|g| g.as_str()).collect::<Vec<_>>(),
+        ["w"]
+    );
+    let state = pool
+        .wait_for_state("every process replaced", REPLACED, |state| {
+            let workers = group(state, "w");
+            settled_at(workers, 3) && pids(alive(workers)).is_disjoint(&old_pids)
+        })
+        .await;
+    let samples = sampler.stop().await;
+    load.wait_more(200, FLOWING).await;
+    let (runs, refusals) = load.stop().await;
+    assert!(refusals.is_empty(), "{refusals:?}");
+    assert_all_succeeded(&client, &runs, RUNS_END).await;
+    assert!(!samples.is_empty());
+    for sample in &samples {
+        let workers = group(sample, "w");
+        assert!(
+            running(workers).len() >= 3,
+            "fewer than target - max_unavailable RUNNING: {workers:#?}"
+        );
+        assert!(
+            alive(workers).len() <= 4,
+            "more than target + max_surge alive: {workers:#?}"
+        );
+    }
+    // Each new process registered anew: a workerID used before has a higher incarnation.
+    for process in alive(group(&state, "w")) {
+        let worker = process.worker_id.to_string();
+        let record = registry_record(&client, &worker).await.unwrap();
+        assert_eq!(record.pid, process.pid.map(u64::from), "{record:?}");
+        if let Some(before) = old_incarnations.get(&worker) {
+            assert!(record.incarnation > *before, "{record:?}");
+        }
+    }
+    assert_eq!(state.restarts, 0);
+
+    // Hard, through the CLI, while slow runs are held: they finish, then all start again.
+    let old_pids = pids(alive(group(&state, "w")));
+    let held = submit_many(&client, &in_group(slow_rust_run(2000), &id, "w"), 6, 6).await;
+    for run in &held {
+        wait_status(&client, run, RunStatus::Running, HELD).await;
+    }
+    let sampler = pool.sample();
+    let output = drover(
+        pool.url(),
+        &["pool", "restart", id.as_str(), "--hard", "--group", "w"],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    pool.wait_for_state("every process started again", REPLACED, |state| {
+        let workers = group(state, "w");
+        settled_at(workers, 3) && pids(alive(workers)).is_disjoint(&old_pids)
+    })
+    .await;
+    let samples = sampler.stop().await;
+    assert_all_succeeded(&client, &held, RUNS_END).await;
+    for sample in &samples {
+        let now = pids(alive(group(sample, "w")));
+        let (old, new): (BTreeSet<u32>, BTreeSet<u32>) =
+            now.iter().partition(|pid| old_pids.contains(pid));
+        assert!(
+            old.is_empty() || new.is_empty(),
+            "a new process started before every old one had exited: {sample:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pool_replaces_processes_past_their_quotas() {
+    let stack = pool_stack().await;
+    let client = stack.client().await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = PoolConfig::new("quota")
+        .set_str("admin_addr", &admin.to_string())
+        .group(
+            WorkerKind::RustSdk
+                .group("counted")
+                .set("size", 2)
+                .set("max_runs", 50),
+        )
+        .group(
+            WorkerKind::RustSdk
+                .group("fat")
+                .set("size", 0)
+                .set("min", 0)
+                .set("max", 1)
+                .set_str("max_memory", "1MiB"),
+        );
+    let id = config.id().clone();
+    let pool = PoolRun::start(&stack, &config).await;
+    let metrics = || async {
+        http_get(admin, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+
+    // max_runs: each process is replaced once about 50 runs have ended on it.
+    let state = pool.status().await.unwrap();
+    let old_pids = pids(alive(group(&state, "counted")));
+    let spec = in_group(WorkerKind::RustSdk.quick_run(), &id, "counted");
+    let sampler = pool.sample();
+    let deadline = tokio::time::Instant::now() + patient(REPLACED);
+    let mut runs = Vec::new();
+    loop {
+        let batch = submit_many(&client, &spec, 20, 10).await;
+        wait_all_ended(&client, &batch, RUNS_END).await;
+        runs.extend(batch);
+        let state = pool.status().await.unwrap();
+        let counted = group(&state, "counted");
+        if settled_at(counted, 2) && pids(alive(counted)).is_disjoint(&old_pids) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not replaced after {} runs: {counted:#?}\n{}",
+            runs.len(),
+            pool.output_tail()
+        );
+    }
+    let samples = sampler.stop().await;
+    assert_all_succeeded(&client, &runs, RUNS_END).await;
+    for sample in &samples {
+        for process in &group(sample, "counted").processes {
+            if process.state == ProcessPhase::Stopping {
+                assert!(process.runs >= 50, "stopped before its quota: {process:?}");
+            }
+        }
+    }
+    let text = metrics().await;
+    let requested = metric(
+        &text,
+        "drover_pool_exits_total",
+        &[("group", "counted"), ("class", "requested")],
+    );
+    assert!(requested >= 2.0, "exits: {requested}\n{text}");
+
+    // max_memory below any worker's RSS: the process is replaced as soon as it is seen.
+    let scaled = pool.scale("fat", Some(1), None).await.unwrap();
+    assert_eq!(scaled.target, 1);
+    let state = pool
+        .wait_for_state("a fat process RUNNING", STARTED, |state| {
+            !running(group(state, "fat")).is_empty()
+        })
+        .await;
+    let first = pids(running(group(&state, "fat")));
+    pool.wait_for_state("the fat process replaced", REPLACED, |state| {
+        let fat = group(state, "fat");
+        !running(fat).is_empty() && pids(running(fat)).is_disjoint(&first)
+    })
+    .await;
+    let text = metrics().await;
+    let requested = metric(
+        &text,
+        "drover_pool_exits_total",
+        &[("group", "fat"), ("class", "requested")],
+    );
+    assert!(requested >= 1.0, "exits: {requested}\n{text}");
+    pool.scale("fat", Some(0), None).await.unwrap();
+    let state = pool.wait_settled("fat", 0, STARTED).await;
+    // Replacements are not restarts: none counted, the pool still serving.
+    assert_eq!(state.restarts, 0);
+    assert!(settled_at(group(&state, "counted"), 2));
+}

@@ -1,0 +1,180 @@
+//! Scaling a `drover pool` group: through the NATS request, `drover pool scale` and the
+//! signals SIGTTIN/SIGTTOU, always within [min, max] (a request outside is refused and
+//! changes nothing), with no run failing while processes are stopped; and autoscaling with
+//! the backlog of the group's routines, up at once and back down after the cooldown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
+use drover_integration_tests::pool::{
+    alive, assert_all_succeeded, group, in_group, pids, pool_stack, slow_rust_run, submit_many,
+    worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED, STOPPED,
+};
+use drover_protocol::{ErrorCode, ExitClass, PoolScaled, ProcessPhase};
+use nix::sys::signal::Signal;
+
+/// How long a steady stream may take to get a few more runs accepted.
+const FLOWING: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn pool_scales_a_group_within_its_bounds() {
+    let stack = pool_stack().await;
+    let client = stack.client().await;
+    let config = PoolConfig::new("scale").group(
+        WorkerKind::RustSdk
+            .group("w")
+            .set("size", 2)
+            .set("min", 1)
+            .set("max", 5),
+    );
+    let id = config.id().clone();
+    let mut pool = PoolRun::start(&stack, &config).await;
+    let url = pool.url().to_owned();
+    let ids = |indices: &[u32]| -> BTreeSet<String> {
+        indices.iter().map(|n| worker_id(&id, "w", *n)).collect()
+    };
+
+    // Up through the NATS request: the new processes take the next indices.
+    let scaled = pool.scale("w", Some(5), None).await.unwrap();
+    assert_eq!((scaled.group.as_str(), scaled.target), ("w", 5));
+    let state = pool.wait_settled("w", 5, STARTED).await;
+    let five = alive(group(&state, "w"));
+    assert_eq!(worker_ids(five.iter().copied()), ids(&[1, 2, 3, 4, 5]));
+    let five_pids = pids(five.iter().copied());
+
+    // Outside [min, max], by target or by delta, through NATS or the CLI: refused.
+    let refused = pool.scale("w", Some(6), None).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::OutOfBounds, "{refused:?}");
+    let refused = pool.scale("w", None, Some(1)).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::OutOfBounds, "{refused:?}");
+    let output = drover(&url, &["pool", "scale", id.as_str(), "w", "--target", "0"]).await;
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains('1') && said.contains('5'),
+        "the bounds: {said}"
+    );
+    // An unknown group, and a request with both target and delta.
+    let refused = pool.scale("nope", Some(1), None).await.unwrap_err();
+    assert_eq!(refused.code, ErrorCode::UnknownGroup, "{refused:?}");
+    let output = drover(
+        &url,
+        &["pool", "scale", id.as_str(), "nope", "--target", "1"],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    let refused = pool.scale("w", Some(3), Some(-2)).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code,
+            ErrorCode::InvalidPayload | ErrorCode::SchemaViolation
+        ),
+        "{refused:?}"
+    );
+    // Nothing changed.
+    let state = pool.status().await.unwrap();
+    let unchanged = group(&state, "w");
+    assert_eq!(unchanged.target, 5);
+    assert_eq!(pids(alive(unchanged)), five_pids);
+
+    // Down through the CLI while runs keep coming: every accepted run succeeds.
+    let load = Load::start(
+        &client,
+        &in_group(slow_rust_run(200), &id, "w"),
+        2,
+        Duration::from_millis(60),
+    );
+    load.wait_more(30, FLOWING).await;
+    let output = drover(
+        &url,
+        &["pool", "scale", id.as_str(), "w", "--target", "1", "--json"],
+    )
+    .await;
+    assert!(output.status.success(), "{output:?}");
+    let scaled: PoolScaled = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(scaled.target, 1);
+    let state = pool.wait_settled("w", 1, STOPPED).await;
+    load.wait_more(30, FLOWING).await;
+    let (runs, refusals) = load.stop().await;
+    assert!(refusals.is_empty(), "{refusals:?}");
+    assert_all_succeeded(&client, &runs, RUNS_END).await;
+    // The stopped processes ended as the pool asked, not restarted.
+    for stopped in &group(&state, "w").processes {
+        if stopped.state == ProcessPhase::Terminated {
+            let class = stopped.last_exit.as_ref().map(|last| last.class);
+            assert_eq!(class, Some(ExitClass::Requested), "{stopped:?}");
+        }
+    }
+    assert_eq!(state.restarts, 0);
+    let left = alive(group(&state, "w"))[0].worker_id.to_string();
+    let left: u32 = left.rsplit('-').next().unwrap().parse().unwrap();
+
+    // By delta: up 2 through the CLI (the lowest free indices), down 1 through NATS.
+    let output = drover(&url, &["pool", "scale", id.as_str(), "w", "--delta", "2"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let state = pool.wait_settled("w", 3, STARTED).await;
+    let mut expected: Vec<u32> = (1..=5).filter(|n| *n != left).take(2).collect();
+    expected.push(left);
+    assert_eq!(
+        worker_ids(alive(group(&state, "w"))),
+        ids(&expected),
+        "{left} stayed"
+    );
+    let scaled = pool.scale("w", None, Some(-1)).await.unwrap();
+    assert_eq!(scaled.target, 2);
+    pool.wait_settled("w", 2, STOPPED).await;
+    let output = drover(&url, &["pool", "scale", id.as_str(), "w", "--delta", "-2"]).await;
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert_eq!(group(&pool.status().await.unwrap(), "w").target, 2);
+
+    // SIGTTIN: one more; SIGTTOU: one fewer.
+    pool.signal(Signal::SIGTTIN);
+    pool.wait_settled("w", 3, STARTED).await;
+    pool.signal(Signal::SIGTTOU);
+    pool.wait_settled("w", 2, STOPPED).await;
+
+    // SIGTERM: every process is stopped gracefully and the pool exits 0.
+    pool.signal(Signal::SIGTERM);
+    let status = pool.wait_exit(STOPPED).await;
+    assert_eq!(status.code(), Some(0), "{status}\n{}", pool.output_tail());
+    let marker = format!("DROVER_POOL_ID={id}\0");
+    assert!(
+        processes_mentioning(&marker, None).is_empty(),
+        "processes left behind"
+    );
+    // And with no pool answering, the CLI says so.
+    let output = drover(&url, &["--timeout", "2", "pool", "status", id.as_str()]).await;
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+}
+
+#[tokio::test]
+async fn pool_autoscales_with_the_backlog() {
+    let stack = pool_stack().await;
+    let client = stack.client().await;
+    let config = PoolConfig::new("auto").group(
+        WorkerKind::RustSdk
+            .group("a")
+            .set("size", 1)
+            .set("min", 1)
+            .set("max", 4)
+            .autoscale("cooldown", "\"2s\"")
+            .autoscale("interval", "\"200ms\""),
+    );
+    let id = config.id().clone();
+    let pool = PoolRun::start(&stack, &config).await;
+
+    // A backlog far beyond what one process holds: the target goes to max.
+    let runs = submit_many(&client, &in_group(slow_rust_run(100), &id, "a"), 1000, 16).await;
+    pool.wait_for_state("the target at max", STARTED, |state| {
+        group(state, "a").target == 4
+    })
+    .await;
+    assert_all_succeeded(&client, &runs, RUNS_END).await;
+
+    // Idle past the cooldown: back to min.
+    let state = pool.wait_settled("a", 1, STOPPED).await;
+    assert_eq!(state.restarts, 0);
+}
