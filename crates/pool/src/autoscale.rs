@@ -62,7 +62,10 @@ mod tests {
     fn a_backlog_raises_the_target_at_once_within_max() {
         let now = Instant::now();
         let mut auto = Autoscaler::default();
-        assert_eq!(auto.decide(now, sample(1000, 4), (1, 8), 1, COOLDOWN), Some(8));
+        assert_eq!(
+            auto.decide(now, sample(1000, 4), (1, 8), 1, COOLDOWN),
+            Some(8)
+        );
         assert_eq!(auto.decide(now, sample(9, 4), (1, 8), 1, COOLDOWN), Some(3));
         assert_eq!(auto.decide(now, sample(8, 4), (1, 8), 2, COOLDOWN), None);
     }
@@ -74,7 +77,10 @@ mod tests {
         assert_eq!(auto.decide(start, sample(0, 4), (1, 8), 8, COOLDOWN), None);
         let almost = start + COOLDOWN - Duration::from_millis(1);
         assert_eq!(auto.decide(almost, sample(0, 4), (1, 8), 8, COOLDOWN), None);
-        assert_eq!(auto.decide(start + COOLDOWN, sample(0, 4), (1, 8), 8, COOLDOWN), Some(1));
+        assert_eq!(
+            auto.decide(start + COOLDOWN, sample(0, 4), (1, 8), 8, COOLDOWN),
+            Some(1)
+        );
     }
 
     #[test]

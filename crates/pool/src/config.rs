@@ -264,13 +264,15 @@ impl PoolConfig {
         let pool = PoolId::parse(pool_text).map_err(|error| invalid(error.to_string()))?;
         let mut groups = Vec::new();
         for (name, value) in file.groups {
-            let group: GroupFile = value
-                .try_into()
-                .map_err(|error: toml::de::Error| parse_error(format!("groups.{name}: {}", error.message())))?;
+            let group: GroupFile = value.try_into().map_err(|error: toml::de::Error| {
+                parse_error(format!("groups.{name}: {}", error.message()))
+            })?;
             groups.push(group_config(&pool, &name, group, base, overrides)?);
         }
         if groups.is_empty() {
-            return Err(invalid("the pool has no groups: add a [groups.<name>] table".to_owned()));
+            return Err(invalid(
+                "the pool has no groups: add a [groups.<name>] table".to_owned(),
+            ));
         }
         for (name, _) in &overrides.sizes {
             if !groups.iter().any(|group| group.name == name.as_str()) {
@@ -286,7 +288,9 @@ impl PoolConfig {
             None => groups[0].name.clone(),
         };
         if file.max_restarts_period.is_zero() {
-            return Err(invalid("max_restarts_period must be longer than zero".to_owned()));
+            return Err(invalid(
+                "max_restarts_period must be longer than zero".to_owned(),
+            ));
         }
         Ok(Self {
             pool,
@@ -338,7 +342,9 @@ fn group_config(
         return Err(at(format!("min ({min}) is above max ({max})")));
     }
     if size < min || size > max {
-        return Err(at(format!("size {size} is outside min {min} and max {max}")));
+        return Err(at(format!(
+            "size {size} is outside min {min} and max {max}"
+        )));
     }
     if file.max_unavailable + file.max_surge == 0 {
         return Err(at(
@@ -347,7 +353,9 @@ fn group_config(
         ));
     }
     if file.restart_delay_max < file.restart_delay {
-        return Err(at("restart_delay_max is shorter than restart_delay".to_owned()));
+        return Err(at(
+            "restart_delay_max is shorter than restart_delay".to_owned()
+        ));
     }
     if file.start_timeout.is_zero() {
         return Err(at("start_timeout must be longer than zero".to_owned()));
@@ -523,14 +531,38 @@ mod tests {
         let cases = [
             ("pool = \"p\"", "no groups"),
             ("pool = \"p.q\"\n[groups.a]\ncommand = \"x\"", "poolID"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nsize = 5\nmax = 3", "outside"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmin = 4\nmax = 3", "above max"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmax_surge = 0", "both 0"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nbogus = 1", "bogus"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nstop_grace = \"soon\"", "soon"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nrestart = \"sometimes\"", "sometimes"),
-            ("pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmax_memory = \"lots\"", "max_memory"),
-            ("pool = \"p\"\nsignal_group = \"z\"\n[groups.a]\ncommand = \"x\"", "signal_group"),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nsize = 5\nmax = 3",
+                "outside",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmin = 4\nmax = 3",
+                "above max",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmax_surge = 0",
+                "both 0",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nbogus = 1",
+                "bogus",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nstop_grace = \"soon\"",
+                "soon",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nrestart = \"sometimes\"",
+                "sometimes",
+            ),
+            (
+                "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmax_memory = \"lots\"",
+                "max_memory",
+            ),
+            (
+                "pool = \"p\"\nsignal_group = \"z\"\n[groups.a]\ncommand = \"x\"",
+                "signal_group",
+            ),
             (
                 "pool = \"p\"\n[groups.a]\ncommand = \"x\"\nmin = 0\n[groups.a.autoscale]\n",
                 "routines is required",

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, Message};
 use bytes::Bytes;
-use drover_protocol::{
-    decode, encode, subject, ErrorCode, ErrorPayload, PoolId, PoolRestart,
-    PoolRestarting, PoolScale, PoolScaled, PoolState, PoolStatus, DEFAULT_MAX_PAYLOAD_BYTES,
-};
 use drover_protocol::envelope::decode_query;
+use drover_protocol::{
+    decode, encode, subject, ErrorCode, ErrorPayload, PoolId, PoolRestart, PoolRestarting,
+    PoolScale, PoolScaled, PoolState, PoolStatus, DEFAULT_MAX_PAYLOAD_BYTES,
+};
 use drover_service_kit::Requests;
 use tokio::sync::{mpsc, oneshot};
 
@@ -47,39 +47,56 @@ pub async fn serve(
         .map_err(|error| anyhow::anyhow!("starting the micro service: {error}"))?;
     let to = controls.clone();
     requests
-        .add(&service, "scale", subject::pool::scale(pool), move |message| {
-            let to = to.clone();
-            async move {
-                let request: PoolScale = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                    .map_err(|error| error.to_error(message.subject.as_str()))?;
-                let answer = ask(&to, &message, |reply| Control::Scale(request, reply)).await?;
-                answer.map(|scaled| encode(&scaled))
-            }
-        })
+        .add(
+            &service,
+            "scale",
+            subject::pool::scale(pool),
+            move |message| {
+                let to = to.clone();
+                async move {
+                    let request: PoolScale = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
+                        .map_err(|error| error.to_error(message.subject.as_str()))?;
+                    let answer = ask(&to, &message, |reply| Control::Scale(request, reply)).await?;
+                    answer.map(|scaled| encode(&scaled))
+                }
+            },
+        )
         .await?;
     let to = controls.clone();
     requests
-        .add(&service, "restart", subject::pool::restart(pool), move |message| {
-            let to = to.clone();
-            async move {
-                let request: PoolRestart = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                    .map_err(|error| error.to_error(message.subject.as_str()))?;
-                let answer = ask(&to, &message, |reply| Control::Restart(request, reply)).await?;
-                answer.map(|restarting| encode(&restarting))
-            }
-        })
+        .add(
+            &service,
+            "restart",
+            subject::pool::restart(pool),
+            move |message| {
+                let to = to.clone();
+                async move {
+                    let request: PoolRestart = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
+                        .map_err(|error| error.to_error(message.subject.as_str()))?;
+                    let answer =
+                        ask(&to, &message, |reply| Control::Restart(request, reply)).await?;
+                    answer.map(|restarting| encode(&restarting))
+                }
+            },
+        )
         .await?;
     let to = controls;
     requests
-        .add(&service, "status", subject::pool::status(pool), move |message| {
-            let to = to.clone();
-            async move {
-                let _: PoolStatus = decode_query(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                    .map_err(|error| error.to_error(message.subject.as_str()))?;
-                let state = ask(&to, &message, Control::Status).await?;
-                Ok::<Bytes, ErrorPayload>(encode(&state))
-            }
-        })
+        .add(
+            &service,
+            "status",
+            subject::pool::status(pool),
+            move |message| {
+                let to = to.clone();
+                async move {
+                    let _: PoolStatus =
+                        decode_query(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
+                            .map_err(|error| error.to_error(message.subject.as_str()))?;
+                    let state = ask(&to, &message, Control::Status).await?;
+                    Ok::<Bytes, ErrorPayload>(encode(&state))
+                }
+            },
+        )
         .await?;
     Ok(service)
 }

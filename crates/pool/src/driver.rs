@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::{
-    decode_reply, encode, subject, PoolScale, ProcessPhase, RegistryGet, RestartMode,
-    PoolRestart, RoutineId, RunStatus, WorkerId, WorkerRecord,
+    decode_reply, encode, subject, PoolRestart, PoolScale, ProcessPhase, RegistryGet, RestartMode,
+    RoutineId, RunStatus, WorkerId, WorkerRecord,
 };
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -45,21 +45,36 @@ enum Finding {
 
 /// Runs the pool until it ends: every process ended for good, a critical shutdown, or a
 /// shutdown asked by `shutdown`, SIGTERM or SIGINT (a second one kills the processes).
+///
+/// It connects to `nats_url` first, waiting for NATS as long as it takes (or until
+/// `shutdown`), and hands the same URL to its processes.
 pub async fn run(
     config: PoolConfig,
     nats_url: String,
-    nats: Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<PoolEnd> {
+    let admin_stop = CancellationToken::new();
+    let _admin_guard = admin_stop.clone().drop_guard();
+    let readiness = drover_service_kit::Readiness::new();
+    if let Some(addr) = &config.admin_addr {
+        let metrics = drover_service_kit::metrics::install_for(&names::POOL_METRICS);
+        drover_service_kit::admin::serve(addr, readiness.clone(), metrics, admin_stop.clone())
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot serve the admin port on {addr}: {error}"))?;
+    }
+    let name = format!("drover-pool-{}", config.pool);
+    let nats = match drover_service_kit::connect(&nats_url, &name, &shutdown).await {
+        Ok(nats) => nats,
+        Err(drover_service_kit::ConnectError::Cancelled) => return Ok(PoolEnd::Clean),
+        Err(error) => return Err(error.into()),
+    };
+    readiness.set_client(nats.clone());
+    readiness.set_resources_ok(true);
     let mut pool = Pool::new(&config, Instant::now());
     let service_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let requests = drover_service_kit::Requests::new(
-        &nats,
-        names::REQUESTS_TOTAL,
-        &service_stop,
-        &tasks,
-    );
+    let requests =
+        drover_service_kit::Requests::new(&nats, names::REQUESTS_TOTAL, &service_stop, &tasks);
     let (controls, mut control_rx) = mpsc::channel::<Control>(64);
     let service = control::serve(&nats, &pool.id, &requests, controls).await?;
     let mut worker_events = nats.subscribe(subject::all_registry_events()).await?;
@@ -162,7 +177,10 @@ pub async fn run(
     service_stop.cancel();
     let _ = service.stop().await;
     tasks.close();
-    if tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .is_err()
+    {
         debug!("pool requests still running at exit");
     }
     match &end {
@@ -280,7 +298,10 @@ async fn registry_get(nats: &Client, worker: &WorkerId) -> Option<WorkerRecord> 
     };
     let reply = tokio::time::timeout(
         REGISTRY_TIMEOUT,
-        nats.request(drover_protocol::subject::keys::REGISTRY_GET, encode(&request)),
+        nats.request(
+            drover_protocol::subject::keys::REGISTRY_GET,
+            encode(&request),
+        ),
     )
     .await
     .ok()?
@@ -343,7 +364,11 @@ fn autoscale(pool: &mut Pool, autoscalers: &mut [Autoscaler], group: usize, unfi
     let Some(auto) = state.config.autoscale.clone() else {
         return;
     };
-    let capacities: Vec<u32> = state.slots.iter().filter_map(|slot| slot.capacity).collect();
+    let capacities: Vec<u32> = state
+        .slots
+        .iter()
+        .filter_map(|slot| slot.capacity)
+        .collect();
     let per_process = if capacities.is_empty() {
         1
     } else {
@@ -400,7 +425,11 @@ fn look_around(
     }
     async move {
         let lookups = workers.iter().map(|worker| registry_get(&nats, worker));
-        for record in futures::future::join_all(lookups).await.into_iter().flatten() {
+        for record in futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+        {
             let _ = findings.send(Finding::Worker(Box::new(record)));
         }
         if backlogs.is_empty() {
@@ -452,7 +481,11 @@ fn record_gauges(pool: &Pool) {
         let name = group.config.name.to_string();
         metrics::gauge!(names::TARGET, "group" => name.clone()).set(f64::from(group.target));
         for state in STATES {
-            let count = group.slots.iter().filter(|slot| slot.phase == state).count();
+            let count = group
+                .slots
+                .iter()
+                .filter(|slot| slot.phase == state)
+                .count();
             metrics::gauge!(names::PROCESSES, "group" => name.clone(), "state" => state.as_str())
                 .set(count as f64);
         }
@@ -515,10 +548,22 @@ mod tests {
             )
         };
         let worker = WorkerId::parse("p-g-1").unwrap();
-        assert_eq!(ended_run_worker(event("SUCCEEDED", "RUNNING").as_bytes()), Some(worker.clone()));
-        assert_eq!(ended_run_worker(event("PENDING", "RUNNING").as_bytes()), Some(worker));
-        assert_eq!(ended_run_worker(event("RUNNING", "ASSIGNED").as_bytes()), None);
-        assert_eq!(ended_run_worker(event("CANCELLED", "PENDING").as_bytes()), None);
+        assert_eq!(
+            ended_run_worker(event("SUCCEEDED", "RUNNING").as_bytes()),
+            Some(worker.clone())
+        );
+        assert_eq!(
+            ended_run_worker(event("PENDING", "RUNNING").as_bytes()),
+            Some(worker)
+        );
+        assert_eq!(
+            ended_run_worker(event("RUNNING", "ASSIGNED").as_bytes()),
+            None
+        );
+        assert_eq!(
+            ended_run_worker(event("CANCELLED", "PENDING").as_bytes()),
+            None
+        );
         assert_eq!(ended_run_worker(b"not json"), None);
     }
 }

@@ -226,7 +226,9 @@ impl Group {
     }
 
     fn slot_mut(&mut self, worker_id: &WorkerId) -> Option<&mut Slot> {
-        self.slots.iter_mut().find(|slot| &slot.worker_id == worker_id)
+        self.slots
+            .iter_mut()
+            .find(|slot| &slot.worker_id == worker_id)
     }
 
     /// The slot whose process has this pid.
@@ -399,7 +401,12 @@ impl Group {
         })
     }
 
-    fn classify(&mut self, position: usize, status: ExitStatus, now: Instant) -> (LastExit, ExitOutcome) {
+    fn classify(
+        &mut self,
+        position: usize,
+        status: ExitStatus,
+        now: Instant,
+    ) -> (LastExit, ExitOutcome) {
         let config = &self.config;
         let slot = &mut self.slots[position];
         let up_for = slot.uptime(now).unwrap_or_default();
@@ -417,16 +424,25 @@ impl Group {
             if reason == StopReason::Shutdown {
                 slot.phase = ProcessPhase::Terminated;
             }
-            return (exit(ExitClass::Requested, reason.words().to_owned()), ExitOutcome::Settled);
+            return (
+                exit(ExitClass::Requested, reason.words().to_owned()),
+                ExitOutcome::Settled,
+            );
         }
-        if status.code.is_some_and(|code| config.final_exit_codes.contains(&code)) {
+        if status
+            .code
+            .is_some_and(|code| config.final_exit_codes.contains(&code))
+        {
             slot.phase = ProcessPhase::Terminated;
             let reason = "exited with a final code".to_owned();
             return (exit(ExitClass::Final, reason), ExitOutcome::Settled);
         }
         if let (Some(code), false) = (status.code, slot.registered) {
             slot.phase = ProcessPhase::Terminated;
-            let why = format!("{} exited with code {code} before registering", slot.worker_id);
+            let why = format!(
+                "{} exited with code {code} before registering",
+                slot.worker_id
+            );
             let last = exit(ExitClass::Critical, "exited before registering".to_owned());
             return (last, ExitOutcome::Critical(why));
         }
@@ -486,7 +502,10 @@ impl Group {
         });
         if let Some(slot) = late {
             let reason = if slot.registered {
-                format!("{} registered but was not ready within {timeout:?}", slot.worker_id)
+                format!(
+                    "{} registered but was not ready within {timeout:?}",
+                    slot.worker_id
+                )
             } else {
                 format!("{} did not register within {timeout:?}", slot.worker_id)
             };
@@ -588,7 +607,10 @@ impl Group {
     /// `count` of `among`, least useful first: ended or waiting slots, then processes not
     /// yet ready, then idle ones, then those holding fewest runs; the highest index first.
     fn victims(&self, among: &[u32], count: usize) -> Vec<u32> {
-        let mut ranked: Vec<&Slot> = among.iter().filter_map(|index| self.by_index(*index)).collect();
+        let mut ranked: Vec<&Slot> = among
+            .iter()
+            .filter_map(|index| self.by_index(*index))
+            .collect();
         ranked.sort_by_key(|slot| {
             let rank = match (slot.alive(), slot.phase) {
                 (false, _) => 0,
@@ -598,7 +620,11 @@ impl Group {
             };
             (rank, slot.held_runs, std::cmp::Reverse(slot.index))
         });
-        ranked.into_iter().take(count).map(|slot| slot.index).collect()
+        ranked
+            .into_iter()
+            .take(count)
+            .map(|slot| slot.index)
+            .collect()
     }
 
     /// Takes a slot out: a slot with no process goes at once, one with a process is stopped.

@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use drover_protocol::{
-    ErrorCode, ErrorPayload, GroupName, PoolId, PoolRestart, PoolRestarting, PoolScale,
-    PoolScaled, PoolState, RestartMode, Timestamp,
+    ErrorCode, ErrorPayload, GroupName, PoolId, PoolRestart, PoolRestarting, PoolScale, PoolScaled,
+    PoolState, RestartMode, Timestamp,
 };
 
 use crate::config::PoolConfig;
@@ -88,7 +88,9 @@ impl Pool {
 
     /// The group called `name`, by position.
     pub fn group_index(&self, name: &str) -> Option<usize> {
-        self.groups.iter().position(|group| group.config.name == name)
+        self.groups
+            .iter()
+            .position(|group| group.config.name == name)
     }
 
     /// The process `pid` of group `group` ended: how, classified, if it was the pool's.
@@ -246,7 +248,11 @@ impl Pool {
                 .collect();
             ErrorPayload::new(
                 ErrorCode::UnknownGroup,
-                format!("pool {} has no group {name}; it has {}", self.id, known.join(", ")),
+                format!(
+                    "pool {} has no group {name}; it has {}",
+                    self.id,
+                    known.join(", ")
+                ),
                 in_reply_to,
             )
         })

@@ -68,10 +68,20 @@ pub fn spawn(
         .id()
         .ok_or_else(|| std::io::Error::other("the process ended before its pid was read"))?;
     if let Some(stdout) = child.stdout.take() {
-        tokio::spawn(forward(stdout, OutputStream::Stdout, worker_id.clone(), launch.nats.clone()));
+        tokio::spawn(forward(
+            stdout,
+            OutputStream::Stdout,
+            worker_id.clone(),
+            launch.nats.clone(),
+        ));
     }
     if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward(stderr, OutputStream::Stderr, worker_id.clone(), launch.nats.clone()));
+        tokio::spawn(forward(
+            stderr,
+            OutputStream::Stderr,
+            worker_id.clone(),
+            launch.nats.clone(),
+        ));
     }
     let exits = launch.exits.clone();
     tokio::spawn(async move {
@@ -122,7 +132,9 @@ async fn forward(
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let mut line = String::from_utf8_lossy(&buffer).trim_end_matches(['\n', '\r']).to_owned();
+        let mut line = String::from_utf8_lossy(&buffer)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
         if line.len() > MAX_LINE_BYTES {
             let mut cut = MAX_LINE_BYTES;
             while !line.is_char_boundary(cut) {
@@ -130,14 +142,16 @@ async fn forward(
             }
             line.truncate(cut);
         }
-        let (level, name) = match stream {
+        // Both at info: most programs log everything to stderr, so the stream says
+        // nothing about severity; the `stream` field keeps which one it was.
+        let name = match stream {
             OutputStream::Stdout => {
                 println!("[{worker_id}] {line}");
-                (LogLevel::Info, "stdout")
+                "stdout"
             }
             OutputStream::Stderr => {
                 eprintln!("[{worker_id}] {line}");
-                (LogLevel::Warn, "stderr")
+                "stderr"
             }
         };
         if line.trim().is_empty() {
@@ -146,7 +160,7 @@ async fn forward(
         let mut fields = serde_json::Map::new();
         fields.insert("stream".to_owned(), name.into());
         let log = LogLine {
-            level,
+            level: LogLevel::Info,
             message: line,
             run_id: None,
             fields: Some(fields),
