@@ -389,6 +389,26 @@ pub fn worker_ids<'a>(processes: impl IntoIterator<Item = &'a ProcessState>) -> 
         .collect()
 }
 
+/// A group's processes on one line: `workerID STATE pid`, for failure messages.
+pub fn describe(group: &GroupState) -> String {
+    let processes: Vec<String> = group
+        .processes
+        .iter()
+        .map(|process| {
+            let pid = process
+                .pid
+                .map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+            format!("{} {} {pid}", process.worker_id, process.state.as_str())
+        })
+        .collect();
+    format!(
+        "{} (target {}): {}",
+        group.name,
+        group.target,
+        processes.join(", ")
+    )
+}
+
 /// Whether the group has settled at `n` processes: its target is `n`, `n` are RUNNING and
 /// no other is alive.
 pub fn settled_at(group: &GroupState, n: u32) -> bool {
@@ -860,7 +880,14 @@ pub async fn wait_all_ended(client: &Client, runs: &[RunId], timeout: Duration) 
         if tokio::time::Instant::now() >= deadline {
             let mut sample = Vec::new();
             for run in open.iter().take(5) {
-                sample.push(get(client, run).await);
+                sample.push(get(client, run).await.map(|record| {
+                    (
+                        record.run_id,
+                        record.status,
+                        record.worker_id,
+                        record.attempt,
+                    )
+                }));
             }
             panic!(
                 "{} of {} runs not ended within {:?}; some: {sample:#?}",
@@ -882,7 +909,7 @@ pub async fn assert_all_succeeded(client: &Client, runs: &[RunId], timeout: Dura
         .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} runs did not succeed; the first: {:#?}",
+        "{} of {} runs did not succeed; the first: {:?}",
         failed.len(),
         records.len(),
         failed.first()

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use drover_integration_tests::cli::drover;
 use drover_integration_tests::pool::{
-    alive, assert_all_succeeded, group, in_group, metric, pids, pool_stack, registry_record,
-    running, settled_at, slow_rust_run, submit_many, wait_all_ended, Load, PoolConfig, PoolRun,
-    WorkerKind, REPLACED, RUNS_END, STARTED,
+    alive, assert_all_succeeded, describe, group, in_group, metric, pids, pool_stack,
+    registry_record, running, settled_at, slow_rust_run, submit_many, wait_all_ended, Load,
+    PoolConfig, PoolRun, WorkerKind, REPLACED, RUNS_END, STARTED,
 };
 use drover_integration_tests::runs::wait_status;
 use drover_protocol::{ProcessPhase, RestartMode, RunStatus};
@@ -50,7 +50,7 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
     // Soft: under a steady stream of quick runs from several submitters.
     let load = Load::start(
         &client,
-        &in_group(WorkerKind::RustSdk.quick_run(), &id, "w"),
+        &WorkerKind::RustSdk.quick_run(),
         6,
         Duration::from_millis(15),
     );
@@ -69,23 +69,11 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
             settled_at(workers, 3) && pids(alive(workers)).is_disjoint(&old_pids)
         })
         .await;
-    let samples = sampler.stop().await;
+    let soft_samples = sampler.stop().await;
     load.wait_more(200, FLOWING).await;
     let (runs, refusals) = load.stop().await;
     assert!(refusals.is_empty(), "{refusals:?}");
     assert_all_succeeded(&client, &runs, RUNS_END).await;
-    assert!(!samples.is_empty());
-    for sample in &samples {
-        let workers = group(sample, "w");
-        assert!(
-            running(workers).len() >= 3,
-            "fewer than target - max_unavailable RUNNING: {workers:#?}"
-        );
-        assert!(
-            alive(workers).len() <= 4,
-            "more than target + max_surge alive: {workers:#?}"
-        );
-    }
     // Each new process registered anew: a workerID used before has a higher incarnation.
     for process in alive(group(&state, "w")) {
         let worker = process.worker_id.to_string();
@@ -99,7 +87,7 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
 
     // Hard, through the CLI, while slow runs are held: they finish, then all start again.
     let old_pids = pids(alive(group(&state, "w")));
-    let held = submit_many(&client, &in_group(slow_rust_run(2000), &id, "w"), 6, 6).await;
+    let held = submit_many(&client, &slow_rust_run(2000), 6, 6).await;
     for run in &held {
         wait_status(&client, run, RunStatus::Running, HELD).await;
     }
@@ -115,15 +103,33 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
         settled_at(workers, 3) && pids(alive(workers)).is_disjoint(&old_pids)
     })
     .await;
-    let samples = sampler.stop().await;
+    let hard_samples = sampler.stop().await;
     assert_all_succeeded(&client, &held, RUNS_END).await;
-    for sample in &samples {
-        let now = pids(alive(group(sample, "w")));
+
+    // What the samples saw, checked last so that a breach does not hide what came after.
+    for sample in &hard_samples {
+        let workers = group(sample, "w");
+        let now = pids(alive(workers));
         let (old, new): (BTreeSet<u32>, BTreeSet<u32>) =
             now.iter().partition(|pid| old_pids.contains(pid));
         assert!(
             old.is_empty() || new.is_empty(),
-            "a new process started before every old one had exited: {sample:#?}"
+            "hard: a new process started before every old one had exited: {}",
+            describe(workers)
+        );
+    }
+    assert!(!soft_samples.is_empty());
+    for sample in &soft_samples {
+        let workers = group(sample, "w");
+        assert!(
+            running(workers).len() >= 3,
+            "soft: fewer than target - max_unavailable RUNNING: {}",
+            describe(workers)
+        );
+        assert!(
+            alive(workers).len() <= 4,
+            "soft: more than target + max_surge alive: {}",
+            describe(workers)
         );
     }
 }
