@@ -1,8 +1,8 @@
 //! `drover pool run` supervising each kind of worker (Rust SDK, Python SDK, no SDK): the
 //! processes register under the workerIDs and labels the pool gives them; a process killed
 //! by a signal is restarted under the same workerID and its runs still succeed; a process
-//! that exits 0 after SIGTERM is final and not restarted, and once every process is, the
-//! pool exits 0. Along the way: the status reply and `drover pool status --json` agree,
+//! that exits 0 after SIGTERM is final and not restarted (until a hard restart), and once
+//! every process is, the pool exits 0. Along the way: the status reply and `drover pool status --json` agree,
 //! `drover workers list` shows the labels, and a line a process prints reaches
 //! `drover logs --worker`. Also: a bad configuration is refused before anything starts, and
 //! the two ways to a critical shutdown (a process that exits before it registers, a crash
@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
 use drover_integration_tests::pool::{
-    assert_all_succeeded, group, in_group, pool_stack, process, registry_record, signal_pid,
-    stable_view, submit_many, worker_id, worker_ids, Group, PoolConfig, PoolRun, WorkerKind,
-    REPLACED, RUNS_END, STOPPED,
+    alive, assert_all_succeeded, group, in_group, pids, pool_stack, process, registry_record,
+    settled_at, signal_pid, stable_view, submit_many, worker_id, worker_ids, Group, PoolConfig,
+    PoolRun, WorkerKind, REPLACED, RUNS_END, STOPPED,
 };
 use drover_integration_tests::runs::{submit, wait_status};
 use drover_integration_tests::Recorder;
-use drover_protocol::{ExitClass, PoolState, ProcessPhase, RunStatus, WorkerStatus};
+use drover_protocol::{ExitClass, PoolState, ProcessPhase, RestartMode, RunStatus, WorkerStatus};
 use drover_testkit::{hold_for, wait_for, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -206,8 +206,21 @@ async fn lifecycle(kind: WorkerKind) {
         "the pool ended with a process still running"
     );
 
+    // A hard restart stops the other one gracefully and starts both, the final one included.
+    let begun = pool.restart(RestartMode::Hard, None).await.unwrap();
+    assert!(begun.accepted);
+    let state = pool
+        .wait_for_state("both started again", REPLACED, |state| {
+            let workers = group(state, "w");
+            settled_at(workers, 2) && !pids(alive(workers)).contains(&second_pid)
+        })
+        .await;
+    assert_eq!(state.restarts, 1, "a requested stop is not a restart");
+
     // Once every process has ended final, the pool ends by itself, with status 0.
-    signal_pid(second_pid, Signal::SIGTERM);
+    for started in alive(group(&state, "w")) {
+        signal_pid(started.pid.unwrap(), Signal::SIGTERM);
+    }
     let status = pool.wait_exit(STOPPED).await;
     assert_eq!(status.code(), Some(0), "{status}\n{}", pool.output_tail());
     let marker = format!("DROVER_POOL_ID={id}\0");

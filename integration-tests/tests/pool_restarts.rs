@@ -189,6 +189,8 @@ async fn pool_replaces_processes_past_their_quotas() {
     }
     let samples = sampler.stop().await;
     assert_all_succeeded(&client, &runs, RUNS_END).await;
+    // Neither was replaced before 50 runs had ended on it.
+    assert!(runs.len() >= 100, "replaced after {} runs", runs.len());
     for sample in &samples {
         for process in &group(sample, "counted").processes {
             if process.state == ProcessPhase::Stopping {
