@@ -20,8 +20,19 @@ use crate::pool_env::PoolEnvironment;
 use crate::runtime;
 
 /// The NATS URL used when neither [`WorkerBuilder::nats_url`] nor [`WorkerBuilder::client`]
-/// is given.
+/// is given and [`NATS_URL_VAR`] is not set.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The variable a supervisor such as `drover pool` sets to the NATS URL; it is the default
+/// when the code gives no URL or client.
+pub const NATS_URL_VAR: &str = "DROVER_NATS_URL";
+
+fn default_nats_url() -> String {
+    std::env::var(NATS_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned())
+}
 
 /// How long a shutdown waits for held runs by default.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -41,7 +52,7 @@ impl Worker {
     pub fn builder(worker_id: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             worker_id: worker_id.into(),
-            connection: Connection::Url(DEFAULT_NATS_URL.to_owned()),
+            connection: Connection::Url(default_nats_url()),
             routines: Vec::new(),
             capacity: 1,
             labels: Labels::new(),

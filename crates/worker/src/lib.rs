@@ -106,7 +106,7 @@ pub mod testing;
 mod waiters;
 
 pub use attempt::{PANIC_TYPE, RESULT_TOO_LARGE_TYPE, UNKNOWN_ROUTINE_TYPE};
-pub use builder::{Worker, WorkerBuilder, DEFAULT_GRACE_PERIOD, DEFAULT_NATS_URL};
+pub use builder::{Worker, WorkerBuilder, DEFAULT_GRACE_PERIOD, DEFAULT_NATS_URL, NATS_URL_VAR};
 pub use child::ChildRequest;
 pub use context::Context;
 pub use drover_protocol::{FailureReason, LogLevel, RunError, RunStatus};

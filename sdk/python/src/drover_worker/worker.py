@@ -49,7 +49,8 @@ class Worker:
     on; ``name`` is shown to people. Under a supervisor such as ``drover pool`` the
     environment wins: ``DROVER_WORKER_ID``, when set, is the workerID whatever ``worker_id``
     says, and ``DROVER_POOL_ID`` / ``DROVER_POOL_GROUP`` become the labels ``pool`` and
-    ``group`` (see :mod:`drover_worker.pool_env`). ``nats_options`` go to ``nats.connect``
+    ``group`` (see :mod:`drover_worker.pool_env`). ``nats_url`` defaults to
+    ``DROVER_NATS_URL`` when set, else ``nats://127.0.0.1:4222``. ``nats_options`` go to ``nats.connect``
     (the SDK sets ``max_reconnect_attempts=-1``: a worker reconnects forever).
     ``request_timeout`` (s) is how long one request waits for its reply before it is sent
     again. ``child_poll_interval`` (s) is how long a child may stay silent before its record
@@ -63,7 +64,7 @@ class Worker:
     def __init__(
         self,
         worker_id: str,
-        nats_url: str | list[str] = "nats://127.0.0.1:4222",
+        nats_url: str | list[str] | None = None,
         *,
         capacity: int = 1,
         labels: Mapping[str, str] | None = None,
@@ -76,7 +77,8 @@ class Worker:
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
         self._state = WorkerState(worker_id, capacity)
-        self.nats_url = nats_url
+        # As the Rust SDK: the code's URL, else the supervisor's DROVER_NATS_URL, else local.
+        self.nats_url = nats_url or os.environ.get("DROVER_NATS_URL") or "nats://127.0.0.1:4222"
         self.labels = checked_labels
         self.name = name
         self.nats_options = dict(nats_options or {})

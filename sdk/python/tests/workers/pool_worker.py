@@ -2,7 +2,8 @@
 
     DROVER_NATS_URL=... DROVER_WORKER_ID=... DROVER_POOL_ID=... DROVER_POOL_GROUP=... python pool_worker.py
 
-The workerID in code is ``named-in-code``; the SDK takes the environment's instead, and
+The workerID in code is ``named-in-code`` and no URL is given; the SDK takes the
+environment's workerID and NATS URL instead, and
 labels the worker with its pool and group. The process runs ``asyncio.run(worker.run())``
 with no signal handling of its own: SIGTERM is the SDK's. Routine ``sdk.wait_file`` waits
 until the file ``params["path"]`` exists.
@@ -15,7 +16,8 @@ import os
 from drover_worker import Context, Worker
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-worker = Worker("named-in-code", nats_url=os.environ["DROVER_NATS_URL"], labels={"pool": "set-in-code"})
+# No URL in code: the SDK takes DROVER_NATS_URL, as under the pool.
+worker = Worker("named-in-code", labels={"pool": "set-in-code"})
 
 
 @worker.routine("sdk.wait_file")
