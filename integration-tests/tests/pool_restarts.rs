@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use drover_integration_tests::cli::drover;
 use drover_integration_tests::pool::{
@@ -47,13 +47,16 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
         old_incarnations.insert(worker, record.incarnation);
     }
 
-    // Soft: under a steady stream of quick runs from several submitters.
+    // Soft: under a steady stream of quick runs from several submitters, with slower ones
+    // among them so that a process told to stop has runs to finish first.
     let load = Load::start(
         &client,
         &WorkerKind::RustSdk.quick_run(),
-        6,
-        Duration::from_millis(15),
+        10,
+        Duration::from_millis(20),
     );
+    let slow_load = Load::start(&client, &slow_rust_run(800), 1, Duration::from_millis(100));
+    let loaded_at = Instant::now();
     load.wait_more(200, FLOWING).await;
     let sampler = pool.sample();
     let begun = pool.restart(RestartMode::Soft, Some("w")).await.unwrap();
@@ -71,7 +74,17 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
         .await;
     let soft_samples = sampler.stop().await;
     load.wait_more(200, FLOWING).await;
-    let (runs, refusals) = load.stop().await;
+    let (mut runs, mut refusals) = load.stop().await;
+    let (slow_runs, slow_refusals) = slow_load.stop().await;
+    // The rate the machine allowed (see it with --nocapture); the stream is what matters.
+    let seconds = loaded_at.elapsed().as_secs_f64();
+    println!(
+        "soft restart under {} runs in {seconds:.1} s ({:.0} per second)",
+        runs.len(),
+        runs.len() as f64 / seconds
+    );
+    runs.extend(slow_runs);
+    refusals.extend(slow_refusals);
     assert!(refusals.is_empty(), "{refusals:?}");
     assert_all_succeeded(&client, &runs, RUNS_END).await;
     // Each new process registered anew: a workerID used before has a higher incarnation.

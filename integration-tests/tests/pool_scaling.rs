@@ -1,5 +1,5 @@
 //! Scaling a `drover pool` group: through the NATS request, `drover pool scale` and the
-//! signals SIGTTIN/SIGTTOU, always within [min, max] (a request outside is refused and
+//! signals SIGTTIN/SIGTTOU (and SIGHUP, a soft restart), always within [min, max] (a request outside is refused and
 //! changes nothing), with no run failing while processes are stopped; and autoscaling with
 //! the backlog of the group's routines, up at once and back down after the cooldown.
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
 use drover_integration_tests::pool::{
-    alive, assert_all_succeeded, group, pids, pool_stack, slow_rust_run, submit_many, worker_id,
-    worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED, STOPPED,
+    alive, assert_all_succeeded, group, pids, pool_stack, settled_at, slow_rust_run, submit_many,
+    worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED, STOPPED,
 };
 use drover_protocol::{ErrorCode, ExitClass, PoolScaled, ProcessPhase};
 use nix::sys::signal::Signal;
@@ -123,7 +123,16 @@ async fn pool_scales_a_group_within_its_bounds() {
     pool.signal(Signal::SIGTTIN);
     pool.wait_settled("w", 3, STARTED).await;
     pool.signal(Signal::SIGTTOU);
-    pool.wait_settled("w", 2, STOPPED).await;
+    let state = pool.wait_settled("w", 2, STOPPED).await;
+
+    // SIGHUP: a soft restart, every process replaced.
+    let before = pids(alive(group(&state, "w")));
+    pool.signal(Signal::SIGHUP);
+    pool.wait_for_state("every process replaced after SIGHUP", STARTED, |state| {
+        let workers = group(state, "w");
+        settled_at(workers, 2) && pids(alive(workers)).is_disjoint(&before)
+    })
+    .await;
 
     // SIGTERM: every process is stopped gracefully and the pool exits 0.
     pool.signal(Signal::SIGTERM);
