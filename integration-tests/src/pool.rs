@@ -932,7 +932,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .sum()
+        .fold(0.0, |sum, value| sum + value)
 }
 
 /// A JSON value with the keys that change from one moment to the next removed (uptimes,

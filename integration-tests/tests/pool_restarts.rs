@@ -18,10 +18,12 @@ use drover_integration_tests::pool::{
 };
 use drover_integration_tests::runs::wait_status;
 use drover_protocol::{ProcessPhase, RestartMode, RunStatus};
-use drover_testkit::{free_port, http_get, patient};
+use drover_testkit::{free_port, http_get, patient, wait_until};
 
 /// How long a steady stream may take to get a few more runs accepted.
 const FLOWING: Duration = Duration::from_secs(20);
+/// How long a metric may take to count what the status shows.
+const SEEN: Duration = Duration::from_secs(10);
 /// How long a held run may take to be RUNNING.
 const HELD: Duration = Duration::from_secs(15);
 
@@ -211,13 +213,16 @@ async fn pool_replaces_processes_past_their_quotas() {
             }
         }
     }
-    let text = metrics().await;
-    let requested = metric(
-        &text,
-        "drover_pool_exits_total",
-        &[("group", "counted"), ("class", "requested")],
-    );
-    assert!(requested >= 2.0, "exits: {requested}\n{text}");
+    wait_until("both exits counted as requested", SEEN, || async {
+        let requested = metric(
+            &metrics().await,
+            "drover_pool_exits_total",
+            &[("group", "counted"), ("class", "requested")],
+        );
+        requested >= 2.0
+    })
+    .await
+    .unwrap();
 
     // max_memory below any worker's RSS: the process is replaced as soon as it is seen.
     let scaled = pool.scale("fat", Some(1), None).await.unwrap();
@@ -230,16 +235,23 @@ async fn pool_replaces_processes_past_their_quotas() {
     let first = pids(running(group(&state, "fat")));
     pool.wait_for_state("the fat process replaced", REPLACED, |state| {
         let fat = group(state, "fat");
-        !running(fat).is_empty() && pids(running(fat)).is_disjoint(&first)
+        !running(fat).is_empty() && pids(alive(fat)).is_disjoint(&first)
     })
     .await;
-    let text = metrics().await;
-    let requested = metric(
-        &text,
-        "drover_pool_exits_total",
-        &[("group", "fat"), ("class", "requested")],
-    );
-    assert!(requested >= 1.0, "exits: {requested}\n{text}");
+    wait_until(
+        "the fat process's exit counted as requested",
+        SEEN,
+        || async {
+            let requested = metric(
+                &metrics().await,
+                "drover_pool_exits_total",
+                &[("group", "fat"), ("class", "requested")],
+            );
+            requested >= 1.0
+        },
+    )
+    .await
+    .unwrap();
     pool.scale("fat", Some(0), None).await.unwrap();
     let state = pool.wait_settled("fat", 0, STARTED).await;
     // Replacements are not restarts: none counted, the pool still serving.
