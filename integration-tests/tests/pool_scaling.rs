@@ -1,7 +1,8 @@
 //! Scaling a `drover pool` group: through the NATS request, `drover pool scale` and the
-//! signals SIGTTIN/SIGTTOU (and SIGHUP, a soft restart), always within [min, max] (a request outside is refused and
-//! changes nothing), with no run failing while processes are stopped; and autoscaling with
-//! the backlog of the group's routines, up at once and back down after the cooldown.
+//! signals SIGTTIN/SIGTTOU (and SIGHUP, a soft restart), always within [min, max] (a request
+//! outside is refused and changes nothing), with no run failing while processes are stopped;
+//! and autoscaling with the backlog of the group's routines, up at once and back down after
+//! the cooldown.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,8 +11,9 @@ use std::time::Duration;
 
 use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
 use drover_integration_tests::pool::{
-    alive, assert_all_succeeded, group, pids, pool_stack, settled_at, slow_rust_run, submit_many,
-    worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED, STOPPED,
+    alive, assert_all_succeeded, describe, group, pids, pool_stack, settled_at, slow_rust_run,
+    submit_many, worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED,
+    STOPPED,
 };
 use drover_protocol::{ErrorCode, ExitClass, PoolScaled, ProcessPhase};
 use nix::sys::signal::Signal;
@@ -23,13 +25,17 @@ const FLOWING: Duration = Duration::from_secs(20);
 async fn pool_scales_a_group_within_its_bounds() {
     let stack = pool_stack().await;
     let client = stack.client().await;
-    let config = PoolConfig::new("scale").group(
-        WorkerKind::RustSdk
-            .group("w")
-            .set("size", 2)
-            .set("min", 1)
-            .set("max", 5),
-    );
+    // A second group, after `w` in the file but before it in the alphabet: the signals
+    // scale the first group in the file.
+    let config = PoolConfig::new("scale")
+        .group(
+            WorkerKind::RustSdk
+                .group("w")
+                .set("size", 2)
+                .set("min", 1)
+                .set("max", 5),
+        )
+        .group(WorkerKind::RustSdk.group("a").set("size", 1).set("max", 3));
     let id = config.id().clone();
     let mut pool = PoolRun::start(&stack, &config).await;
     let url = pool.url().to_owned();
@@ -124,6 +130,11 @@ async fn pool_scales_a_group_within_its_bounds() {
     pool.wait_settled("w", 3, STARTED).await;
     pool.signal(Signal::SIGTTOU);
     let state = pool.wait_settled("w", 2, STOPPED).await;
+    assert!(
+        settled_at(group(&state, "a"), 1),
+        "{}",
+        describe(group(&state, "a"))
+    );
 
     // SIGHUP: a soft restart, every process replaced.
     let before = pids(alive(group(&state, "w")));
