@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::{
-    decode_reply, encode, subject, PoolRestart, PoolScale, ProcessPhase, RegistryGet, RestartMode,
-    RoutineId, RunStatus, WorkerId, WorkerRecord,
+    decode_reply, encode, subject, PoolRestart, PoolScale, PoolState, PoolStatus, ProcessPhase,
+    RegistryGet, RestartMode, RoutineId, RunStatus, WorkerId, WorkerRecord,
 };
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -70,6 +70,20 @@ pub async fn run(
     };
     readiness.set_client(nats.clone());
     readiness.set_resources_ok(true);
+    if let Some(state) = already_running(&nats, &config.pool).await {
+        anyhow::bail!(
+            "a pool {} is already running (up {} ms): two pools with one poolID would start the same workerIDs",
+            state.pool_id,
+            state.uptime_ms
+        );
+    }
+    let max_grace = config
+        .groups
+        .iter()
+        .map(|group| group.stop_grace)
+        .max()
+        .unwrap_or_default();
+    process::stop_orphans(&config.pool, max_grace).await;
     let mut pool = Pool::new(&config, Instant::now());
     let service_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -287,6 +301,16 @@ async fn carry_out(
             process::signal_group(pid, Signal::SIGKILL);
         }
     }
+}
+
+/// The state of a pool with this poolID that answers already, if one does.
+async fn already_running(nats: &Client, pool: &drover_protocol::PoolId) -> Option<PoolState> {
+    let request = nats.request(subject::pool::status(pool), encode(&PoolStatus {}));
+    let reply = tokio::time::timeout(REGISTRY_TIMEOUT, request)
+        .await
+        .ok()?
+        .ok()?;
+    decode_reply::<PoolState>(&reply.payload).ok()?.ok()
 }
 
 /// The incarnation the registry has for `worker` now (0 when it has none): registrations
