@@ -8,7 +8,8 @@ use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::{
     decode_reply, encode, subject, PoolRestart, PoolScale, PoolState, PoolStatus, ProcessPhase,
-    RegistryGet, RestartMode, RoutineId, RunStatus, WorkerId, WorkerRecord,
+    RegistryGet, RegistryList, RestartMode, RoutineId, RunStatus, WorkerId, WorkerList,
+    WorkerRecord,
 };
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -338,6 +339,32 @@ async fn registry_get(nats: &Client, worker: &WorkerId) -> Option<WorkerRecord> 
     decode_reply::<WorkerRecord>(&reply.payload).ok()?.ok()
 }
 
+/// The registry's records of the workers labelled with this pool.
+async fn registry_list(nats: &Client, pool: &drover_protocol::PoolId) -> Vec<WorkerRecord> {
+    let request = RegistryList {
+        labels: Some(drover_protocol::Labels::from([(
+            "pool".to_owned(),
+            pool.to_string(),
+        )])),
+        ..RegistryList::default()
+    };
+    let reply = tokio::time::timeout(
+        REGISTRY_TIMEOUT,
+        nats.request(
+            drover_protocol::subject::keys::REGISTRY_LIST,
+            encode(&request),
+        ),
+    )
+    .await;
+    let Ok(Ok(reply)) = reply else {
+        return Vec::new();
+    };
+    match decode_reply::<WorkerList>(&reply.payload) {
+        Ok(Ok(list)) => list.workers,
+        _ => Vec::new(),
+    }
+}
+
 /// What the registry says about a worker: the pool's own (tracked), or another workerID
 /// registered from one of the pool's processes (a critical error).
 fn observe(
@@ -452,13 +479,23 @@ fn look_around(
             }
         }
     }
+    let pool_id = pool.id.clone();
     async move {
-        let lookups = workers.iter().map(|worker| registry_get(&nats, worker));
-        for record in futures::future::join_all(lookups)
+        // One list for the processes that carry the pool's label; one get for each that
+        // does not (a worker that ignores DROVER_POOL_ID is still followed).
+        let listed = registry_list(&nats, &pool_id).await;
+        let missing: Vec<&WorkerId> = workers
+            .iter()
+            .filter(|worker| !listed.iter().any(|record| &record.worker_id == *worker))
+            .collect();
+        let lookups = missing
+            .into_iter()
+            .map(|worker| registry_get(&nats, worker));
+        let looked_up = futures::future::join_all(lookups)
             .await
             .into_iter()
-            .flatten()
-        {
+            .flatten();
+        for record in listed.into_iter().chain(looked_up) {
             let _ = findings.send(Finding::Worker(Box::new(record)));
         }
         if backlogs.is_empty() {
