@@ -107,6 +107,9 @@ pub enum CliError {
     /// Reading or writing failed (exit 1).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A configuration file that cannot be used; nothing was started (exit 64).
+    #[error("{0}")]
+    Config(String),
 }
 
 impl CliError {
@@ -136,6 +139,8 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 4;
     /// Drover refused the request.
     pub const REFUSED: u8 = 5;
+    /// A configuration file that cannot be used (as the services: EX_CONFIG).
+    pub const CONFIG: u8 = 64;
 }
 
 impl CliError {
@@ -164,6 +169,7 @@ impl CliError {
             | CliError::Json(_)
             | CliError::Spawn { .. }
             | CliError::Io(_) => exit::FAILED,
+            CliError::Config(_) => exit::CONFIG,
         }
     }
 }
@@ -178,16 +184,18 @@ enum DroverKind {
 
 fn drover_kind(code: ErrorCode) -> DroverKind {
     match code {
-        ErrorCode::UnknownRun | ErrorCode::UnknownWorker | ErrorCode::UnknownParentRun => {
-            DroverKind::NotFound
-        }
+        ErrorCode::UnknownRun
+        | ErrorCode::UnknownWorker
+        | ErrorCode::UnknownParentRun
+        | ErrorCode::UnknownGroup => DroverKind::NotFound,
         ErrorCode::Unavailable => DroverKind::Unavailable,
         ErrorCode::InvalidJson
         | ErrorCode::SchemaViolation
         | ErrorCode::InvalidRoutineId
         | ErrorCode::InvalidBackoff
         | ErrorCode::PayloadTooLarge
-        | ErrorCode::InvalidCursor => DroverKind::Usage,
+        | ErrorCode::InvalidCursor
+        | ErrorCode::InvalidPayload => DroverKind::Usage,
         _ => DroverKind::Refused,
     }
 }

@@ -56,20 +56,25 @@ enum Command {
     Logs(cmd::logs::Logs),
     /// Show which services answer and the health of the streams and buckets.
     Status(cmd::status::Status),
+    /// Supervise worker processes: run a pool, scale it, restart it, show it.
+    #[command(subcommand)]
+    Pool(cmd::pool::Pool),
 }
 
 /// `NATS_URL` is honoured when neither `--nats-url` nor `DROVER_NATS_URL` is given.
-fn nats_url(cli: &Cli, matches: &ArgMatches, nats_url_env: Option<String>) -> String {
+///
+/// Also says whether the user gave a URL at all (flag or either variable).
+fn nats_url(cli: &Cli, matches: &ArgMatches, nats_url_env: Option<String>) -> (String, bool) {
     let given = matches
         .value_source("nats_url")
         .is_some_and(|source| source != ValueSource::DefaultValue);
     match nats_url_env {
-        Some(url) if !given => url,
-        _ => cli.nats_url.clone(),
+        Some(url) if !given => (url, true),
+        _ => (cli.nats_url.clone(), given),
     }
 }
 
-async fn run(cli: Cli, url: String) -> Result<(), CliError> {
+async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError> {
     let timeout = Duration::from_secs(cli.timeout.max(1));
     if let Command::Dev(dev) = cli.command {
         return dev.run().await;
@@ -77,6 +82,12 @@ async fn run(cli: Cli, url: String) -> Result<(), CliError> {
     // Input errors are reported before, and without, any connection.
     if let Command::Submit(submit) = &cli.command {
         submit.spec()?;
+    }
+    if let Command::Pool(pool) = &cli.command {
+        pool.check()?;
+        if let cmd::pool::Pool::Run(run) = pool {
+            return run.run(url, url_given).await;
+        }
     }
     let drover = Drover::connect(&url, timeout).await?;
     match cli.command {
@@ -86,12 +97,16 @@ async fn run(cli: Cli, url: String) -> Result<(), CliError> {
         Command::Workers(workers) => workers.run(&drover).await,
         Command::Logs(logs) => logs.run(&drover).await,
         Command::Status(status) => status.run(&drover).await,
+        Command::Pool(pool) => pool.request(&drover).await,
     }
 }
 
 /// The CLI's own log filter unless `RUST_LOG` says otherwise: it reports its errors itself,
 /// one line each.
 const QUIET_LOG: &str = "error,async_nats=off";
+
+/// `drover pool run` supervises for as long as it runs: it says what it does, on stderr.
+const POOL_LOG: &str = "info,async_nats=warn";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -102,10 +117,12 @@ async fn main() -> ExitCode {
     // The processes `drover dev` starts get the user's setting (or `info`), not the CLI's.
     let user_log = std::env::var("RUST_LOG").ok();
     let _ = cmd::dev::CHILD_RUST_LOG.set(user_log.clone().unwrap_or_else(|| "info".to_owned()));
-    let telemetry = drover_telemetry::init_with_log_filter(
-        "drover-cli",
-        user_log.as_deref().unwrap_or(QUIET_LOG),
-    );
+    let (service, quiet) = match &cli.command {
+        Command::Pool(cmd::pool::Pool::Run(_)) => ("drover-pool", POOL_LOG),
+        _ => ("drover-cli", QUIET_LOG),
+    };
+    let telemetry =
+        drover_telemetry::init_with_log_filter(service, user_log.as_deref().unwrap_or(quiet));
     let outcome = run(cli, url).await;
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     match outcome {
@@ -127,7 +144,7 @@ mod tests {
         let command = Cli::command().mut_arg("nats_url", |arg| arg.env(drover_env));
         let matches = command.try_get_matches_from(args).unwrap();
         let cli = Cli::from_arg_matches(&matches).unwrap();
-        nats_url(&cli, &matches, nats_env.map(str::to_owned))
+        nats_url(&cli, &matches, nats_env.map(str::to_owned)).0
     }
 
     #[test]

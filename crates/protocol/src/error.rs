@@ -45,8 +45,9 @@ pub enum ErrorCode {
     UnknownGroup,
     /// A pool scale request asks for a size outside the group's `min` and `max`.
     OutOfBounds,
-    /// The payload satisfies its schema but asks for something impossible (for example a
-    /// scale request with both `target` and `delta`).
+    /// The payload satisfies its schema but asks for something impossible that the schema
+    /// cannot rule out. (A scale request with both `target` and `delta` is a
+    /// `schema_violation`: the schema's `oneOf` refuses it.)
     InvalidPayload,
     /// A service that this request needs is not reachable right now; retry later.
     Unavailable,

@@ -2,6 +2,7 @@
 
 pub mod dev;
 pub mod logs;
+pub mod pool;
 pub mod records;
 pub mod status;
 pub mod submit;

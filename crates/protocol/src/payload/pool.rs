@@ -8,10 +8,12 @@ use crate::timestamp::Timestamp;
 
 /// `v1.pool.<poolID>.scale`: set a group's size, or change it by `delta`.
 ///
-/// Exactly one of `target` and `delta` is given; the result must lie within the group's
-/// `min` and `max`, or the request is refused with `out_of_bounds` and nothing changes.
+/// Exactly one of `target` and `delta` is given (the schema's `oneOf`; deserialising refuses
+/// both or neither, so that the type accepts what the schema accepts); the result must lie
+/// within the group's `min` and `max`, or the request is refused with `out_of_bounds` and
+/// nothing changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "PoolScaleFields")]
 pub struct PoolScale {
     /// The group to scale.
     pub group: GroupName,
@@ -21,6 +23,34 @@ pub struct PoolScale {
     /// Processes to add (positive) or remove (negative).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta: Option<i64>,
+}
+
+/// The fields of [`PoolScale`] as they arrive, before the check that exactly one of
+/// `target` and `delta` is there.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PoolScaleFields {
+    group: GroupName,
+    #[serde(default)]
+    target: Option<u32>,
+    #[serde(default)]
+    delta: Option<i64>,
+}
+
+impl TryFrom<PoolScaleFields> for PoolScale {
+    type Error = &'static str;
+
+    fn try_from(fields: PoolScaleFields) -> Result<Self, Self::Error> {
+        match (fields.target, fields.delta) {
+            (Some(_), Some(_)) => Err("give either target or delta, not both"),
+            (None, None) => Err("give target or delta"),
+            (target, delta) => Ok(PoolScale {
+                group: fields.group,
+                target,
+                delta,
+            }),
+        }
+    }
 }
 
 /// Reply to [`PoolScale`]: the group's new target and the processes running right now.
@@ -78,9 +108,9 @@ pub struct PoolRestarting {
     pub groups: Vec<GroupName>,
 }
 
-/// `v1.pool.<poolID>.status`: an empty object.
+/// `v1.pool.<poolID>.status`: an empty object. Like every payload it is read tolerantly:
+/// unknown fields are ignored, so that a newer client can ask an older pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PoolStatus {}
 
 /// How a process ended (DESIGN §9, `lastExit.class`).
@@ -223,4 +253,26 @@ pub struct PoolState {
     pub restarts: u32,
     /// Its groups.
     pub groups: Vec<GroupState>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scale(payload: serde_json::Value) -> Result<PoolScale, String> {
+        serde_json::from_value(payload).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn scale_takes_exactly_one_of_target_and_delta() {
+        let by_target = scale(json!({"group": "py", "target": 3, "delta": null})).unwrap();
+        assert_eq!((by_target.target, by_target.delta), (Some(3), None));
+        let by_delta = scale(json!({"group": "py", "delta": -1})).unwrap();
+        assert_eq!((by_delta.target, by_delta.delta), (None, Some(-1)));
+        let both = scale(json!({"group": "py", "target": 1, "delta": 1})).unwrap_err();
+        assert!(both.contains("not both"), "{both}");
+        let neither = scale(json!({"group": "py", "target": null})).unwrap_err();
+        assert!(neither.contains("give target or delta"), "{neither}");
+    }
 }

@@ -102,7 +102,11 @@ fn violations(kind: &Kind, value: &Value) -> Vec<Violation> {
 fn rust_values_validate() {
     let mut problems = Vec::new();
     for kind in kinds() {
-        for (which, value) in [("full", (kind.full)()), ("minimal", (kind.minimal)())] {
+        let alternatives = (kind.alternatives)()
+            .into_iter()
+            .map(|value| ("alternative", value));
+        let samples = [("full", (kind.full)()), ("minimal", (kind.minimal)())];
+        for (which, value) in samples.into_iter().chain(alternatives) {
             let found = violations(&kind, &value);
             if !found.is_empty() {
                 problems.push(format!("{} {which} {value}: {found:?}", kind.name));
@@ -115,6 +119,30 @@ fn rust_values_validate() {
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
+/// Adds to `into` every member of `from` it lacks, at every level of nesting: the keys that
+/// a type's samples write between them.
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(into), Some(from)) = (into.as_object_mut(), from.as_object()) {
+        for (key, item) in from {
+            match into.get_mut(key) {
+                Some(existing) => merge(existing, item),
+                None => {
+                    into.insert(key.clone(), item.clone());
+                }
+            }
+        }
+    }
+}
+
+/// `full` with the members of the `alternatives` merged in.
+fn every_field(kind: &Kind) -> Value {
+    let mut every_field = Value::Object(Default::default());
+    for full in kind.fulls() {
+        merge(&mut every_field, &full);
+    }
+    every_field
+}
+
 #[test]
 fn schemas_list_exactly_the_rust_fields() {
     let defs = defs();
@@ -122,7 +150,16 @@ fn schemas_list_exactly_the_rust_fields() {
     for kind in kinds() {
         let document = kind.schema.document();
         let at = kind.stem();
-        compare_properties(&defs, &document, &(kind.full)(), at, true, &mut problems);
+        // Exclusive fields (`oneOf`) are written by different samples; their union must
+        // name every property. The union is compared by its keys only: it need not validate.
+        compare_properties(
+            &defs,
+            &document,
+            &every_field(&kind),
+            at,
+            true,
+            &mut problems,
+        );
         compare_properties(
             &defs,
             &document,
@@ -163,18 +200,21 @@ fn required_lists_match_the_rust_fields() {
             .and_then(Value::as_array)
             .map(|required| required.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        // A field is required in Rust when the type does not deserialise without it.
-        let full = (kind.full)();
-        let in_rust: BTreeSet<&str> = full
-            .as_object()
-            .expect("payloads are objects")
-            .keys()
-            .filter(|key| {
-                let mut without = full.clone();
-                without.as_object_mut().map(|object| object.remove(*key));
-                !(kind.accepts)(&without)
-            })
+        // A field is required in Rust when every sample has it and the type does not
+        // deserialise any of them without it. (A field of a `oneOf` branch is absent from
+        // the samples of the other branches, so it is not required, as in the schema.)
+        let fulls = kind.fulls();
+        let in_rust: BTreeSet<&str> = fulls
+            .iter()
+            .flat_map(|full| full.as_object().expect("payloads are objects").keys())
             .map(String::as_str)
+            .filter(|key| {
+                fulls.iter().all(|full| {
+                    let mut without = full.clone();
+                    let object = without.as_object_mut().expect("payloads are objects");
+                    object.remove(*key).is_some() && !(kind.accepts)(&without)
+                })
+            })
             .collect();
         if in_schema != in_rust {
             problems.push(format!(
@@ -256,7 +296,7 @@ fn mutations(value: &Value) -> Vec<(String, Value)> {
 fn absence_and_null_agree_with_rust() {
     let mut problems = Vec::new();
     for kind in kinds() {
-        for (change, value) in mutations(&(kind.full)()) {
+        for (change, value) in kind.fulls().iter().flat_map(mutations) {
             let schema_accepts = violations(&kind, &value).is_empty();
             let rust_accepts = (kind.accepts)(&value);
             if schema_accepts != rust_accepts {
@@ -269,6 +309,70 @@ fn absence_and_null_agree_with_rust() {
             }
         }
     }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// For a type with exclusive fields (`oneOf`), every way to give, null or leave out each of
+/// them is accepted by the schema exactly when serde accepts it: for `v1.pool.scale`, both
+/// `target` and `delta` are refused by both, and so is neither.
+#[test]
+fn exclusive_fields_agree_with_rust() {
+    let mut problems = Vec::new();
+    let mut kinds_with_alternatives = 0;
+    for kind in kinds() {
+        let fulls = kind.fulls();
+        if fulls.len() < 2 {
+            continue;
+        }
+        kinds_with_alternatives += 1;
+        let every_field = every_field(&kind)
+            .as_object()
+            .expect("payloads are objects")
+            .clone();
+        // Fields that some sample leaves out: the exclusive ones.
+        let exclusive: Vec<&String> = every_field
+            .keys()
+            .filter(|key| fulls.iter().any(|full| full.get(key.as_str()).is_none()))
+            .collect();
+        assert!(
+            !exclusive.is_empty(),
+            "{}: alternatives that leave no field out",
+            kind.stem()
+        );
+        let choices = 3_usize.pow(u32::try_from(exclusive.len()).expect("a few fields"));
+        for choice in 0..choices {
+            let mut value = every_field.clone();
+            let mut change = Vec::new();
+            let mut rest = choice;
+            for key in &exclusive {
+                match rest % 3 {
+                    0 => {
+                        value.remove(key.as_str());
+                        change.push(format!("no {key}"));
+                    }
+                    1 => {
+                        value.insert((*key).clone(), Value::Null);
+                        change.push(format!("{key} = null"));
+                    }
+                    _ => change.push(format!("{key} = {}", every_field[key.as_str()])),
+                }
+                rest /= 3;
+            }
+            let value = Value::Object(value);
+            let schema_accepts = violations(&kind, &value).is_empty();
+            let rust_accepts = (kind.accepts)(&value);
+            if schema_accepts != rust_accepts {
+                problems.push(format!(
+                    "{} with {}: schema {}, Rust {}",
+                    kind.stem(),
+                    change.join(", "),
+                    verdict(schema_accepts),
+                    verdict(rust_accepts)
+                ));
+            }
+        }
+    }
+    assert!(kinds_with_alternatives > 0, "no type has alternatives");
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
@@ -371,6 +475,28 @@ fn enums_match_the_rust_variants() {
         &variants!(LogLevel: Trace, Debug, Info, Warn, Error),
         &mut problems,
     );
+    let pool_state = SchemaName::PoolState.document();
+    let process = &pool_state["properties"]["groups"]["items"]["properties"]["processes"]["items"];
+    check_enum(
+        &process["properties"]["state"],
+        "pool process state",
+        &variants!(ProcessPhase: Starting, Running, Stopping, Restarting, Terminated),
+        &mut problems,
+    );
+    check_enum(
+        &resolve(&defs, &process["properties"]["lastExit"])["properties"]["class"],
+        "lastExit class",
+        &variants!(ExitClass: Requested, Final, Unexpected, Critical),
+        &mut problems,
+    );
+    for schema in [SchemaName::PoolRestart, SchemaName::PoolRestarting] {
+        check_enum(
+            &schema.document()["properties"]["mode"],
+            schema.file_stem(),
+            &variants!(RestartMode: Hard, Soft),
+            &mut problems,
+        );
+    }
     // The lists the crate itself publishes are complete too.
     let code = &SchemaName::Error.document()["properties"]["code"];
     check_enum(code, "ErrorCode::ALL", &ErrorCode::ALL, &mut problems);

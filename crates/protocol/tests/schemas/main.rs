@@ -32,6 +32,8 @@ pub struct Kind {
     pub full: fn() -> Value,
     /// `T::minimal()` as JSON.
     pub minimal: fn() -> Value,
+    /// `T::alternatives()` as JSON.
+    pub alternatives: fn() -> Vec<Value>,
     /// Whether serde turns this JSON into a `T`.
     pub accepts: fn(&Value) -> bool,
 }
@@ -40,6 +42,13 @@ impl Kind {
     /// The schema's file stem, which is also the examples' directory name.
     pub fn stem(&self) -> &'static str {
         self.schema.file_stem()
+    }
+
+    /// `full` followed by the `alternatives`: the values that, between them, write every field.
+    pub fn fulls(&self) -> Vec<Value> {
+        let mut all = vec![(self.full)()];
+        all.extend((self.alternatives)());
+        all
     }
 }
 
@@ -54,6 +63,7 @@ fn kind<T: Sample + PartialEq + Debug>() -> Kind {
         decode_error: |body| envelope::decode::<T>(body, DEFAULT_MAX_PAYLOAD_BYTES).err(),
         full: || to_json(&T::full()),
         minimal: || to_json(&T::minimal()),
+        alternatives: || T::alternatives().iter().map(to_json).collect(),
         accepts: |value| serde_json::from_value::<T>(value.clone()).is_ok(),
     }
 }
@@ -94,6 +104,12 @@ pub fn kinds() -> Vec<Kind> {
         kind::<WorkerEvent>(),
         kind::<LogsQuery>(),
         kind::<LogPage>(),
+        kind::<PoolScale>(),
+        kind::<PoolScaled>(),
+        kind::<PoolRestart>(),
+        kind::<PoolRestarting>(),
+        kind::<PoolStatus>(),
+        kind::<PoolState>(),
     ]
 }
 

@@ -15,6 +15,11 @@ pub trait Sample: Payload {
     fn full() -> Self;
     /// Every optional field absent, every collection empty where allowed.
     fn minimal() -> Self;
+    /// More values, for a type whose schema makes some fields exclusive (`oneOf`): `full()`
+    /// can hold only one of them, so these hold the others.
+    fn alternatives() -> Vec<Self> {
+        Vec::new()
+    }
 }
 
 fn run(n: usize) -> RunId {
@@ -736,6 +741,157 @@ impl Sample for LogPage {
                 received_at: at("2026-11-22T13:17:05.002Z"),
             }],
             next_cursor: None,
+        }
+    }
+}
+
+fn group(name: &str) -> GroupName {
+    GroupName::parse(name).expect("valid group name")
+}
+
+impl Sample for PoolScale {
+    fn full() -> Self {
+        PoolScale {
+            group: group("py"),
+            target: Some(4),
+            delta: None,
+        }
+    }
+    fn minimal() -> Self {
+        Self::full()
+    }
+    fn alternatives() -> Vec<Self> {
+        vec![PoolScale {
+            group: group("py"),
+            target: None,
+            delta: Some(-2),
+        }]
+    }
+}
+
+impl Sample for PoolScaled {
+    fn full() -> Self {
+        PoolScaled {
+            group: group("py"),
+            target: 4,
+            running: 2,
+        }
+    }
+    fn minimal() -> Self {
+        PoolScaled {
+            group: group("py"),
+            target: 0,
+            running: 0,
+        }
+    }
+}
+
+impl Sample for PoolRestart {
+    fn full() -> Self {
+        PoolRestart {
+            mode: RestartMode::Soft,
+            group: Some(group("py")),
+        }
+    }
+    fn minimal() -> Self {
+        PoolRestart {
+            mode: RestartMode::Hard,
+            group: None,
+        }
+    }
+}
+
+impl Sample for PoolRestarting {
+    fn full() -> Self {
+        PoolRestarting {
+            accepted: true,
+            mode: RestartMode::Soft,
+            groups: vec![group("py"), group("rust")],
+        }
+    }
+    fn minimal() -> Self {
+        PoolRestarting {
+            accepted: true,
+            mode: RestartMode::Hard,
+            groups: vec![],
+        }
+    }
+}
+
+impl Sample for PoolStatus {
+    fn full() -> Self {
+        PoolStatus {}
+    }
+    fn minimal() -> Self {
+        PoolStatus {}
+    }
+}
+
+fn process_full() -> ProcessState {
+    ProcessState {
+        worker_id: worker("demo-py-2"),
+        pid: Some(48_213),
+        state: ProcessPhase::Running,
+        worker_status: Some(WorkerStatus::Working),
+        restarts: 1,
+        started_at: Some(at("2026-11-22T13:17:05.120Z")),
+        uptime_ms: Some(120_000),
+        runs: 17,
+        rss_bytes: Some(48_234_496),
+        last_exit: Some(LastExit {
+            code: Some(137),
+            signal: Some(9),
+            class: ExitClass::Unexpected,
+            reason: Some("killed by signal 9".to_owned()),
+            at: at("2026-11-22T13:17:04.001Z"),
+        }),
+    }
+}
+
+fn process_minimal() -> ProcessState {
+    ProcessState {
+        worker_id: worker("demo-py-3"),
+        pid: None,
+        state: ProcessPhase::Restarting,
+        worker_status: None,
+        restarts: 0,
+        started_at: None,
+        uptime_ms: None,
+        runs: 0,
+        rss_bytes: None,
+        last_exit: None,
+    }
+}
+
+impl Sample for PoolState {
+    fn full() -> Self {
+        PoolState {
+            pool_id: PoolId::parse("demo").expect("valid poolID"),
+            started_at: at("2026-11-22T13:00:00.000Z"),
+            uptime_ms: 1_145_120,
+            restarts: 1,
+            groups: vec![GroupState {
+                name: group("py"),
+                min: 1,
+                max: 8,
+                target: 2,
+                processes: vec![process_full()],
+            }],
+        }
+    }
+    fn minimal() -> Self {
+        PoolState {
+            pool_id: PoolId::parse("demo").expect("valid poolID"),
+            started_at: at("2026-11-22T13:00:00.000Z"),
+            uptime_ms: 0,
+            restarts: 0,
+            groups: vec![GroupState {
+                name: group("py"),
+                min: 0,
+                max: 1,
+                target: 1,
+                processes: vec![process_minimal()],
+            }],
         }
     }
 }

@@ -1,0 +1,279 @@
+//! The whole pool's decisions, with no I/O: restart intensity, critical shutdown, the end
+//! of the pool, and the answers to scale, restart and status requests.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use drover_protocol::{
+    ErrorCode, ErrorPayload, GroupName, PoolId, PoolRestart, PoolRestarting, PoolScale, PoolScaled,
+    PoolState, RestartMode, Timestamp,
+};
+
+use crate::config::PoolConfig;
+use crate::group::{Action, ExitOutcome, ExitStatus, Exited, Group};
+
+/// Why the pool is stopping, once it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopping {
+    /// Asked to (a signal, or its caller).
+    Asked,
+    /// A critical error: the reason.
+    Critical(String),
+}
+
+/// How the pool ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEnd {
+    /// Shut down when asked, or every process ended with a final code.
+    Clean,
+    /// Every process ended for good, some not with a final code.
+    AllTerminated,
+    /// A critical shutdown, and why.
+    Critical(String),
+}
+
+/// The pool's groups and the rules over all of them.
+#[derive(Debug)]
+pub struct Pool {
+    /// The poolID.
+    pub id: PoolId,
+    /// Its groups, in file order.
+    pub groups: Vec<Group>,
+    max_restarts: u32,
+    period: Duration,
+    recent_restarts: VecDeque<Instant>,
+    restarts: u32,
+    started_at: Timestamp,
+    started: Instant,
+    stopping: Option<Stopping>,
+}
+
+impl Pool {
+    /// A pool with nothing started yet.
+    pub fn new(config: &PoolConfig, now: Instant) -> Self {
+        Self {
+            id: config.pool.clone(),
+            groups: config
+                .groups
+                .iter()
+                .map(|group| Group::new(config.pool.clone(), group.clone()))
+                .collect(),
+            max_restarts: config.max_restarts,
+            period: config.max_restarts_period,
+            recent_restarts: VecDeque::new(),
+            restarts: 0,
+            started_at: Timestamp::now(),
+            started: now,
+            stopping: None,
+        }
+    }
+
+    /// Why the pool is stopping, if it is.
+    pub fn stopping(&self) -> Option<&Stopping> {
+        self.stopping.as_ref()
+    }
+
+    /// Stops every process gracefully; the pool ends once all have exited.
+    pub fn shut_down(&mut self, why: Stopping) {
+        // A critical reason is kept over a later request, and the first critical one wins.
+        match (&self.stopping, &why) {
+            (Some(Stopping::Critical(_)), _) => {}
+            (Some(Stopping::Asked), Stopping::Asked) => {}
+            _ => self.stopping = Some(why),
+        }
+        for group in &mut self.groups {
+            group.shut_down();
+        }
+    }
+
+    /// The group called `name`, by position.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.groups
+            .iter()
+            .position(|group| group.config.name == name)
+    }
+
+    /// The process `pid` of group `group` ended: how, classified, if it was the pool's.
+    pub fn exited(
+        &mut self,
+        group: usize,
+        pid: u32,
+        status: ExitStatus,
+        now: Instant,
+    ) -> Option<Exited> {
+        let exited = self.groups.get_mut(group)?.exited(pid, status, now)?;
+        self.follow(exited.outcome.clone(), now);
+        Some(exited)
+    }
+
+    /// A process of group `group` could not be started.
+    pub fn start_failed(&mut self, group: usize, index: u32, error: &str, now: Instant) {
+        let outcome = self.groups[group].start_failed(index, error);
+        self.follow(outcome, now);
+    }
+
+    fn follow(&mut self, outcome: ExitOutcome, now: Instant) {
+        match outcome {
+            ExitOutcome::Settled => {}
+            ExitOutcome::Critical(reason) => self.shut_down(Stopping::Critical(reason)),
+            ExitOutcome::Restart => {
+                self.restarts += 1;
+                self.recent_restarts.push_back(now);
+                while self
+                    .recent_restarts
+                    .front()
+                    .is_some_and(|at| now.saturating_duration_since(*at) > self.period)
+                {
+                    self.recent_restarts.pop_front();
+                }
+                if self.recent_restarts.len() as u32 > self.max_restarts {
+                    let reason = format!(
+                        "restart intensity reached: {} restarts within {}",
+                        self.recent_restarts.len(),
+                        humantime::format_duration(self.period)
+                    );
+                    self.shut_down(Stopping::Critical(reason));
+                }
+            }
+        }
+    }
+
+    /// What to do now, by group; a start timeout found here starts a critical shutdown.
+    pub fn reconcile(&mut self, now: Instant) -> Vec<(usize, Action)> {
+        let mut actions = Vec::new();
+        let mut critical = None;
+        for (index, group) in self.groups.iter_mut().enumerate() {
+            let (group_actions, late) = group.reconcile(now);
+            actions.extend(group_actions.into_iter().map(|action| (index, action)));
+            critical = critical.or(late);
+        }
+        if let Some(reason) = critical {
+            self.shut_down(Stopping::Critical(reason));
+            // Stop what runs at once rather than on the next tick.
+            actions.extend(self.reconcile(now));
+        }
+        actions
+    }
+
+    /// How the pool ended, once it has.
+    pub fn end(&self) -> Option<PoolEnd> {
+        if self.groups.iter().any(Group::any_alive) {
+            return None;
+        }
+        match &self.stopping {
+            Some(Stopping::Critical(reason)) => Some(PoolEnd::Critical(reason.clone())),
+            Some(Stopping::Asked) => Some(PoolEnd::Clean),
+            None if self.groups.iter().all(Group::all_terminated) => {
+                if self.groups.iter().all(Group::all_final) {
+                    Some(PoolEnd::Clean)
+                } else {
+                    Some(PoolEnd::AllTerminated)
+                }
+            }
+            None => None,
+        }
+    }
+
+    /// Answers a scale request: the new target, or why not (and nothing changes).
+    pub fn scale(&mut self, request: &PoolScale) -> Result<PoolScaled, ErrorPayload> {
+        let in_reply_to = drover_protocol::subject::pool::scale(&self.id);
+        let index = self.group(&request.group, &in_reply_to)?;
+        let group = &mut self.groups[index];
+        let wanted = match (request.target, request.delta) {
+            (Some(target), None) => i64::from(target),
+            (None, Some(delta)) => i64::from(group.target).saturating_add(delta),
+            _ => {
+                return Err(ErrorPayload::new(
+                    ErrorCode::InvalidPayload,
+                    "give exactly one of target and delta",
+                    &in_reply_to,
+                ))
+            }
+        };
+        let (min, max) = (group.config.min, group.config.max);
+        if wanted < i64::from(min) || wanted > i64::from(max) {
+            return Err(ErrorPayload::new(
+                ErrorCode::OutOfBounds,
+                format!(
+                    "group {} can have {min} to {max} processes; {wanted} asked (now {})",
+                    group.config.name, group.target
+                ),
+                &in_reply_to,
+            ));
+        }
+        if self.stopping.is_some() {
+            return Err(stopping_error(&in_reply_to));
+        }
+        group.set_target(wanted as u32);
+        Ok(PoolScaled {
+            group: group.config.name.clone(),
+            target: group.target,
+            running: group.running(),
+        })
+    }
+
+    /// Begins a restart of one group or of all.
+    pub fn restart(&mut self, request: &PoolRestart) -> Result<PoolRestarting, ErrorPayload> {
+        let in_reply_to = drover_protocol::subject::pool::restart(&self.id);
+        let chosen: Vec<usize> = match &request.group {
+            Some(name) => vec![self.group(name, &in_reply_to)?],
+            None => (0..self.groups.len()).collect(),
+        };
+        if self.stopping.is_some() {
+            return Err(stopping_error(&in_reply_to));
+        }
+        for index in &chosen {
+            let group = &mut self.groups[*index];
+            match request.mode {
+                RestartMode::Hard => group.hard_restart(),
+                RestartMode::Soft => group.soft_restart(),
+            }
+        }
+        Ok(PoolRestarting {
+            accepted: true,
+            mode: request.mode,
+            groups: chosen
+                .iter()
+                .map(|index| self.groups[*index].config.name.clone())
+                .collect(),
+        })
+    }
+
+    fn group(&self, name: &GroupName, in_reply_to: &str) -> Result<usize, ErrorPayload> {
+        self.group_index(name.as_str()).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .groups
+                .iter()
+                .map(|group| group.config.name.as_str())
+                .collect();
+            ErrorPayload::new(
+                ErrorCode::UnknownGroup,
+                format!(
+                    "pool {} has no group {name}; it has {}",
+                    self.id,
+                    known.join(", ")
+                ),
+                in_reply_to,
+            )
+        })
+    }
+
+    /// The status report.
+    pub fn state(&self, now: Instant) -> PoolState {
+        PoolState {
+            pool_id: self.id.clone(),
+            started_at: self.started_at,
+            uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            restarts: self.restarts,
+            groups: self.groups.iter().map(|group| group.state(now)).collect(),
+        }
+    }
+}
+
+fn stopping_error(in_reply_to: &str) -> ErrorPayload {
+    ErrorPayload::new(
+        ErrorCode::Unavailable,
+        "the pool is shutting down",
+        in_reply_to,
+    )
+}

@@ -1,0 +1,212 @@
+//! Operating-system processes: starting one with its environment, forwarding its output,
+//! signalling its process group, reading its memory.
+
+use std::process::Stdio;
+
+use async_nats::Client;
+use drover_protocol::{encode, subject, LogLevel, LogLine, PoolId, WorkerId};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::config::GroupConfig;
+use crate::group::ExitStatus;
+
+/// The longest output line shipped as one log line; the rest is cut off.
+const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// A process that ended: its group, its pid and how.
+#[derive(Debug)]
+pub struct Exit {
+    /// The group's position in the pool.
+    pub group: usize,
+    /// Its pid.
+    pub pid: u32,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// What a started process needs to know about its pool.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    /// The pool.
+    pub pool: &'a PoolId,
+    /// The NATS URL handed to the process.
+    pub nats_url: &'a str,
+    /// The connection its output is shipped through.
+    pub nats: &'a Client,
+    /// Where its end is reported.
+    pub exits: &'a mpsc::UnboundedSender<Exit>,
+}
+
+/// Starts process `worker_id` of `group` in its own process group and returns its pid.
+pub fn spawn(
+    launch: &Launch<'_>,
+    group_index: usize,
+    group: &GroupConfig,
+    worker_id: &WorkerId,
+) -> std::io::Result<u32> {
+    let mut command = tokio::process::Command::new(&group.command);
+    command
+        .args(&group.args)
+        .current_dir(&group.cwd)
+        .envs(&group.env)
+        .env("DROVER_WORKER_ID", worker_id.as_str())
+        .env("DROVER_NATS_URL", launch.nats_url)
+        .env("DROVER_POOL_ID", launch.pool.as_str())
+        .env("DROVER_POOL_GROUP", group.name.as_str())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches the pool only, and a stop
+        // reaches whatever the command started (a shell's children too).
+        .process_group(0);
+    let mut child = command.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("the process ended before its pid was read"))?;
+    if let Some(stdout) = child.stdout.take() {
+        tokio::spawn(forward(
+            stdout,
+            OutputStream::Stdout,
+            worker_id.clone(),
+            launch.nats.clone(),
+        ));
+    }
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward(
+            stderr,
+            OutputStream::Stderr,
+            worker_id.clone(),
+            launch.nats.clone(),
+        ));
+    }
+    let exits = launch.exits.clone();
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                ExitStatus {
+                    code: status.code(),
+                    signal: status.signal(),
+                }
+            }
+            Err(error) => {
+                debug!(%error, pid, "waiting for a process failed");
+                ExitStatus {
+                    code: None,
+                    signal: None,
+                }
+            }
+        };
+        let _ = exits.send(Exit {
+            group: group_index,
+            pid,
+            status,
+        });
+    });
+    Ok(pid)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// Prints each line prefixed with the workerID and ships it as `v1.log.<workerID>`.
+async fn forward(
+    output: impl AsyncRead + Unpin,
+    stream: OutputStream,
+    worker_id: WorkerId,
+    nats: Client,
+) {
+    let mut lines = BufReader::new(output);
+    let mut buffer = Vec::new();
+    let subject = subject::from_worker(drover_protocol::subject::keys::LOG, &worker_id);
+    loop {
+        buffer.clear();
+        match lines.read_until(b'\n', &mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut line = String::from_utf8_lossy(&buffer)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
+        if line.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        // Both at info: most programs log everything to stderr, so the stream says
+        // nothing about severity; the `stream` field keeps which one it was.
+        let name = match stream {
+            OutputStream::Stdout => {
+                println!("[{worker_id}] {line}");
+                "stdout"
+            }
+            OutputStream::Stderr => {
+                eprintln!("[{worker_id}] {line}");
+                "stderr"
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut fields = serde_json::Map::new();
+        fields.insert("stream".to_owned(), name.into());
+        let log = LogLine {
+            level: LogLevel::Info,
+            message: line,
+            run_id: None,
+            fields: Some(fields),
+            timestamp: Some(drover_protocol::Timestamp::now()),
+        };
+        if let Err(error) = nats.publish(subject.clone(), encode(&log)).await {
+            debug!(%error, worker = %worker_id, "shipping an output line failed");
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`; a group already gone is not an error.
+pub fn signal_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else {
+        return;
+    };
+    if let Err(error) = killpg(Pid::from_raw(raw), signal) {
+        debug!(%error, pid, ?signal, "signalling a process group failed");
+    }
+}
+
+/// The resident memory of `pid` in bytes, from `/proc/<pid>/status`.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tzombie\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        assert!(resident_bytes(std::process::id()).is_some_and(|bytes| bytes > 0));
+    }
+}
