@@ -496,8 +496,7 @@ fn print_summary(url: &str, admin_ports: &[u16], state: &Path, processes: &[Proc
         .any(|process| process.name == DEMO_POOL_PROCESS)
     {
         println!(
-            "  The example workers run under drover pool {DEMO_POOL}: drover pool status {DEMO_POOL} | \
-             drover pool scale {DEMO_POOL} {DEMO_GROUP} --target 3"
+            "  Pool: drover pool status {DEMO_POOL} | drover pool scale {DEMO_POOL} {DEMO_GROUP} --target 3"
         );
     }
     println!();
