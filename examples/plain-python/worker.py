@@ -3,6 +3,8 @@
 Runs one routine, plain.upper: {"text": "hi"} -> {"text": "HI"}.
 
     DROVER_NATS_URL=nats://127.0.0.1:4222 python worker.py
+
+Under `drover pool` it registers with the workerID the pool gives it and labels pool and group.
 """
 
 import asyncio
@@ -15,6 +17,8 @@ import nats
 
 URL = os.environ.get("DROVER_NATS_URL", "nats://127.0.0.1:4222")
 W = os.environ.get("DROVER_WORKER_ID", f"plain-{os.getpid()}")  # §2: one subject token
+POOL = {"pool": os.environ.get("DROVER_POOL_ID"), "group": os.environ.get("DROVER_POOL_GROUP")}
+LABELS = {label: value for label, value in POOL.items() if value}  # set by drover pool
 
 
 def envelope(key: str, payload: dict) -> bytes:  # §1: every body is {"payloadKey", "payload"}
@@ -68,7 +72,7 @@ async def main() -> None:
             print("refused:", p["code"], p["message"], flush=True)
 
     await nc.subscribe(f"v1.worker.{W}.>", cb=on_inbox)  # §4.2: subscribe before ready
-    register = {"workerID": W, "routines": ["plain.upper"], "capacity": 4, "name": "plain python worker", "pid": os.getpid()}
+    register = {"workerID": W, "routines": ["plain.upper"], "labels": LABELS, "capacity": 4, "name": "plain python worker", "pid": os.getpid()}
     reply = await nc.request(f"v1.register.{W}", envelope("v1.register", register), timeout=5)  # §4.1
     registered = json.loads(reply.data)["payload"]
     incarnation, interval = registered["incarnation"], registered["heartbeatIntervalMs"] / 1000

@@ -8,7 +8,10 @@ Routines:
 
     DROVER_NATS_URL=nats://127.0.0.1:4222 python worker.py
 
-SIGTERM or Ctrl-C stops it gracefully: runs it holds get 30 seconds to finish.
+Its workerID is ``py-example-<host>-<pid>``, or ``DROVER_WORKER_ID`` when set: the SDK reads
+it, and under ``drover pool`` ``DROVER_POOL_ID`` and ``DROVER_POOL_GROUP`` too, which it
+registers as the labels ``pool`` and ``group``. SIGTERM or Ctrl-C stops it gracefully: runs
+it holds get 30 seconds to finish, then it exits 0.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from drover_worker import Context, Fail, Worker
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 worker = Worker(
-    os.environ.get("DROVER_WORKER_ID") or f"py-example-{socket.gethostname().split('.')[0]}-{os.getpid()}",
+    f"py-example-{socket.gethostname().split('.')[0]}-{os.getpid()}",  # DROVER_WORKER_ID wins
     nats_url=os.environ.get("DROVER_NATS_URL", "nats://127.0.0.1:4222"),
     capacity=4,
     name="python example worker",

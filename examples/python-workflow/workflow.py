@@ -11,8 +11,8 @@ keeps its slot):
 
     DROVER_NATS_URL=nats://127.0.0.1:4222 python workflow.py
 
-Environment: ``DROVER_NATS_URL``, ``DROVER_WORKER_ID`` (default ``py-workflow-<host>-<pid>``),
-``DROVER_CAPACITY`` (default 4).
+Environment: ``DROVER_NATS_URL``, ``DROVER_WORKER_ID`` (default ``py-workflow-<host>-<pid>``;
+the SDK reads it), ``DROVER_CAPACITY`` (default 4).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from drover_worker import Context, Worker
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
 worker = Worker(
-    os.environ.get("DROVER_WORKER_ID") or f"py-workflow-{socket.gethostname().split('.')[0]}-{os.getpid()}",
+    f"py-workflow-{socket.gethostname().split('.')[0]}-{os.getpid()}",  # DROVER_WORKER_ID wins
     nats_url=os.environ.get("DROVER_NATS_URL", "nats://127.0.0.1:4222"),
     capacity=int(os.environ.get("DROVER_CAPACITY", "4")),
     name="python workflow example",

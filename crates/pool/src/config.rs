@@ -40,7 +40,7 @@ pub enum RestartPolicy {
     Always,
     /// Restart after unexpected exits; exit code 0 is final by default.
     OnFailure,
-    /// Never restart: an ended process stays terminated.
+    /// Never restart: an ended process stays terminated; exit code 0 is final by default.
     Never,
 }
 
@@ -334,7 +334,7 @@ fn group_config(
         .map(|(_, size)| *size)
         .or(file.size)
         .unwrap_or(min);
-    let max = file.max.unwrap_or(size.max(min));
+    let max = file.max.unwrap_or(size.max(min).max(1));
     if max == 0 {
         return Err(at("max must be at least 1".to_owned()));
     }
@@ -417,8 +417,8 @@ fn group_config(
         None => base.to_owned(),
     };
     let final_exit_codes = file.final_exit_codes.unwrap_or_else(|| match file.restart {
-        RestartPolicy::OnFailure => vec![0],
-        RestartPolicy::Always | RestartPolicy::Never => Vec::new(),
+        RestartPolicy::OnFailure | RestartPolicy::Never => vec![0],
+        RestartPolicy::Always => Vec::new(),
     });
     Ok(GroupConfig {
         name: group_name,
@@ -568,7 +568,7 @@ mod tests {
                 "routines is required",
             ),
             (
-                &format!("pool = \"{}\"\n[groups.a]\ncommand = \"x\"", "p".repeat(60)),
+                &format!("pool = \"{}\"\n[groups.a]\ncommand = \"x\"", "p".repeat(62)),
                 "longer than 64",
             ),
         ];

@@ -687,3 +687,6 @@ impl Group {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -277,3 +277,234 @@ fn stopping_error(in_reply_to: &str) -> ErrorPayload {
         in_reply_to,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use drover_protocol::{ProcessPhase, WorkerId, WorkerStatus};
+
+    use super::*;
+    use crate::config::Overrides;
+
+    fn pool(text: &str, now: Instant) -> Pool {
+        let text = format!("pool = \"p\"\n{text}");
+        let config = PoolConfig::parse(&text, Path::new("."), &Overrides::default())
+            .expect("test configuration is valid");
+        Pool::new(&config, now)
+    }
+
+    /// Reconciles and reports every start with a fresh pid; returns the pids started.
+    fn start(pool: &mut Pool, now: Instant, next_pid: &mut u32) -> Vec<(usize, u32)> {
+        let mut started = Vec::new();
+        for (group, action) in pool.reconcile(now) {
+            if let Action::Start { index, worker_id } = action {
+                pool.groups[group].started(index, *next_pid, 0, now);
+                pool.groups[group].observed(&worker_id, 1, WorkerStatus::Idle, 0, 1);
+                started.push((group, *next_pid));
+                *next_pid += 1;
+            }
+        }
+        started
+    }
+
+    const KILLED: ExitStatus = ExitStatus {
+        code: None,
+        signal: Some(9),
+    };
+
+    #[test]
+    fn more_restarts_than_the_intensity_allows_within_the_period_is_critical() {
+        let mut now = Instant::now();
+        let text = "max_restarts = 3\nmax_restarts_period = \"10s\"\n[groups.g]\ncommand = \"w\"\nrestart_delay = \"1ms\"\nrestart_delay_max = \"1ms\"";
+        let mut pool = pool(text, now);
+        let mut next_pid = 1;
+        let mut pids = start(&mut pool, now, &mut next_pid);
+        // Three restarts spread wider than the period are fine.
+        for _ in 0..4 {
+            let (group, pid) = pids.pop().unwrap();
+            pool.exited(group, pid, KILLED, now);
+            now += Duration::from_secs(4);
+            pids = start(&mut pool, now, &mut next_pid);
+            assert_eq!(pool.stopping(), None);
+        }
+        // Four within ten seconds are not.
+        now += Duration::from_secs(11);
+        for round in 0..4 {
+            let (group, pid) = pids.pop().unwrap();
+            pool.exited(group, pid, KILLED, now);
+            now += Duration::from_millis(10);
+            if round < 3 {
+                assert_eq!(pool.stopping(), None, "round {round}");
+                pids = start(&mut pool, now, &mut next_pid);
+            }
+        }
+        match pool.stopping() {
+            Some(Stopping::Critical(reason)) => {
+                assert!(reason.contains("restart intensity"), "{reason}")
+            }
+            other => panic!("expected a critical shutdown, got {other:?}"),
+        }
+        assert!(pool.reconcile(now).is_empty(), "nothing restarts after it");
+        assert!(matches!(pool.end(), Some(PoolEnd::Critical(_))));
+        assert_eq!(pool.state(now).restarts, 8);
+    }
+
+    #[test]
+    fn a_critical_shutdown_stops_the_other_groups_gracefully_and_keeps_its_reason() {
+        let now = Instant::now();
+        let mut pool = pool(
+            "[groups.a]\ncommand = \"w\"\n[groups.b]\ncommand = \"w\"",
+            now,
+        );
+        let mut next_pid = 1;
+        let started = start(&mut pool, now, &mut next_pid);
+        let (b, b_pid) = started[1];
+        pool.groups[b].slots[0].registered = false;
+        pool.exited(
+            b,
+            b_pid,
+            ExitStatus {
+                code: Some(2),
+                signal: None,
+            },
+            now,
+        );
+        pool.shut_down(Stopping::Asked);
+        let actions = pool.reconcile(now);
+        assert!(
+            matches!(actions.as_slice(), [(0, Action::Stop { .. })]),
+            "{actions:?}"
+        );
+        assert_eq!(pool.end(), None, "a process still runs");
+        let (a, a_pid) = started[0];
+        pool.exited(
+            a,
+            a_pid,
+            ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+            now,
+        );
+        match pool.end() {
+            Some(PoolEnd::Critical(reason)) => {
+                assert!(
+                    reason.contains("p-b-1 exited with code 2 before registering"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected the critical reason, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_pool_ends_when_every_process_ended_for_good() {
+        let now = Instant::now();
+        let mut pool = pool(
+            "[groups.a]\ncommand = \"w\"\nsize = 2\nmax = 2\nrestart = \"never\"",
+            now,
+        );
+        let mut next_pid = 1;
+        let started = start(&mut pool, now, &mut next_pid);
+        pool.exited(
+            0,
+            started[0].1,
+            ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+            now,
+        );
+        assert_eq!(pool.end(), None);
+        pool.exited(
+            0,
+            started[1].1,
+            ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+            now,
+        );
+        assert_eq!(pool.end(), Some(PoolEnd::Clean), "all final");
+        let mut other = self::pool("[groups.a]\ncommand = \"w\"\nrestart = \"never\"", now);
+        let started = start(&mut other, now, &mut next_pid);
+        other.exited(0, started[0].1, KILLED, now);
+        assert_eq!(other.end(), Some(PoolEnd::AllTerminated));
+    }
+
+    #[test]
+    fn scale_requests_outside_the_bounds_or_for_unknown_groups_change_nothing() {
+        let now = Instant::now();
+        let mut pool = pool(
+            "[groups.a]\ncommand = \"w\"\nsize = 2\nmin = 1\nmax = 5",
+            now,
+        );
+        let group = GroupName::parse("a").unwrap();
+        let scale = |target, delta| PoolScale {
+            group: group.clone(),
+            target,
+            delta,
+        };
+        assert_eq!(pool.scale(&scale(Some(5), None)).unwrap().target, 5);
+        assert_eq!(pool.scale(&scale(None, Some(-4))).unwrap().target, 1);
+        for bad in [
+            scale(Some(6), None),
+            scale(Some(0), None),
+            scale(None, Some(-1)),
+        ] {
+            let error = pool.scale(&bad).unwrap_err();
+            assert_eq!(error.code, ErrorCode::OutOfBounds);
+            assert!(error.message.contains("1 to 5"), "{}", error.message);
+        }
+        let both = pool.scale(&scale(Some(2), Some(1))).unwrap_err();
+        assert_eq!(both.code, ErrorCode::InvalidPayload);
+        let unknown = PoolScale {
+            group: GroupName::parse("zz").unwrap(),
+            target: Some(1),
+            delta: None,
+        };
+        assert_eq!(
+            pool.scale(&unknown).unwrap_err().code,
+            ErrorCode::UnknownGroup
+        );
+        let restart = PoolRestart {
+            mode: RestartMode::Soft,
+            group: Some(GroupName::parse("zz").unwrap()),
+        };
+        assert_eq!(
+            pool.restart(&restart).unwrap_err().code,
+            ErrorCode::UnknownGroup
+        );
+        assert_eq!(
+            pool.groups[0].target, 1,
+            "only the accepted requests changed it"
+        );
+    }
+
+    #[test]
+    fn the_state_reports_every_process() {
+        let now = Instant::now();
+        let mut pool = pool("[groups.a]\ncommand = \"w\"\nsize = 2\nmax = 2", now);
+        let mut next_pid = 7;
+        start(&mut pool, now, &mut next_pid);
+        pool.exited(0, 8, KILLED, now);
+        let state = pool.state(now + Duration::from_secs(3));
+        assert_eq!(state.pool_id, "p");
+        assert_eq!(state.uptime_ms, 3000);
+        let processes = &state.groups[0].processes;
+        assert_eq!(processes[0].worker_id, WorkerId::parse("p-a-1").unwrap());
+        assert_eq!(
+            (processes[0].pid, processes[0].state),
+            (Some(7), ProcessPhase::Running)
+        );
+        assert_eq!(processes[0].uptime_ms, Some(3000));
+        assert_eq!(processes[1].state, ProcessPhase::Restarting);
+        assert_eq!(processes[1].pid, None);
+        let last = processes[1].last_exit.as_ref().unwrap();
+        assert_eq!(
+            (last.signal, last.class),
+            (Some(9), drover_protocol::ExitClass::Unexpected)
+        );
+    }
+}

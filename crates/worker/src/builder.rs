@@ -16,11 +16,23 @@ use crate::error::{RoutineError, WorkerError};
 use crate::handler::{self, Handler};
 use crate::lifecycle::Profile;
 use crate::log::LogLayer;
+use crate::pool_env::PoolEnvironment;
 use crate::runtime;
 
 /// The NATS URL used when neither [`WorkerBuilder::nats_url`] nor [`WorkerBuilder::client`]
-/// is given.
+/// is given and [`NATS_URL_VAR`] is not set.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// The variable a supervisor such as `drover pool` sets to the NATS URL; it is the default
+/// when the code gives no URL or client.
+pub const NATS_URL_VAR: &str = "DROVER_NATS_URL";
+
+fn default_nats_url() -> String {
+    std::env::var(NATS_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_NATS_URL.to_owned())
+}
 
 /// How long a shutdown waits for held runs by default.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -33,10 +45,14 @@ pub struct Worker {
 
 impl Worker {
     /// Starts describing a worker with this workerID (`[A-Za-z0-9_-]{1,64}`).
+    ///
+    /// Under a supervisor such as `drover pool`, the environment wins: `DROVER_WORKER_ID`,
+    /// when set, is the workerID, and `DROVER_POOL_ID` / `DROVER_POOL_GROUP` become the
+    /// labels `pool` and `group` (see [`WORKER_ID_VAR`](crate::WORKER_ID_VAR)).
     pub fn builder(worker_id: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
             worker_id: worker_id.into(),
-            connection: Connection::Url(DEFAULT_NATS_URL.to_owned()),
+            connection: Connection::Url(default_nats_url()),
             routines: Vec::new(),
             capacity: 1,
             labels: Labels::new(),
@@ -122,6 +138,9 @@ impl WorkerBuilder {
     }
 
     /// Adds a label that run conditions can select on.
+    ///
+    /// The labels `pool` and `group` are replaced by `DROVER_POOL_ID` and
+    /// `DROVER_POOL_GROUP` when those are set.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
@@ -154,14 +173,22 @@ impl WorkerBuilder {
     /// Runs the worker until `shutdown` is cancelled, then shuts down gracefully.
     ///
     /// Returns `Ok(())` after a shutdown; an error only when the worker cannot start (bad
-    /// configuration, no NATS, registration refused).
+    /// configuration, an invalid `DROVER_WORKER_ID` among them, no NATS, registration
+    /// refused).
+    ///
+    /// Signals are the application's: cancel `shutdown` on SIGTERM, as the examples do, so
+    /// that a supervisor's SIGTERM ends in `v1.terminating`, held runs finished, and exit 0.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let config = self.into_config()?;
+        let config = self.into_config(PoolEnvironment::from_process())?;
         runtime::run(config, shutdown).await
     }
 
-    fn into_config(self) -> Result<runtime::Config, WorkerError> {
-        let id = WorkerId::parse(self.worker_id).map_err(WorkerError::InvalidWorkerId)?;
+    fn into_config(mut self, env: PoolEnvironment) -> Result<runtime::Config, WorkerError> {
+        let (worker_id, from_env) = env.apply(self.worker_id, &mut self.labels);
+        let id = WorkerId::parse(worker_id).map_err(|source| WorkerError::InvalidWorkerId {
+            source,
+            variable: from_env.then_some(crate::WORKER_ID_VAR),
+        })?;
         if self.capacity == 0 {
             return Err(WorkerError::ZeroCapacity);
         }
@@ -217,40 +244,104 @@ fn detect_host() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool_env::{POOL_GROUP_VAR, POOL_ID_VAR, WORKER_ID_VAR};
 
     async fn echo(_ctx: Context, params: Value) -> Result<Value, RoutineError> {
         Ok(params)
     }
 
+    /// No supervisor: what the code says holds.
+    fn config(builder: WorkerBuilder) -> Result<runtime::Config, WorkerError> {
+        builder.into_config(PoolEnvironment::default())
+    }
+
+    /// A supervisor's environment with these variables.
+    fn pool_env(vars: &[(&str, &str)]) -> PoolEnvironment {
+        PoolEnvironment::read(|name| {
+            vars.iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+    }
+
     #[test]
     fn configuration_errors_are_reported_before_connecting() {
-        let bad_id = Worker::builder("a.b").into_config();
-        assert!(matches!(bad_id, Err(WorkerError::InvalidWorkerId(_))));
-        let bad_routine = Worker::builder("w")
-            .routine("bad routine", echo)
-            .into_config();
+        let bad_id = config(Worker::builder("a.b"));
+        assert!(matches!(
+            bad_id,
+            Err(WorkerError::InvalidWorkerId { variable: None, .. })
+        ));
+        let bad_routine = config(Worker::builder("w").routine("bad routine", echo));
         assert!(matches!(bad_routine, Err(WorkerError::InvalidRoutineId(_))));
-        let twice = Worker::builder("w")
-            .routine("r", echo)
-            .routine("r", echo)
-            .into_config();
+        let twice = config(Worker::builder("w").routine("r", echo).routine("r", echo));
         assert!(matches!(twice, Err(WorkerError::DuplicateRoutine(_))));
-        let zero = Worker::builder("w").capacity(0).into_config();
+        let zero = config(Worker::builder("w").capacity(0));
         assert!(matches!(zero, Err(WorkerError::ZeroCapacity)));
     }
 
     #[test]
     fn registration_carries_the_profile() {
-        let config = Worker::builder("w1")
-            .routine("images.resize", echo)
-            .capacity(4)
-            .label("gpu", "false")
-            .name("resizer")
-            .into_config()
-            .unwrap();
+        let config = config(
+            Worker::builder("w1")
+                .routine("images.resize", echo)
+                .capacity(4)
+                .label("gpu", "false")
+                .name("resizer"),
+        )
+        .unwrap();
+        assert_eq!(config.id.as_str(), "w1");
         assert_eq!(config.profile.capacity, 4);
         assert_eq!(config.profile.routines[0].as_str(), "images.resize");
         assert_eq!(config.profile.labels["gpu"], "false");
         assert_eq!(config.profile.name.as_deref(), Some("resizer"));
+    }
+
+    #[test]
+    fn a_supervisor_names_the_worker_and_labels_its_pool_and_group() {
+        let env = pool_env(&[
+            (WORKER_ID_VAR, "demo-rs-3"),
+            (POOL_ID_VAR, "demo"),
+            (POOL_GROUP_VAR, "rs"),
+        ]);
+        let config = Worker::builder("in-code")
+            .label("group", "set-in-code")
+            .label("gpu", "false")
+            .into_config(env)
+            .unwrap();
+        assert_eq!(config.id.as_str(), "demo-rs-3");
+        let labels: Vec<(&str, &str)> = config
+            .profile
+            .labels
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .collect();
+        assert_eq!(
+            labels,
+            [("gpu", "false"), ("group", "rs"), ("pool", "demo")]
+        );
+    }
+
+    #[test]
+    fn an_invalid_worker_id_from_the_environment_stops_the_start() {
+        // The id in code is fine; the supervisor's is not, and it is the one that counts.
+        let error = Worker::builder("in-code")
+            .into_config(pool_env(&[(WORKER_ID_VAR, "demo.rs.1")]))
+            .err()
+            .expect("an invalid DROVER_WORKER_ID is an error");
+        assert!(
+            matches!(
+                error,
+                WorkerError::InvalidWorkerId {
+                    variable: Some(WORKER_ID_VAR),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.contains("DROVER_WORKER_ID") && message.contains("demo.rs.1"),
+            "{message}"
+        );
     }
 }

@@ -10,8 +10,14 @@ use drover_protocol::{ErrorPayload, FailureReason, InvalidId, RunError, RunId, R
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The workerID breaks the identifier rules.
-    #[error("invalid worker ID: {0}")]
-    InvalidWorkerId(#[source] InvalidId),
+    #[error("invalid worker ID{}: {source}", variable_text(.variable))]
+    InvalidWorkerId {
+        /// The rule it broke.
+        #[source]
+        source: InvalidId,
+        /// The environment variable it came from (`DROVER_WORKER_ID`), if not from the code.
+        variable: Option<&'static str>,
+    },
     /// A routineID breaks the identifier rules.
     #[error("invalid routine ID: {0}")]
     InvalidRoutineId(#[source] InvalidId),
@@ -36,6 +42,12 @@ pub enum WorkerError {
     /// The registry refused the registration for a reason that retrying cannot fix.
     #[error("registration refused: {0}")]
     Registration(ErrorPayload),
+}
+
+fn variable_text(variable: &Option<&'static str>) -> String {
+    variable
+        .map(|variable| format!(" (from {variable})"))
+        .unwrap_or_default()
 }
 
 /// How a routine reports a failed attempt: a message, a type, and whether to retry.

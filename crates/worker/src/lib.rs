@@ -37,6 +37,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Under a supervisor such as `drover pool`, the process environment wins over the code:
+//! `DROVER_WORKER_ID`, when set, is the workerID whatever `Worker::builder` was given (an
+//! invalid one fails `run` with [`WorkerError::InvalidWorkerId`]), and `DROVER_POOL_ID` /
+//! `DROVER_POOL_GROUP` become the labels `pool` and `group`. Signals stay the
+//! application's: cancel the shutdown token on SIGTERM (the supervisor's way of saying
+//! "stop"), and `run` sends `v1.terminating`, finishes the runs it holds and returns
+//! `Ok(())`, so the process can exit 0.
+//!
 //! Logging through `tracing`: add [`LogLayer`] to your subscriber, and every event inside
 //! a handler reaches Drover's log-collector with the run's runID:
 //!
@@ -91,17 +99,19 @@ mod handler;
 mod inbox;
 mod lifecycle;
 mod log;
+mod pool_env;
 mod runtime;
 mod state;
 pub mod testing;
 mod waiters;
 
 pub use attempt::{PANIC_TYPE, RESULT_TOO_LARGE_TYPE, UNKNOWN_ROUTINE_TYPE};
-pub use builder::{Worker, WorkerBuilder, DEFAULT_GRACE_PERIOD, DEFAULT_NATS_URL};
+pub use builder::{Worker, WorkerBuilder, DEFAULT_GRACE_PERIOD, DEFAULT_NATS_URL, NATS_URL_VAR};
 pub use child::ChildRequest;
 pub use context::Context;
 pub use drover_protocol::{FailureReason, LogLevel, RunError, RunStatus};
 pub use error::{ChildError, RoutineError, WorkerError, CHILD_FAILED_TYPE, DEFAULT_ERROR_TYPE};
 pub use handler::{INVALID_PARAMS_TYPE, INVALID_RESULT_TYPE};
 pub use log::LogLayer;
+pub use pool_env::{GROUP_LABEL, POOL_GROUP_VAR, POOL_ID_VAR, POOL_LABEL, WORKER_ID_VAR};
 pub use tokio_util::sync::CancellationToken;

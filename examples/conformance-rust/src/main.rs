@@ -6,6 +6,7 @@
 //! ```
 //!
 //! (or `DROVER_NATS_URL`, `DROVER_WORKER_ID`, `DROVER_CAPACITY`, `DROVER_GRACE_SECONDS`).
+//! `DROVER_WORKER_ID`, when set, wins over the `WORKER_ID` argument: the SDK reads it.
 //! Prints `ready <workerID>` once the registry has it ready; SIGTERM or SIGINT stops it
 //! gracefully (held runs get the grace period), after which it exits 0.
 //!
@@ -81,6 +82,12 @@ async fn main() -> ExitCode {
         eprintln!("usage: drover-conformance-worker NATS_URL WORKER_ID [CAPACITY] [GRACE_SECONDS]");
         return ExitCode::from(64);
     };
+    // The SDK registers under DROVER_WORKER_ID when it is set, whatever the argument says:
+    // announce that one.
+    let worker_id = std::env::var(drover_worker::WORKER_ID_VAR)
+        .ok()
+        .filter(|id| !id.is_empty())
+        .unwrap_or(worker_id);
     let capacity = arg("DROVER_CAPACITY")
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);

@@ -9,8 +9,10 @@
 //! - `demo.greet` `{"name": s}`: returns `{"greeting": "hello, <name>"}`.
 //!
 //! Environment: `DROVER_NATS_URL` (default `nats://127.0.0.1:4222`), `DROVER_WORKER_ID`
-//! (default `example-<hostname>-<pid>`), `RUST_LOG`, and the `OTEL_*` variables of
-//! `drover_telemetry`. SIGTERM or Ctrl-C stops it gracefully; a second one stops it at once.
+//! (default `example-<hostname>-<pid>`; the SDK reads it, as it reads `DROVER_POOL_ID` and
+//! `DROVER_POOL_GROUP`, which `drover pool` sets, for the labels `pool` and `group`),
+//! `RUST_LOG`, and the `OTEL_*` variables of `drover_telemetry`. SIGTERM or Ctrl-C stops it
+//! gracefully, and it exits 0; a second one stops it at once.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -119,12 +121,12 @@ async fn main() -> ExitCode {
         Worker::log_layer().with_filter(LevelFilter::INFO),
     );
     let url = env("DROVER_NATS_URL").unwrap_or_else(|| DEFAULT_NATS_URL.to_owned());
-    let worker_id = env("DROVER_WORKER_ID").unwrap_or_else(default_worker_id);
 
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone()));
-    tracing::info!(%worker_id, %url, "starting the example worker");
-    let outcome = Worker::builder(worker_id)
+    tracing::info!(%url, "starting the example worker");
+    // DROVER_WORKER_ID, when set, takes the place of this default: the SDK reads it.
+    let outcome = Worker::builder(default_worker_id())
         .nats_url(url)
         .name("drover example worker")
         .capacity(CAPACITY)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from typing import Any, Awaitable, Callable
 
 from . import protocol
@@ -100,3 +101,22 @@ async def until_signalled(run: Callable[[], Awaitable[None]], on_signal: Callabl
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def handle_sigterm(on_signal: Callable[[str], None]) -> Callable[[], None]:
+    """Handles SIGTERM with ``on_signal("SIGTERM")`` on the running loop, if nobody else does.
+
+    Only when SIGTERM still has its default disposition (the application, or
+    :func:`until_signalled`, has not chosen what it does) and this is the main thread, where
+    asyncio can handle signals. Returns the function that puts the default back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_signal, signal.SIGTERM.name)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGTERM)

@@ -19,7 +19,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Mapping, TypeVar
 
-from . import protocol, shutdown, tracing
+from . import pool_env, protocol, shutdown, tracing
 from ._version import __version__
 from .context import Context
 from .runs import Routine
@@ -46,11 +46,15 @@ class Worker:
         worker.run_forever()          # or: async with worker: ...  /  await worker.run()
 
     ``capacity`` is how many runs it runs at once; ``labels`` are what run conditions select
-    on; ``name`` is shown to people. ``nats_options`` go to ``nats.connect`` (the SDK sets
-    ``max_reconnect_attempts=-1``: a worker reconnects forever). ``request_timeout`` (s) is
-    how long one request waits for its reply before it is sent again.
-    ``child_poll_interval`` (s) is how long a child may stay silent before its record is
-    read directly (see :mod:`drover_worker.children`).
+    on; ``name`` is shown to people. Under a supervisor such as ``drover pool`` the
+    environment wins: ``DROVER_WORKER_ID``, when set, is the workerID whatever ``worker_id``
+    says, and ``DROVER_POOL_ID`` / ``DROVER_POOL_GROUP`` become the labels ``pool`` and
+    ``group`` (see :mod:`drover_worker.pool_env`). ``nats_url`` defaults to
+    ``DROVER_NATS_URL`` when set, else ``nats://127.0.0.1:4222``. ``nats_options`` go to ``nats.connect``
+    (the SDK sets ``max_reconnect_attempts=-1``: a worker reconnects forever).
+    ``request_timeout`` (s) is how long one request waits for its reply before it is sent
+    again. ``child_poll_interval`` (s) is how long a child may stay silent before its record
+    is read directly (see :mod:`drover_worker.children`).
 
     A Worker is started once and lives in one event loop; after :meth:`stop`, make a new one.
     ``async with worker:`` starts it (as :meth:`start`) and stops it gracefully on the way
@@ -60,7 +64,7 @@ class Worker:
     def __init__(
         self,
         worker_id: str,
-        nats_url: str | list[str] = "nats://127.0.0.1:4222",
+        nats_url: str | list[str] | None = None,
         *,
         capacity: int = 1,
         labels: Mapping[str, str] | None = None,
@@ -69,12 +73,13 @@ class Worker:
         request_timeout: float = 2.0,
         child_poll_interval: float = 10.0,
     ):
-        worker_id = protocol.check_worker_id(worker_id)
+        worker_id, checked_labels = pool_env.apply(worker_id, protocol.check_string_map("labels", labels), os.environ)
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
         self._state = WorkerState(worker_id, capacity)
-        self.nats_url = nats_url
-        self.labels = protocol.check_string_map("labels", labels)
+        # As the Rust SDK: the code's URL, else the supervisor's DROVER_NATS_URL, else local.
+        self.nats_url = nats_url or os.environ.get("DROVER_NATS_URL") or "nats://127.0.0.1:4222"
+        self.labels = checked_labels
         self.name = name
         self.nats_options = dict(nats_options or {})
         self.request_timeout = request_timeout
@@ -176,17 +181,28 @@ class Worker:
         else:
             await self.stop()
 
-    async def run(self) -> None:
+    async def run(self, *, grace: float = 30.0) -> None:
         """Starts the worker (:meth:`start`) and returns once :meth:`stop` has finished.
 
         If the task running this is cancelled, the worker stops at once (no grace period).
+
+        SIGTERM, unless the application decided what it does (it still has the default
+        disposition) and this runs in the main thread: the first one stops the worker
+        gracefully (as :meth:`stop` with ``grace``, reason ``SIGTERM``) and ``run`` returns,
+        so ``asyncio.run(worker.run())`` exits 0 once the runs it holds are finished; a
+        second one ends the grace period at once. That is how a supervisor such as
+        ``drover pool`` stops a worker.
         """
-        await self.start()
+        restore = shutdown.handle_sigterm(lambda signame: self._on_signal(signame, grace))
         try:
-            await self._state.stopped.wait()
+            await self.start()
+            try:
+                await self._state.stopped.wait()
+            finally:
+                if not self._state.stopped.is_set():
+                    await asyncio.shield(self.stop(grace=0, reason="cancelled"))
         finally:
-            if not self._state.stopped.is_set():
-                await asyncio.shield(self.stop(grace=0, reason="cancelled"))
+            restore()
 
     async def start(self) -> None:
         """Connects, registers, subscribes to the inbox and sends ``v1.ready``; returns when ready.
@@ -267,15 +283,16 @@ class Worker:
         name); a second one ends the grace period at once.
         """
 
-        def on_signal(signame: str) -> None:
-            if self._stop_task is None:
-                log.info("drover: %s received, stopping (grace %ss)", signame, grace)
-                self._stop_task = asyncio.ensure_future(self._shutdown(grace, signame))
-            else:
-                log.warning("drover: %s received again, ending the grace period", signame)
-                self._state.force.set()
+        asyncio.run(shutdown.until_signalled(self.run, lambda signame: self._on_signal(signame, grace)))
 
-        asyncio.run(shutdown.until_signalled(self.run, on_signal))
+    def _on_signal(self, signame: str, grace: float) -> None:
+        """A stop signal: the first stops gracefully, the next ends the grace period."""
+        if self._stop_task is None:
+            log.info("drover: %s received, stopping (grace %ss)", signame, grace)
+            self._stop_task = asyncio.ensure_future(self._shutdown(grace, signame))
+        else:
+            log.warning("drover: %s received again, ending the grace period", signame)
+            self._state.force.set()
 
     async def _shutdown(self, grace: float, reason: str) -> None:
         state = self._state
