@@ -106,7 +106,7 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
 const QUIET_LOG: &str = "error,async_nats=off";
 
 /// `drover pool run` supervises for as long as it runs: it says what it does, on stderr.
-const POOL_LOG: &str = "info,async_nats=warn";
+const POOL_LOG: &str = "info,async_nats=warn,opentelemetry=warn";
 
 #[tokio::main]
 async fn main() -> ExitCode {

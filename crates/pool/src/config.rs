@@ -459,6 +459,17 @@ mod tests {
         assert_eq!(config.max_restarts, 10);
         assert_eq!(config.max_restarts_period, Duration::from_secs(60));
         assert_eq!(config.signal_group, "py");
+        let order = parse(
+            "pool = \"p\"\n[groups.zeta]\ncommand = \"z\"\n[groups.alpha]\ncommand = \"a\"\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = order
+            .groups
+            .iter()
+            .map(|group| group.name.as_str())
+            .collect();
+        assert_eq!(names, ["zeta", "alpha"], "the file's order");
+        assert_eq!(order.signal_group, "zeta");
         let group = &config.groups[0];
         assert_eq!((group.size, group.min, group.max), (1, 1, 1));
         assert_eq!(group.restart, RestartPolicy::OnFailure);

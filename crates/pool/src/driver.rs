@@ -97,6 +97,7 @@ pub async fn run(
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut looking: Option<tokio::task::JoinHandle<()>> = None;
     let mut asked_once = false;
+    register_counters(&pool);
     info!(pool = %pool.id, groups = pool.groups.len(), "pool starting");
     let end = loop {
         tokio::select! {
@@ -163,6 +164,10 @@ pub async fn run(
         }
         let now = Instant::now();
         for (group, action) in pool.reconcile(now) {
+            // A start that failed earlier in this batch stops the pool: start nothing more.
+            if pool.stopping().is_some() && matches!(action, Action::Start { .. }) {
+                continue;
+            }
             carry_out(&mut pool, group, action, &nats_url, &nats, &exits, now).await;
         }
         if let Some(end) = pool.end() {
@@ -467,6 +472,25 @@ async fn unfinished_runs(
         }
     }
     Ok(total)
+}
+
+/// Every group's counters exist from the start, at zero, so that rates work from the first
+/// scrape.
+fn register_counters(pool: &Pool) {
+    use drover_protocol::ExitClass;
+    for group in &pool.groups {
+        let name = group.config.name.to_string();
+        metrics::counter!(names::RESTARTS_TOTAL, "group" => name.clone()).absolute(0);
+        for class in [
+            ExitClass::Requested,
+            ExitClass::Final,
+            ExitClass::Unexpected,
+            ExitClass::Critical,
+        ] {
+            metrics::counter!(names::EXITS_TOTAL, "group" => name.clone(), "class" => class.as_str())
+                .absolute(0);
+        }
+    }
 }
 
 fn record_gauges(pool: &Pool) {

@@ -569,10 +569,17 @@ impl Group {
             self.retire(index, StopReason::Replace, now, actions);
         }
         // Start new processes within the surge.
+        // Replaced processes still finishing their runs count against the surge: at most
+        // `target + max_surge` processes are alive during a roll.
         let current = self.indices(|slot| kept(slot) && !slot.outdated).len();
         let outdated = self.indices(|slot| kept(slot) && slot.outdated);
+        let replacing = self
+            .slots
+            .iter()
+            .filter(|slot| slot.alive() && slot.stop == Some(StopReason::Replace))
+            .count();
         let room = (target + self.config.max_surge as usize)
-            .saturating_sub(current + outdated.len())
+            .saturating_sub(current + outdated.len() + replacing)
             .min(target.saturating_sub(current));
         for _ in 0..room {
             let index = self.free_index();
