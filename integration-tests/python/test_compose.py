@@ -2,10 +2,11 @@
 
 The stand-ins (standin_images.py) replace the public images through the variables the compose
 file offers (DROVER_IMAGE, NATS_IMAGE, JAEGER_IMAGE); every published port is moved to a free
-one. The test brings the stack up, waits for every healthcheck, sees the demo's run SUCCEED and
-its trace reach the Jaeger stand-in, uses the CLI from the host, crashes the scheduler with
-SIGKILL and sees it restarted and the next run succeed, then takes everything down and checks
-that nothing of the project is left. Skipped, saying why, where Docker is absent.
+one. The test brings the stack up, waits for every healthcheck, sees the demo's run SUCCEED on
+the example workers that `drover pool` runs and its trace reach the Jaeger stand-in, uses the CLI
+from the host, crashes the scheduler with SIGKILL and sees it restarted and the next run
+succeed, then takes everything down and checks that nothing of the project is left. Skipped,
+saying why, where Docker is absent.
 """
 
 from __future__ import annotations
@@ -88,6 +89,21 @@ async def test_compose_up_runs_the_demo_survives_a_crash_and_leaves_nothing(proj
 
     listed = drover(project, "runs", "list")
     assert listed.returncode == 0 and run_id in listed.stdout, f"{listed.stdout}\n{listed.stderr}"
+
+    # The example workers run under `drover pool` (deploy/pool/example.toml): two processes,
+    # registered under the pool's workerIDs with its labels.
+    def pooled() -> list[dict]:
+        result = drover(project, "workers", "list", "--json", "--label", "pool=compose")
+        workers = json.loads(result.stdout) if result.returncode == 0 else []
+        return sorted((w for w in workers if w["status"] in ("IDLE", "WORKING")), key=lambda w: w["workerID"])
+
+    workers = await wait_for("two pooled example workers", lambda: w if len(w := pooled()) == 2 else None, timeout=60)
+    assert [w["workerID"] for w in workers] == ["compose-example-1", "compose-example-2"], workers
+    assert all(w["labels"].get("pool") == "compose" and w["labels"].get("group") == "example" for w in workers), workers
+    status = drover(project, "pool", "status", "compose", "--json")
+    assert status.returncode == 0, f"{status.stdout}\n{status.stderr}\n{project.logs('example-worker')}"
+    [group] = json.loads(status.stdout)["groups"]
+    assert (group["name"], group["min"], group["max"], group["target"]) == ("example", 1, 8, 2), group
 
     # Its trace reached the Jaeger stand-in, with the CLI's, the scheduler's and the worker's spans.
     sink = f"http://127.0.0.1:{project.ports['JAEGER_UI_PORT']}/received"

@@ -237,19 +237,55 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
         scheduler_log.contains("scheduler serving"),
         "scheduler log: {scheduler_log:?}"
     );
+    // The example workers run under the pool `dev`, group `example`.
+    let pooled = || async {
+        let listed = drover(&url, &["workers", "list", "--json", "--label", "pool=dev"]).await;
+        let workers: Vec<Value> = serde_json::from_str(&stdout(&listed)).unwrap_or_default();
+        let mut ids: Vec<String> = workers
+            .iter()
+            .filter(|worker| worker["labels"]["group"] == "example")
+            .filter(|worker| matches!(worker["status"].as_str(), Some("IDLE" | "WORKING")))
+            .filter_map(|worker| worker["workerID"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids
+    };
+    wait_until(
+        "the pool's two example workers are up",
+        Duration::from_secs(10),
+        || async { pooled().await == ["dev-example-1", "dev-example-2"] },
+    )
+    .await
+    .unwrap();
     let marker = state.path().to_string_lossy().into_owned();
     let url_marker = format!("DROVER_NATS_URL={url}");
-    // Besides `drover dev` itself (its command line names the state directory too).
+    // Besides `drover dev` itself (its command line names the state directory too); the pool
+    // names both.
     let dev_pid = dev.id().unwrap();
-    let running = processes_mentioning(&marker, None)
-        .into_iter()
-        .filter(|&pid| pid != dev_pid)
-        .count()
-        + processes_mentioning(&url_marker, None).len();
+    let mut running = processes_mentioning(&marker, Some(dev_pid));
+    running.extend(processes_mentioning(&url_marker, Some(dev_pid)));
+    running.sort_unstable();
+    running.dedup();
     assert_eq!(
-        running, 6,
-        "nats-server, four services and the example worker should be running"
+        running.len(),
+        8,
+        "nats-server, four services, the pool and its two workers should be running"
     );
+    // The summary says how to scale the pool, and that works.
+    let summary = printed.lock().unwrap().clone();
+    assert!(
+        summary.contains("drover pool scale dev example --target 3"),
+        "{summary}"
+    );
+    let scaled = drover(&url, &["pool", "scale", "dev", "example", "--target", "3"]).await;
+    assert!(scaled.status.success(), "{}", stderr(&scaled));
+    wait_until(
+        "a third example worker is up",
+        Duration::from_secs(30),
+        || async { pooled().await == ["dev-example-1", "dev-example-2", "dev-example-3"] },
+    )
+    .await
+    .unwrap();
     // Ctrl-C.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dev_pid as i32),
@@ -267,7 +303,7 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     );
     assert!(
         processes_mentioning(&url_marker, None).is_empty(),
-        "services left behind"
+        "services, the pool or its workers left behind"
     );
     assert!(!drover(&url, &["status"]).await.status.success());
     assert!(state.path().join("logs/drover-scheduler.log").is_file());

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 use async_nats::Client;
 use drover_protocol::subject::resources;
 use drover_protocol::{
-    decode_reply, encode, subject, PoolRestart, PoolScale, ProcessPhase, RegistryGet, RestartMode,
-    RoutineId, RunStatus, WorkerId, WorkerRecord,
+    decode_reply, encode, subject, PoolRestart, PoolScale, PoolState, PoolStatus, ProcessPhase,
+    RegistryGet, RegistryList, RestartMode, RoutineId, RunStatus, WorkerId, WorkerList,
+    WorkerRecord,
 };
 use futures::StreamExt;
 use nix::sys::signal::Signal;
@@ -70,6 +71,20 @@ pub async fn run(
     };
     readiness.set_client(nats.clone());
     readiness.set_resources_ok(true);
+    if let Some(state) = already_running(&nats, &config.pool).await {
+        anyhow::bail!(
+            "a pool {} is already running (up {} ms): two pools with one poolID would start the same workerIDs",
+            state.pool_id,
+            state.uptime_ms
+        );
+    }
+    let max_grace = config
+        .groups
+        .iter()
+        .map(|group| group.stop_grace)
+        .max()
+        .unwrap_or_default();
+    process::stop_orphans(&config.pool, max_grace).await;
     let mut pool = Pool::new(&config, Instant::now());
     let service_stop = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -289,6 +304,16 @@ async fn carry_out(
     }
 }
 
+/// The state of a pool with this poolID that answers already, if one does.
+async fn already_running(nats: &Client, pool: &drover_protocol::PoolId) -> Option<PoolState> {
+    let request = nats.request(subject::pool::status(pool), encode(&PoolStatus {}));
+    let reply = tokio::time::timeout(REGISTRY_TIMEOUT, request)
+        .await
+        .ok()?
+        .ok()?;
+    decode_reply::<PoolState>(&reply.payload).ok()?.ok()
+}
+
 /// The incarnation the registry has for `worker` now (0 when it has none): registrations
 /// above it belong to the process about to start.
 async fn current_incarnation(nats: &Client, worker: &WorkerId) -> u64 {
@@ -312,6 +337,32 @@ async fn registry_get(nats: &Client, worker: &WorkerId) -> Option<WorkerRecord> 
     .ok()?
     .ok()?;
     decode_reply::<WorkerRecord>(&reply.payload).ok()?.ok()
+}
+
+/// The registry's records of the workers labelled with this pool.
+async fn registry_list(nats: &Client, pool: &drover_protocol::PoolId) -> Vec<WorkerRecord> {
+    let request = RegistryList {
+        labels: Some(drover_protocol::Labels::from([(
+            "pool".to_owned(),
+            pool.to_string(),
+        )])),
+        ..RegistryList::default()
+    };
+    let reply = tokio::time::timeout(
+        REGISTRY_TIMEOUT,
+        nats.request(
+            drover_protocol::subject::keys::REGISTRY_LIST,
+            encode(&request),
+        ),
+    )
+    .await;
+    let Ok(Ok(reply)) = reply else {
+        return Vec::new();
+    };
+    match decode_reply::<WorkerList>(&reply.payload) {
+        Ok(Ok(list)) => list.workers,
+        _ => Vec::new(),
+    }
 }
 
 /// What the registry says about a worker: the pool's own (tracked), or another workerID
@@ -428,13 +479,23 @@ fn look_around(
             }
         }
     }
+    let pool_id = pool.id.clone();
     async move {
-        let lookups = workers.iter().map(|worker| registry_get(&nats, worker));
-        for record in futures::future::join_all(lookups)
+        // One list for the processes that carry the pool's label; one get for each that
+        // does not (a worker that ignores DROVER_POOL_ID is still followed).
+        let listed = registry_list(&nats, &pool_id).await;
+        let missing: Vec<&WorkerId> = workers
+            .iter()
+            .filter(|worker| !listed.iter().any(|record| &record.worker_id == *worker))
+            .collect();
+        let lookups = missing
+            .into_iter()
+            .map(|worker| registry_get(&nats, worker));
+        let looked_up = futures::future::join_all(lookups)
             .await
             .into_iter()
-            .flatten()
-        {
+            .flatten();
+        for record in listed.into_iter().chain(looked_up) {
             let _ = findings.send(Finding::Worker(Box::new(record)));
         }
         if backlogs.is_empty() {

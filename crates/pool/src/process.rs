@@ -2,6 +2,7 @@
 //! signalling its process group, reading its memory.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use async_nats::Client;
 use drover_protocol::{encode, subject, LogLevel, LogLine, PoolId, WorkerId};
@@ -9,7 +10,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::GroupConfig;
 use crate::group::ExitStatus;
@@ -180,6 +181,75 @@ pub fn signal_group(pid: u32, signal: Signal) {
     if let Err(error) = killpg(Pid::from_raw(raw), signal) {
         debug!(%error, pid, ?signal, "signalling a process group failed");
     }
+}
+
+/// Stops the processes a previous run of this pool left behind on this machine (the pool
+/// was killed before it could stop them): SIGTERM, then SIGKILL after `grace`.
+///
+/// They are found by the `DROVER_POOL_ID` the pool put in their environment, so that a
+/// restarted pool does not run its workerIDs twice.
+pub async fn stop_orphans(pool: &PoolId, grace: Duration) {
+    let orphans = find_orphans(pool);
+    if orphans.is_empty() {
+        return;
+    }
+    warn!(pool = %pool, pids = ?orphans, "stopping processes a previous run of this pool left behind");
+    for pid in &orphans {
+        signal_group(*pid, Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline {
+        if orphans.iter().all(|pid| !is_running(*pid)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for pid in orphans.iter().filter(|pid| is_running(**pid)) {
+        signal_group(*pid, Signal::SIGKILL);
+    }
+}
+
+/// Group leaders whose environment names this pool and that are not this process's children.
+fn find_orphans(pool: &PoolId) -> Vec<u32> {
+    let marker = format!("DROVER_POOL_ID={pool}");
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // After the command name (which may hold spaces): state, ppid, pgrp.
+            let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let (ppid, pgrp) = (fields.get(1), fields.get(2));
+            pgrp == Some(&pid.to_string().as_str()) && ppid != Some(&me.to_string().as_str())
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|entry| entry == marker.as_bytes())
+            })
+        })
+        .collect()
+}
+
+fn is_running(pid: u32) -> bool {
+    // A zombie has exited; only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, rest) = stat.rsplit_once(')')?;
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
 }
 
 /// The resident memory of `pid` in bytes, from `/proc/<pid>/status`.

@@ -145,3 +145,133 @@ async fn the_admin_port_serves_the_pool_metrics_and_a_shutdown_ends_cleanly() {
         .unwrap();
     assert_eq!(end, PoolEnd::Clean);
 }
+
+/// `drover pool run` as a child process, stopped gracefully when dropped so that it stops
+/// its own processes.
+struct PoolProcess(std::process::Child);
+
+impl PoolProcess {
+    fn start(config: &std::path::Path, url: &str) -> Self {
+        let child = std::process::Command::new(drover_testkit::bin_dir().unwrap().join("drover"))
+            .args(["pool", "run"])
+            .arg(config)
+            .args(["--nats-url", url])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("drover runs");
+        Self(child)
+    }
+}
+
+impl Drop for PoolProcess {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + patient(Duration::from_secs(20));
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn running_pids(client: &async_nats::Client, pool: &str, count: usize) -> Vec<u32> {
+    let subject =
+        drover_protocol::subject::pool::status(&drover_protocol::PoolId::parse(pool).unwrap());
+    drover_testkit::wait_for(
+        "the pool's processes running",
+        Duration::from_secs(30),
+        || {
+            let (client, subject) = (client.clone(), subject.clone());
+            async move {
+                let state: drover_protocol::PoolState =
+                    drover_testkit::call(&client, subject, &drover_protocol::PoolStatus {})
+                        .await
+                        .ok()?;
+                let pids: Vec<u32> = state.groups[0]
+                    .processes
+                    .iter()
+                    .filter(|process| process.state == drover_protocol::ProcessPhase::Running)
+                    .filter_map(|process| process.pid)
+                    .collect();
+                (pids.len() == count).then_some(pids)
+            }
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_what_a_killed_one_left(
+) {
+    let stack = stack().await;
+    let client = stack.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pool = \"again\"\n[groups.g]\ncommand = \"{}\"\nsize = 2\nmax = 2\nstop_grace = \"5s\"\n",
+            example_worker().display()
+        ),
+    )
+    .unwrap();
+    let mut first = PoolProcess::start(&config, &stack.nats_url());
+    let old = running_pids(&client, "again", 2).await;
+
+    let second = PoolProcess::start(&config, &stack.nats_url());
+    let output = tokio::task::spawn_blocking(move || {
+        let mut second = second;
+        let status = second.0.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(second.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        (status, stderr)
+    })
+    .await
+    .unwrap();
+    assert!(!output.0.success(), "{}", output.1);
+    assert!(
+        output.1.contains("a pool again is already running"),
+        "{}",
+        output.1
+    );
+    assert!(
+        old.iter().all(|pid| alive(*pid)),
+        "the running pool's processes are untouched"
+    );
+
+    // Killed, the pool cannot stop its processes: they outlive it.
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    assert!(old.iter().all(|pid| alive(*pid)));
+    let _third = PoolProcess::start(&config, &stack.nats_url());
+    let new = running_pids(&client, "again", 2).await;
+    assert!(new.iter().all(|pid| !old.contains(pid)));
+    wait_until(
+        "the left-behind processes are gone",
+        Duration::from_secs(10),
+        || {
+            let old = old.clone();
+            async move { old.iter().all(|pid| !alive(*pid)) }
+        },
+    )
+    .await
+    .unwrap();
+}

@@ -20,8 +20,14 @@ use crate::client::Drover;
 use crate::cmd::status::SERVICES;
 use crate::error::CliError;
 
-/// The example worker `--demo` starts.
+/// The example worker `--demo` runs under a pool.
 const DEMO_WORKER: &str = "drover-example-worker";
+/// The pool `--demo` runs the example worker in, and its one group: the workers are
+/// `dev-example-1`, `dev-example-2`, ...
+const DEMO_POOL: &str = "dev";
+const DEMO_GROUP: &str = "example";
+/// The name (and log file) of the `drover pool run` process.
+const DEMO_POOL_PROCESS: &str = "drover-pool";
 /// `RUST_LOG` for the processes `drover dev` starts (the CLI quiets its own).
 pub static CHILD_RUST_LOG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -48,7 +54,8 @@ on stderr with the process's log file. Ctrl-C stops everything, also during a wa
 #[derive(Debug, Args)]
 #[command(after_help = RESTARTS_HELP)]
 pub struct Dev {
-    /// Also start the example worker and run a demo workflow.
+    /// Also run the example worker under a pool (`dev`, group `example`, two processes) and a
+    /// demo workflow.
     #[arg(long)]
     pub demo: bool,
     /// Where NATS keeps its store and every process its log.
@@ -73,6 +80,9 @@ struct Process {
     args: Vec<String>,
     envs: Vec<(&'static str, String)>,
     log: PathBuf,
+    /// Started as the leader of a process group of its own, out of reach of the terminal's
+    /// Ctrl-C: only `drover dev` signals it.
+    own_group: bool,
     /// `None` while it waits to be restarted.
     child: Option<Child>,
     started: Instant,
@@ -111,20 +121,32 @@ fn spawn(
     envs: &[(&'static str, String)],
     logs: &Path,
 ) -> Result<Process, CliError> {
-    let mut process = Process {
-        name: name.to_owned(),
-        program: program.to_owned(),
-        args: args.to_vec(),
-        envs: envs.to_vec(),
-        log: logs.join(format!("{name}.log")),
-        child: None,
-        started: Instant::now(),
-    };
+    let mut process = Process::new(name, program, args, envs, logs);
     process.start()?;
     Ok(process)
 }
 
 impl Process {
+    /// A process not started yet, logging to `<logs>/<name>.log`.
+    fn new(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&'static str, String)],
+        logs: &Path,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            program: program.to_owned(),
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            log: logs.join(format!("{name}.log")),
+            own_group: false,
+            child: None,
+            started: Instant::now(),
+        }
+    }
+
     /// Starts the program (again).
     fn start(&mut self) -> Result<(), CliError> {
         let file = std::fs::OpenOptions::new()
@@ -139,6 +161,9 @@ impl Process {
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
+        if self.own_group {
+            command.process_group(0);
+        }
         command.env(
             "RUST_LOG",
             CHILD_RUST_LOG.get().map_or("info", String::as_str),
@@ -384,12 +409,70 @@ impl Dev {
             processes.push(process);
         }
         if let Some(worker) = demo_worker {
-            eprintln!("starting {DEMO_WORKER}");
-            let process = spawn(DEMO_WORKER, worker, &[], &env, &logs)?;
-            processes.push(process);
+            let config = state.join("pool.toml");
+            std::fs::write(&config, demo_pool_config(worker)?)?;
+            let drover = std::env::current_exe()?;
+            let args = vec![
+                "pool".to_owned(),
+                "run".to_owned(),
+                config.display().to_string(),
+                "--nats-url".to_owned(),
+                url.to_owned(),
+            ];
+            eprintln!("starting {DEMO_WORKER} under drover pool {DEMO_POOL}");
+            let mut pool = Process::new(DEMO_POOL_PROCESS, &drover, &args, &env, &logs);
+            // A Ctrl-C in the terminal would reach the pool as well as `drover dev`, and the
+            // SIGTERM that `stop_all` sends next would then be a second signal, which makes the
+            // pool kill its workers at once rather than let them finish their runs.
+            pool.own_group = true;
+            pool.start()?;
+            processes.push(pool);
         }
         Ok(())
     }
+}
+
+/// The pool configuration `--demo` writes into the state directory at every start.
+fn demo_pool_config(worker: &Path) -> Result<String, CliError> {
+    let command = worker.to_str().ok_or_else(|| {
+        CliError::Other(format!(
+            "the path of {DEMO_WORKER} is not UTF-8: {}",
+            worker.display()
+        ))
+    })?;
+    Ok(format!(
+        "\
+# Written by `drover dev --demo` at every start; see docs/pool.md.
+pool = \"{DEMO_POOL}\"
+
+[groups.{DEMO_GROUP}]
+command = {command}
+size = 2
+min = 1
+max = 4
+# Shorter than the {grace} that `drover dev` gives the pool to stop, so that the pool has
+# stopped its workers before that runs out.
+stop_grace = \"5s\"
+",
+        command = toml_string(command),
+        grace = humantime::format_duration(STOP_GRACE),
+    ))
+}
+
+/// `text` as a TOML basic string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 fn print_summary(url: &str, admin_ports: &[u16], state: &Path, processes: &[Process]) {
@@ -408,6 +491,14 @@ fn print_summary(url: &str, admin_ports: &[u16], state: &Path, processes: &[Proc
     }
     println!();
     println!("  Try: drover workers list | drover runs list | drover submit <routine> --params '{{}}' --wait");
+    if processes
+        .iter()
+        .any(|process| process.name == DEMO_POOL_PROCESS)
+    {
+        println!(
+            "  Pool: drover pool status {DEMO_POOL} | drover pool scale {DEMO_POOL} {DEMO_GROUP} --target 3"
+        );
+    }
     println!();
 }
 
@@ -504,7 +595,7 @@ async fn supervise(processes: &mut [Process]) -> Result<(), CliError> {
 /// Submits the demo workflow and follows it to the end.
 async fn run_demo(url: &str) -> Result<(), CliError> {
     let drover = Drover::connect(url, Duration::from_secs(10)).await?;
-    // The example worker registers right after it starts; wait for it.
+    // The pool's example workers register right after they start; wait for one.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let workers: drover_protocol::WorkerList = drover
@@ -575,5 +666,24 @@ mod tests {
         assert_eq!(restarts.due, Some(now + MAX_RESTART_DELAY));
         assert_eq!(restarts.schedule(STABLE_AFTER, now), FIRST_RESTART_DELAY);
         assert_eq!(restarts.count, 8);
+    }
+
+    #[test]
+    fn the_demo_pool_runs_the_example_worker_by_its_path_quoted_for_toml() {
+        assert_eq!(toml_string("/opt/drover/bin"), r#""/opt/drover/bin""#);
+        assert_eq!(
+            toml_string("C:\\a \"b\"\tc\u{7f}"),
+            r#""C:\\a \"b\"\u0009c\u007F""#
+        );
+        let config = demo_pool_config(Path::new("/x/drover-example-worker")).unwrap();
+        assert!(config.contains("\npool = \"dev\"\n"), "{config}");
+        assert!(
+            config.contains("[groups.example]\ncommand = \"/x/drover-example-worker\"\n"),
+            "{config}"
+        );
+        assert!(
+            config.contains("\nsize = 2\nmin = 1\nmax = 4\n"),
+            "{config}"
+        );
     }
 }
