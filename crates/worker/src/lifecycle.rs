@@ -57,11 +57,14 @@ pub(crate) async fn register(
     let body = encode(&profile.register(&shared.id));
     let mut backoff = Backoff::new();
     loop {
+        if stop.is_cancelled() {
+            return Ok(None);
+        }
+        // A request in flight is seen through even when `stop` fires meanwhile: the
+        // registry may have registered the worker already, and only a worker that knows
+        // it is registered says `terminating` and ends OFFLINE rather than LOST.
         let request = shared.client.request(subject.clone(), body.clone());
-        let outcome = tokio::select! {
-            _ = stop.cancelled() => return Ok(None),
-            outcome = tokio::time::timeout(REQUEST_TIMEOUT, request) => outcome,
-        };
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, request).await;
         match outcome {
             Ok(Ok(reply)) => match decode_reply::<Registered>(&reply.payload) {
                 Ok(Ok(registered)) => return Ok(Some(registered)),
