@@ -5,15 +5,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use drover_protocol::subject::resources;
 use drover_protocol::{
-    decode_reply, encode, subject, PoolRestart, PoolScale, PoolState, PoolStatus, ProcessPhase,
-    RegistryGet, RegistryList, RestartMode, RoutineId, RunStatus, WorkerId, WorkerList,
+    subject, ExitClass, PoolRestart, PoolScale, ProcessPhase, RestartMode, RoutineId, WorkerId,
     WorkerRecord,
 };
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use serde::Deserialize;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +20,8 @@ use tracing::{debug, error, info, warn};
 use crate::autoscale::{Autoscaler, Sample};
 use crate::config::PoolConfig;
 use crate::control::{self, Control};
-use crate::group::Action;
+use crate::group::{Action, ExitOutcome};
+use crate::lookups;
 use crate::metrics as names;
 use crate::pool::{Pool, PoolEnd, Stopping};
 use crate::process::{self, Exit, Launch};
@@ -32,8 +30,6 @@ use crate::process::{self, Exit, Launch};
 const TICK: Duration = Duration::from_millis(100);
 /// How often it asks the registry about its processes and reads their memory.
 const LOOK: Duration = Duration::from_secs(1);
-/// How long a request to the registry may take.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a look at the registry and the queue found.
 #[derive(Debug)]
@@ -71,7 +67,7 @@ pub async fn run(
     };
     readiness.set_client(nats.clone());
     readiness.set_resources_ok(true);
-    if let Some(state) = already_running(&nats, &config.pool).await {
+    if let Some(state) = lookups::already_running(&nats, &config.pool).await {
         anyhow::bail!(
             "a pool {} is already running (up {} ms): two pools with one poolID would start the same workerIDs",
             state.pool_id,
@@ -117,31 +113,14 @@ pub async fn run(
     let end = loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some(exit) = exit_rx.recv() => {
-                let Exit { group, pid, status } = exit;
-                if let Some(exited) = pool.exited(group, pid, status, Instant::now()) {
-                    let name = pool.groups[group].config.name.to_string();
-                    let class = exited.exit.class.as_str();
-                    metrics::counter!(names::EXITS_TOTAL, "group" => name.clone(), "class" => class).increment(1);
-                    if exited.outcome == crate::group::ExitOutcome::Restart {
-                        metrics::counter!(names::RESTARTS_TOTAL, "group" => name).increment(1);
-                    }
-                    let reason = exited.exit.reason.unwrap_or_default();
-                    match exited.exit.class {
-                        drover_protocol::ExitClass::Requested | drover_protocol::ExitClass::Final => {
-                            info!(worker = %exited.worker_id, pid, class, %reason, "process ended");
-                        }
-                        _ => warn!(worker = %exited.worker_id, pid, class, %reason, "process ended"),
-                    }
-                }
-            }
+            Some(exit) = exit_rx.recv() => on_exit(&mut pool, exit),
             Some(message) = worker_events.next() => {
-                if let Some(record) = worker_event(&message.payload) {
+                if let Some(record) = lookups::worker_event(&message.payload) {
                     observe(&mut pool, &mut learned, &host, &record);
                 }
             }
             Some(message) = run_events.next() => {
-                if let Some(worker) = ended_run_worker(&message.payload) {
+                if let Some(worker) = lookups::ended_run_worker(&message.payload) {
                     for group in &mut pool.groups {
                         group.run_ended(&worker);
                     }
@@ -211,6 +190,30 @@ pub async fn run(
     Ok(end)
 }
 
+/// Classifies an exit, counts it and says so.
+fn on_exit(pool: &mut Pool, exit: Exit) {
+    let Exit { group, pid, status } = exit;
+    let Some(exited) = pool.exited(group, pid, status, Instant::now()) else {
+        return;
+    };
+    let name = pool.groups[group].config.name.to_string();
+    let class = exited.exit.class.as_str();
+    metrics::counter!(names::EXITS_TOTAL, "group" => name.clone(), "class" => class).increment(1);
+    if exited.outcome == ExitOutcome::Restart {
+        metrics::counter!(names::RESTARTS_TOTAL, "group" => name).increment(1);
+    }
+    let worker = exited.worker_id;
+    let reason = exited.exit.reason.unwrap_or_default();
+    match exited.exit.class {
+        ExitClass::Requested | ExitClass::Final => {
+            info!(%worker, pid, class, %reason, "process ended");
+        }
+        ExitClass::Unexpected | ExitClass::Critical => {
+            warn!(%worker, pid, class, %reason, "process ended");
+        }
+    }
+}
+
 /// The first SIGTERM or SIGINT stops gracefully; the second kills every process.
 fn stop(pool: &mut Pool, asked_once: &mut bool, what: &str) {
     if *asked_once {
@@ -275,7 +278,7 @@ async fn carry_out(
 ) {
     match action {
         Action::Start { index, worker_id } => {
-            let floor = current_incarnation(nats, &worker_id).await;
+            let floor = lookups::current_incarnation(nats, &worker_id).await;
             let launch = Launch {
                 pool: &pool.id,
                 nats_url,
@@ -301,67 +304,6 @@ async fn carry_out(
             warn!(worker = %worker_id, pid, "process did not stop within its grace period; killing it");
             process::signal_group(pid, Signal::SIGKILL);
         }
-    }
-}
-
-/// The state of a pool with this poolID that answers already, if one does.
-async fn already_running(nats: &Client, pool: &drover_protocol::PoolId) -> Option<PoolState> {
-    let request = nats.request(subject::pool::status(pool), encode(&PoolStatus {}));
-    let reply = tokio::time::timeout(REGISTRY_TIMEOUT, request)
-        .await
-        .ok()?
-        .ok()?;
-    decode_reply::<PoolState>(&reply.payload).ok()?.ok()
-}
-
-/// The incarnation the registry has for `worker` now (0 when it has none): registrations
-/// above it belong to the process about to start.
-async fn current_incarnation(nats: &Client, worker: &WorkerId) -> u64 {
-    registry_get(nats, worker)
-        .await
-        .map_or(0, |record| record.incarnation)
-}
-
-async fn registry_get(nats: &Client, worker: &WorkerId) -> Option<WorkerRecord> {
-    let request = RegistryGet {
-        worker_id: worker.clone(),
-    };
-    let reply = tokio::time::timeout(
-        REGISTRY_TIMEOUT,
-        nats.request(
-            drover_protocol::subject::keys::REGISTRY_GET,
-            encode(&request),
-        ),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    decode_reply::<WorkerRecord>(&reply.payload).ok()?.ok()
-}
-
-/// The registry's records of the workers labelled with this pool.
-async fn registry_list(nats: &Client, pool: &drover_protocol::PoolId) -> Vec<WorkerRecord> {
-    let request = RegistryList {
-        labels: Some(drover_protocol::Labels::from([(
-            "pool".to_owned(),
-            pool.to_string(),
-        )])),
-        ..RegistryList::default()
-    };
-    let reply = tokio::time::timeout(
-        REGISTRY_TIMEOUT,
-        nats.request(
-            drover_protocol::subject::keys::REGISTRY_LIST,
-            encode(&request),
-        ),
-    )
-    .await;
-    let Ok(Ok(reply)) = reply else {
-        return Vec::new();
-    };
-    match decode_reply::<WorkerList>(&reply.payload) {
-        Ok(Ok(list)) => list.workers,
-        _ => Vec::new(),
     }
 }
 
@@ -483,14 +425,14 @@ fn look_around(
     async move {
         // One list for the processes that carry the pool's label; one get for each that
         // does not (a worker that ignores DROVER_POOL_ID is still followed).
-        let listed = registry_list(&nats, &pool_id).await;
+        let listed = lookups::registry_list(&nats, &pool_id).await;
         let missing: Vec<&WorkerId> = workers
             .iter()
             .filter(|worker| !listed.iter().any(|record| &record.worker_id == *worker))
             .collect();
         let lookups = missing
             .into_iter()
-            .map(|worker| registry_get(&nats, worker));
+            .map(|worker| lookups::registry_get(&nats, worker));
         let looked_up = futures::future::join_all(lookups)
             .await
             .into_iter()
@@ -503,7 +445,7 @@ fn look_around(
         }
         let js = async_nats::jetstream::new(nats.clone());
         for (group, routines) in backlogs {
-            match unfinished_runs(&js, &routines).await {
+            match lookups::unfinished_runs(&js, &routines).await {
                 Ok(unfinished) => {
                     let _ = findings.send(Finding::Backlog { group, unfinished });
                 }
@@ -513,32 +455,9 @@ fn look_around(
     }
 }
 
-/// Runs of `routines` stored in the queue: waiting or in progress (a run leaves the
-/// work-queue stream when it ends).
-async fn unfinished_runs(
-    js: &async_nats::jetstream::Context,
-    routines: &[RoutineId],
-) -> anyhow::Result<u64> {
-    if routines.is_empty() {
-        return Ok(0);
-    }
-    let stream = js.get_stream(resources::QUEUE_STREAM).await?;
-    let mut total = 0;
-    for routine in routines {
-        let filter = subject::queue(routine);
-        let mut subjects = stream.info_with_subjects(filter).await?;
-        while let Some(entry) = subjects.next().await {
-            let (_, count) = entry?;
-            total += count as u64;
-        }
-    }
-    Ok(total)
-}
-
 /// Every group's counters exist from the start, at zero, so that rates work from the first
 /// scrape.
 fn register_counters(pool: &Pool) {
-    use drover_protocol::ExitClass;
     for group in &pool.groups {
         let name = group.config.name.to_string();
         metrics::counter!(names::RESTARTS_TOTAL, "group" => name.clone()).absolute(0);
@@ -574,81 +493,5 @@ fn record_gauges(pool: &Pool) {
             metrics::gauge!(names::PROCESSES, "group" => name.clone(), "state" => state.as_str())
                 .set(count as f64);
         }
-    }
-}
-
-/// The worker record carried by a `v1.registry.events` message.
-fn worker_event(body: &[u8]) -> Option<WorkerRecord> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        payload: Payload,
-    }
-    #[derive(Deserialize)]
-    struct Payload {
-        worker: WorkerRecord,
-    }
-    serde_json::from_slice::<Envelope>(body)
-        .ok()
-        .map(|envelope| envelope.payload.worker)
-}
-
-/// The worker an attempt ended on, from a `v1.run.events` message: a terminal state, or
-/// back to PENDING from RUNNING (a failed attempt to be retried).
-fn ended_run_worker(body: &[u8]) -> Option<WorkerId> {
-    #[derive(Deserialize)]
-    struct Envelope {
-        payload: Payload,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Payload {
-        status: RunStatus,
-        previous_status: Option<RunStatus>,
-        run: Run,
-    }
-    #[derive(Deserialize)]
-    struct Run {
-        #[serde(rename = "workerID")]
-        worker_id: Option<WorkerId>,
-    }
-    let payload = serde_json::from_slice::<Envelope>(body).ok()?.payload;
-    let ended = payload.previous_status == Some(RunStatus::Running)
-        && (payload.status.is_terminal() || payload.status == RunStatus::Pending);
-    if ended {
-        payload.run.worker_id
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_attempts_that_ran_count_as_ended() {
-        let event = |status: &str, previous: &str| {
-            format!(
-                r#"{{"payloadKey":"v1.run.events","payload":{{"status":"{status}","previousStatus":"{previous}","run":{{"workerID":"p-g-1"}}}}}}"#
-            )
-        };
-        let worker = WorkerId::parse("p-g-1").unwrap();
-        assert_eq!(
-            ended_run_worker(event("SUCCEEDED", "RUNNING").as_bytes()),
-            Some(worker.clone())
-        );
-        assert_eq!(
-            ended_run_worker(event("PENDING", "RUNNING").as_bytes()),
-            Some(worker)
-        );
-        assert_eq!(
-            ended_run_worker(event("RUNNING", "ASSIGNED").as_bytes()),
-            None
-        );
-        assert_eq!(
-            ended_run_worker(event("CANCELLED", "PENDING").as_bytes()),
-            None
-        );
-        assert_eq!(ended_run_worker(b"not json"), None);
     }
 }

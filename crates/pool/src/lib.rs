@@ -13,6 +13,7 @@ pub mod config;
 mod control;
 mod driver;
 pub mod group;
+mod lookups;
 pub mod metrics;
 pub mod pool;
 mod process;
