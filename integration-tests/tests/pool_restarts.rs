@@ -1,8 +1,9 @@
 //! Replacing a `drover pool` group's processes: a soft restart under steady load (rolling,
 //! never fewer RUNNING than target - max_unavailable, never more alive than target +
-//! max_surge, no run lost or failed), a hard restart with runs held (they finish, then
-//! every process starts again), and the quotas (max_runs, max_memory) that replace a
-//! process on the soft path.
+//! max_surge, no run lost or failed), a hard restart with runs held where the worker has a
+//! slow routine and a stream of runs going on (those held finish, then every process starts
+//! again; none fails), and the quotas (max_runs, max_memory) that replace a process on the
+//! soft path. Each scenario runs with each kind of worker (Rust SDK, Python SDK, no SDK).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use drover_integration_tests::cli::drover;
 use drover_integration_tests::pool::{
     alive, assert_all_succeeded, describe, group, in_group, metric, pids, pool_stack,
-    registry_record, running, settled_at, slow_rust_run, submit_many, wait_all_ended, Load,
-    PoolConfig, PoolRun, WorkerKind, REPLACED, RUNS_END, STARTED,
+    registry_record, running, settled_at, submit_many, wait_all_ended, Load, PoolConfig, PoolRun,
+    WorkerKind, REPLACED, RUNS_END, STARTED,
 };
 use drover_integration_tests::runs::wait_status;
 use drover_protocol::{ProcessPhase, RestartMode, RunStatus};
@@ -27,13 +28,40 @@ const SEEN: Duration = Duration::from_secs(10);
 /// How long a held run may take to be RUNNING.
 const HELD: Duration = Duration::from_secs(15);
 
-#[tokio::test]
-async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
+/// The steady stream of quick runs under the soft restart: `submitters`, each submitting one
+/// run every `pace`, until `flowing` more runs have been accepted, before and after.
+struct Steady {
+    submitters: usize,
+    pace: Duration,
+    flowing: usize,
+}
+
+impl Steady {
+    /// Rust: 10 submitters every 20 ms (at most 500 runs a second; the machine allows fewer).
+    /// Python, SDK or not: 4 submitters every 40 ms (at most 100 runs a second), which three
+    /// Python processes take without a backlog growing on two cores.
+    fn of(kind: WorkerKind) -> Self {
+        if kind.is_python() {
+            Self {
+                submitters: 4,
+                pace: Duration::from_millis(40),
+                flowing: 100,
+            }
+        } else {
+            Self {
+                submitters: 10,
+                pace: Duration::from_millis(20),
+                flowing: 200,
+            }
+        }
+    }
+}
+
+async fn restarts_softly_and_hard(kind: WorkerKind) {
     let stack = pool_stack().await;
     let client = stack.client().await;
     let config = PoolConfig::new("roll").group(
-        WorkerKind::RustSdk
-            .group("w")
+        kind.group("w")
             .set("size", 3)
             .set("max_unavailable", 0)
             .set("max_surge", 1),
@@ -49,17 +77,17 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
         old_incarnations.insert(worker, record.incarnation);
     }
 
-    // Soft: under a steady stream of quick runs from several submitters, with slower ones
-    // among them so that a process told to stop has runs to finish first.
-    let load = Load::start(
-        &client,
-        &WorkerKind::RustSdk.quick_run(),
-        10,
-        Duration::from_millis(20),
-    );
-    let slow_load = Load::start(&client, &slow_rust_run(800), 1, Duration::from_millis(100));
+    // Soft: under a steady stream of quick runs from several submitters (see `Steady`), with
+    // slower ones among them where the kind has a slow routine, so that a process told to
+    // stop has runs to finish first. The Python examples have none: what a stopping Python
+    // process finishes are the quick runs it holds.
+    let steady = Steady::of(kind);
+    let load = Load::start(&client, &kind.quick_run(), steady.submitters, steady.pace);
+    let slow_load = kind
+        .slow_run(800)
+        .map(|spec| Load::start(&client, &spec, 1, Duration::from_millis(100)));
     let loaded_at = Instant::now();
-    load.wait_more(200, FLOWING).await;
+    load.wait_more(steady.flowing, FLOWING).await;
     let sampler = pool.sample();
     let begun = pool.restart(RestartMode::Soft, Some("w")).await.unwrap();
     assert!(begun.accepted);
@@ -75,18 +103,20 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
         })
         .await;
     let soft_samples = sampler.stop().await;
-    load.wait_more(200, FLOWING).await;
+    load.wait_more(steady.flowing, FLOWING).await;
     let (mut runs, mut refusals) = load.stop().await;
-    let (slow_runs, slow_refusals) = slow_load.stop().await;
     // The rate the machine allowed (see it with --nocapture); the stream is what matters.
     let seconds = loaded_at.elapsed().as_secs_f64();
     println!(
-        "soft restart under {} runs in {seconds:.1} s ({:.0} per second)",
+        "{kind:?}: soft restart under {} quick runs in {seconds:.1} s ({:.0} per second)",
         runs.len(),
         runs.len() as f64 / seconds
     );
-    runs.extend(slow_runs);
-    refusals.extend(slow_refusals);
+    if let Some(slow_load) = slow_load {
+        let (slow_runs, slow_refusals) = slow_load.stop().await;
+        runs.extend(slow_runs);
+        refusals.extend(slow_refusals);
+    }
     assert!(refusals.is_empty(), "{refusals:?}");
     assert_all_succeeded(&client, &runs, RUNS_END).await;
     // Each new process registered anew: a workerID used before has a higher incarnation.
@@ -100,12 +130,20 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
     }
     assert_eq!(state.restarts, 0);
 
-    // Hard, through the CLI, while slow runs are held: they finish, then all start again.
+    // Hard, through the CLI, while slow runs are held where the kind has a slow routine: they
+    // finish, then all start again. With every kind, a light stream of quick runs (two
+    // submitters every 50 ms: about 40 a second) goes on throughout: runs accepted while no
+    // process is up wait for the new ones, and every one succeeds.
     let old_pids = pids(alive(group(&state, "w")));
-    let held = submit_many(&client, &slow_rust_run(2000), 6, 6).await;
+    let held = match kind.slow_run(2000) {
+        Some(spec) => submit_many(&client, &spec, 6, 6).await,
+        None => Vec::new(),
+    };
     for run in &held {
         wait_status(&client, run, RunStatus::Running, HELD).await;
     }
+    let load = Load::start(&client, &kind.quick_run(), 2, Duration::from_millis(50));
+    load.wait_more(10, FLOWING).await;
     let sampler = pool.sample();
     let output = drover(
         pool.url(),
@@ -119,7 +157,11 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
     })
     .await;
     let hard_samples = sampler.stop().await;
-    assert_all_succeeded(&client, &held, RUNS_END).await;
+    load.wait_more(10, FLOWING).await;
+    let (mut runs, refusals) = load.stop().await;
+    assert!(refusals.is_empty(), "{refusals:?}");
+    runs.extend(held);
+    assert_all_succeeded(&client, &runs, RUNS_END).await;
 
     // What the samples saw, checked last so that a breach does not hide what came after.
     for sample in &hard_samples {
@@ -150,21 +192,29 @@ async fn pool_restarts_softly_under_load_and_hard_with_runs_held() {
 }
 
 #[tokio::test]
-async fn pool_replaces_processes_past_their_quotas() {
+async fn pool_restarts_softly_and_hard_under_load_rust_sdk() {
+    restarts_softly_and_hard(WorkerKind::RustSdk).await;
+}
+
+#[tokio::test]
+async fn pool_restarts_softly_and_hard_under_load_python_sdk() {
+    restarts_softly_and_hard(WorkerKind::PythonSdk).await;
+}
+
+#[tokio::test]
+async fn pool_restarts_softly_and_hard_under_load_no_sdk() {
+    restarts_softly_and_hard(WorkerKind::NoSdk).await;
+}
+
+async fn replaces_past_quotas(kind: WorkerKind) {
     let stack = pool_stack().await;
     let client = stack.client().await;
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = PoolConfig::new("quota")
         .set_str("admin_addr", &admin.to_string())
+        .group(kind.group("counted").set("size", 2).set("max_runs", 50))
         .group(
-            WorkerKind::RustSdk
-                .group("counted")
-                .set("size", 2)
-                .set("max_runs", 50),
-        )
-        .group(
-            WorkerKind::RustSdk
-                .group("fat")
+            kind.group("fat")
                 .set("size", 0)
                 .set("min", 0)
                 .set("max", 1)
@@ -182,7 +232,7 @@ async fn pool_replaces_processes_past_their_quotas() {
     // max_runs: each process is replaced once about 50 runs have ended on it.
     let state = pool.status().await.unwrap();
     let old_pids = pids(alive(group(&state, "counted")));
-    let spec = in_group(WorkerKind::RustSdk.quick_run(), &id, "counted");
+    let spec = in_group(kind.quick_run(), &id, "counted");
     let sampler = pool.sample();
     let deadline = tokio::time::Instant::now() + patient(REPLACED);
     let mut runs = Vec::new();
@@ -257,4 +307,19 @@ async fn pool_replaces_processes_past_their_quotas() {
     // Replacements are not restarts: none counted, the pool still serving.
     assert_eq!(state.restarts, 0);
     assert!(settled_at(group(&state, "counted"), 2));
+}
+
+#[tokio::test]
+async fn pool_replaces_processes_past_their_quotas_rust_sdk() {
+    replaces_past_quotas(WorkerKind::RustSdk).await;
+}
+
+#[tokio::test]
+async fn pool_replaces_processes_past_their_quotas_python_sdk() {
+    replaces_past_quotas(WorkerKind::PythonSdk).await;
+}
+
+#[tokio::test]
+async fn pool_replaces_processes_past_their_quotas_no_sdk() {
+    replaces_past_quotas(WorkerKind::NoSdk).await;
 }

@@ -2,7 +2,7 @@
 //! signals SIGTTIN/SIGTTOU (and SIGHUP, a soft restart), always within [min, max] (a request
 //! outside is refused and changes nothing), with no run failing while processes are stopped;
 //! and autoscaling with the backlog of the group's routines, up at once and back down after
-//! the cooldown.
+//! the cooldown. Each scenario runs with each kind of worker (Rust SDK, Python SDK, no SDK).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
 use drover_integration_tests::pool::{
-    alive, assert_all_succeeded, describe, group, pids, pool_stack, settled_at, slow_rust_run,
-    submit_many, worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED,
-    STOPPED,
+    alive, assert_all_succeeded, describe, group, pids, pool_stack, settled_at, submit_many,
+    worker_id, worker_ids, Load, PoolConfig, PoolRun, WorkerKind, RUNS_END, STARTED, STOPPED,
 };
 use drover_protocol::{ErrorCode, ExitClass, PoolScaled, ProcessPhase};
 use nix::sys::signal::Signal;
@@ -21,21 +20,14 @@ use nix::sys::signal::Signal;
 /// How long a steady stream may take to get a few more runs accepted.
 const FLOWING: Duration = Duration::from_secs(20);
 
-#[tokio::test]
-async fn pool_scales_a_group_within_its_bounds() {
+async fn scales_within_bounds(kind: WorkerKind) {
     let stack = pool_stack().await;
     let client = stack.client().await;
     // A second group, after `w` in the file but before it in the alphabet: the signals
     // scale the first group in the file.
     let config = PoolConfig::new("scale")
-        .group(
-            WorkerKind::RustSdk
-                .group("w")
-                .set("size", 2)
-                .set("min", 1)
-                .set("max", 5),
-        )
-        .group(WorkerKind::RustSdk.group("a").set("size", 1).set("max", 3));
+        .group(kind.group("w").set("size", 2).set("min", 1).set("max", 5))
+        .group(kind.group("a").set("size", 1).set("max", 3));
     let id = config.id().clone();
     let mut pool = PoolRun::start(&stack, &config).await;
     let url = pool.url().to_owned();
@@ -80,8 +72,16 @@ async fn pool_scales_a_group_within_its_bounds() {
     assert_eq!(unchanged.target, 5);
     assert_eq!(pids(alive(unchanged)), five_pids);
 
-    // Down through the CLI while runs keep coming: every accepted run succeeds.
-    let load = Load::start(&client, &slow_rust_run(200), 2, Duration::from_millis(60));
+    // Down through the CLI while runs keep coming (two submitters, one run every 60 ms each:
+    // about 33 a second, which a Python process takes easily): every accepted run succeeds.
+    // Runs of 200 ms where the kind has a slow routine, so that a stopping process has runs to
+    // finish; the Python examples' runs are quick, and a stopping process holds them briefly.
+    let load = Load::start(
+        &client,
+        &kind.slow_or_quick_run(200),
+        2,
+        Duration::from_millis(60),
+    );
     load.wait_more(30, FLOWING).await;
     let output = drover(
         &url,
@@ -160,22 +160,43 @@ async fn pool_scales_a_group_within_its_bounds() {
 }
 
 #[tokio::test]
-async fn pool_autoscales_with_the_backlog() {
+async fn pool_scales_a_group_within_its_bounds_rust_sdk() {
+    scales_within_bounds(WorkerKind::RustSdk).await;
+}
+
+#[tokio::test]
+async fn pool_scales_a_group_within_its_bounds_python_sdk() {
+    scales_within_bounds(WorkerKind::PythonSdk).await;
+}
+
+#[tokio::test]
+async fn pool_scales_a_group_within_its_bounds_no_sdk() {
+    scales_within_bounds(WorkerKind::NoSdk).await;
+}
+
+/// Runs waiting for the autoscaled group: far beyond what one process holds at once (8 for
+/// the Rust worker, 4 for the Python ones), so that the wanted size is the group's max.
+const BACKLOG: usize = 600;
+
+async fn autoscales(kind: WorkerKind) {
     let stack = pool_stack().await;
     let client = stack.client().await;
     let config = PoolConfig::new("auto").group(
-        WorkerKind::RustSdk
-            .group("a")
+        kind.group("a")
             .set("size", 1)
             .set("min", 1)
             .set("max", 4)
             .autoscale("cooldown", "\"2s\"")
             .autoscale("interval", "\"200ms\""),
     );
-    let pool = PoolRun::start(&stack, &config).await;
 
-    // A backlog far beyond what one process holds: the target goes to max.
-    let runs = submit_many(&client, &slow_rust_run(100), 1000, 16).await;
+    // A backlog far beyond what one process holds: the target goes to max. It is submitted
+    // before the pool starts, so that it is there when the autoscaler first looks whatever
+    // the kind's pace: the Python examples have no slow routine, and one process could drain
+    // a stream of quick runs about as fast as it arrives. Runs of 100 ms where there is a
+    // slow routine.
+    let runs = submit_many(&client, &kind.slow_or_quick_run(100), BACKLOG, 16).await;
+    let pool = PoolRun::spawn(&stack, &config, &[]).await;
     pool.wait_for_state("the target at max", STARTED, |state| {
         group(state, "a").target == 4
     })
@@ -185,4 +206,19 @@ async fn pool_autoscales_with_the_backlog() {
     // Idle past the cooldown: back to min.
     let state = pool.wait_settled("a", 1, STOPPED).await;
     assert_eq!(state.restarts, 0);
+}
+
+#[tokio::test]
+async fn pool_autoscales_with_the_backlog_rust_sdk() {
+    autoscales(WorkerKind::RustSdk).await;
+}
+
+#[tokio::test]
+async fn pool_autoscales_with_the_backlog_python_sdk() {
+    autoscales(WorkerKind::PythonSdk).await;
+}
+
+#[tokio::test]
+async fn pool_autoscales_with_the_backlog_no_sdk() {
+    autoscales(WorkerKind::NoSdk).await;
 }

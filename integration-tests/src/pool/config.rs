@@ -87,9 +87,21 @@ impl WorkerKind {
         spec
     }
 
-    /// A run that takes `ms` milliseconds, where the worker has such a routine.
+    /// A run that takes `ms` milliseconds, where the worker has such a routine: only the Rust
+    /// example has one (`demo.thumbnail`); the Python examples' routines answer at once.
     pub fn slow_run(self, ms: u64) -> Option<RunSpec> {
         (self == WorkerKind::RustSdk).then(|| slow_rust_run(ms))
+    }
+
+    /// A run that takes `ms` milliseconds where the worker has such a routine, else a quick one.
+    pub fn slow_or_quick_run(self, ms: u64) -> RunSpec {
+        self.slow_run(ms).unwrap_or_else(|| self.quick_run())
+    }
+
+    /// Whether its processes are Python programs: slower to start and to take each run than
+    /// the Rust worker, so that the tests give them lighter streams of runs.
+    pub fn is_python(self) -> bool {
+        matches!(self, WorkerKind::PythonSdk | WorkerKind::NoSdk)
     }
 
     /// Text of a line that a process of this kind prints once it has started as `worker`.
