@@ -13,14 +13,44 @@ pub mod worker;
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use drover_protocol::ErrorPayload;
-use drover_testkit::REQUEST_TIMEOUT;
+use drover_protocol::subject::keys;
+use drover_protocol::{ErrorPayload, RegistryGet, WorkerId, WorkerRecord, WorkerStatus};
+use drover_testkit::{call, REQUEST_TIMEOUT};
 use futures::StreamExt;
 use serde_json::Value;
 
 pub use drover_testkit::ProcStats;
 pub use runner::{Act, Runner};
 pub use worker::{Inbound, SimWorker};
+
+/// A worker's registry record.
+pub async fn registry_record(client: &Client, worker: &str) -> Option<WorkerRecord> {
+    call::<_, WorkerRecord>(
+        client,
+        keys::REGISTRY_GET,
+        &RegistryGet {
+            worker_id: WorkerId::parse(worker).unwrap(),
+        },
+    )
+    .await
+    .ok()
+}
+
+/// Waits until the registry has `worker` in `status`.
+pub async fn wait_registry_status(
+    client: &Client,
+    worker: &str,
+    status: WorkerStatus,
+    timeout: std::time::Duration,
+) {
+    drover_testkit::wait_until(&format!("{worker} {status}"), timeout, || async {
+        registry_record(client, worker)
+            .await
+            .is_some_and(|record| record.status == status)
+    })
+    .await
+    .unwrap();
+}
 
 /// Sends raw bytes as a request and returns the raw reply body.
 pub async fn raw_call(client: &Client, subject: impl Into<String>, body: Bytes) -> Bytes {

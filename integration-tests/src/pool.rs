@@ -16,15 +16,14 @@ pub mod state;
 
 use std::time::Duration;
 
-use async_nats::Client;
-use drover_protocol::subject::keys;
-use drover_protocol::{RegistryGet, WorkerId, WorkerRecord};
-use drover_testkit::{call, Stack};
+use drover_testkit::Stack;
 
 pub use config::*;
 pub use load::*;
 pub use run::*;
 pub use state::*;
+
+pub use crate::registry_record;
 
 /// How long a pool may take to bring its processes up (registered and ready).
 pub const STARTED: Duration = Duration::from_secs(40);
@@ -48,19 +47,6 @@ pub async fn pool_stack() -> Stack {
         .start()
         .await
         .expect("stack starts")
-}
-
-/// A worker's registry record.
-pub async fn registry_record(client: &Client, worker: &str) -> Option<WorkerRecord> {
-    call::<_, WorkerRecord>(
-        client,
-        keys::REGISTRY_GET,
-        &RegistryGet {
-            worker_id: WorkerId::parse(worker).unwrap(),
-        },
-    )
-    .await
-    .ok()
 }
 
 /// The sum of every sample of metric `name` whose labels include all of `labels`, in a

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::Recorder;
+use drover_integration_tests::{registry_record, Recorder};
 use drover_protocol::subject::keys;
 use drover_protocol::{
-    ErrorCode, GivePulse, RegistryGet, RegistryList, RoutineId, WorkerId, WorkerList, WorkerRecord,
-    WorkerStatus,
+    ErrorCode, GivePulse, RegistryList, RoutineId, WorkerId, WorkerList, WorkerStatus,
 };
 use drover_testkit::{call, hold_for, wait_for, wait_until, Stack};
 
@@ -27,20 +26,10 @@ async fn stack() -> Stack {
         .expect("stack starts")
 }
 
-async fn record(client: &async_nats::Client, worker: &str) -> Option<WorkerRecord> {
-    call::<_, WorkerRecord>(
-        client,
-        keys::REGISTRY_GET,
-        &RegistryGet {
-            worker_id: WorkerId::parse(worker).unwrap(),
-        },
-    )
-    .await
-    .ok()
-}
-
 async fn status(client: &async_nats::Client, worker: &str) -> Option<WorkerStatus> {
-    record(client, worker).await.map(|record| record.status)
+    registry_record(client, worker)
+        .await
+        .map(|record| record.status)
 }
 
 #[tokio::test]
@@ -250,7 +239,7 @@ async fn terminating_then_quiet_is_offline_not_lost() {
     })
     .await
     .unwrap();
-    let record = record(&client, "leaver").await.unwrap();
+    let record = registry_record(&client, "leaver").await.unwrap();
     assert_eq!(record.terminating_reason.as_deref(), Some("deploy"));
     worker.go_silent();
     wait_until("worker is OFFLINE", Duration::from_secs(5), || async {
@@ -283,7 +272,7 @@ async fn a_new_registration_wins_and_the_old_incarnation_goes_stale() {
         "second registration recorded",
         Duration::from_secs(5),
         || async {
-            record(&client, "twin")
+            registry_record(&client, "twin")
                 .await
                 .filter(|record| record.incarnation == 2 && record.status == WorkerStatus::Idle)
         },
@@ -404,7 +393,7 @@ async fn concurrent_claims_respect_capacity_and_are_written_in_batches() {
         .map(|(run, _)| run)
         .collect();
     assert_eq!(granted.len(), 8, "capacity 8: {answers:?}");
-    let held = record(&client, "batched").await.unwrap();
+    let held = registry_record(&client, "batched").await.unwrap();
     assert_eq!(held.runs.len(), 8);
     assert_eq!(held.status, WorkerStatus::Working);
     for run in &granted {
@@ -425,7 +414,7 @@ async fn concurrent_claims_respect_capacity_and_are_written_in_batches() {
         .await
         .iter()
         .all(|answer| answer.ok));
-    let after = record(&client, "batched").await.unwrap();
+    let after = registry_record(&client, "batched").await.unwrap();
     assert!(after.runs.is_empty());
     assert_eq!(after.status, WorkerStatus::Idle);
 

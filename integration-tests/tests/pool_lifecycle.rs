@@ -20,7 +20,7 @@ use drover_integration_tests::pool::{
     PoolRun, WorkerKind, REPLACED, RUNS_END, STOPPED,
 };
 use drover_integration_tests::runs::{submit, wait_status};
-use drover_integration_tests::Recorder;
+use drover_integration_tests::{wait_registry_status, Recorder};
 use drover_protocol::{ExitClass, PoolState, ProcessPhase, RestartMode, RunStatus, WorkerStatus};
 use drover_testkit::{hold_for, wait_for, wait_until};
 use nix::sys::signal::Signal;
@@ -230,13 +230,7 @@ async fn lifecycle(kind: WorkerKind) {
     );
     // They said they were terminating, so the registry has them OFFLINE, not LOST.
     for worker in [&w1, &w2] {
-        wait_until(&format!("{worker} OFFLINE"), SEEN, || async {
-            registry_record(&client, worker)
-                .await
-                .is_some_and(|record| record.status == WorkerStatus::Offline)
-        })
-        .await
-        .unwrap();
+        wait_registry_status(&client, worker, WorkerStatus::Offline, SEEN).await;
     }
 }
 
@@ -345,13 +339,7 @@ async fn pool_critical_shutdowns() {
     let mut pool = PoolRun::start(&stack, &config).await;
     let healthy = [worker_id(&id, "healthy", 1), worker_id(&id, "healthy", 2)];
     for worker in &healthy {
-        wait_until(&format!("{worker} IDLE"), SEEN, || async {
-            registry_record(&client, worker)
-                .await
-                .is_some_and(|record| record.status == WorkerStatus::Idle)
-        })
-        .await
-        .unwrap();
+        wait_registry_status(&client, worker, WorkerStatus::Idle, SEEN).await;
     }
     let events = Recorder::start(&client, "v1.registry.events.*").await;
     let crashing = worker_id(&id, "crash", 1);
@@ -385,13 +373,7 @@ async fn pool_critical_shutdowns() {
         "processes left behind"
     );
     for worker in &healthy {
-        wait_until(&format!("{worker} OFFLINE"), SEEN, || async {
-            registry_record(&client, worker)
-                .await
-                .is_some_and(|record| record.status == WorkerStatus::Offline)
-        })
-        .await
-        .unwrap();
+        wait_registry_status(&client, worker, WorkerStatus::Offline, SEEN).await;
         let statuses: Vec<String> = events
             .payloads_on(&format!("v1.registry.events.{worker}"))
             .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use drover_integration_tests::worker::{SimWorker, WorkerSpec};
-use drover_integration_tests::Recorder;
+use drover_integration_tests::{registry_record, Recorder};
 use drover_protocol::subject::keys;
 use drover_protocol::{
     Ready, RegistryGet, RegistryList, WorkerId, WorkerList, WorkerRecord, WorkerStatus,
@@ -38,16 +38,9 @@ async fn workers(client: &Client) -> Vec<WorkerRecord> {
 }
 
 async fn status(client: &Client, worker: &str) -> Option<WorkerStatus> {
-    call::<_, WorkerRecord>(
-        client,
-        keys::REGISTRY_GET,
-        &RegistryGet {
-            worker_id: WorkerId::parse(worker).unwrap(),
-        },
-    )
-    .await
-    .ok()
-    .map(|record| record.status)
+    registry_record(client, worker)
+        .await
+        .map(|record| record.status)
 }
 
 async fn start_workers(client: &Client, count: usize) -> Vec<SimWorker> {
