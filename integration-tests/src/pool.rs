@@ -67,3 +67,25 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .fold(0.0, |sum, value| sum + value)
 }
+
+/// One test for each worker kind, each running `scenario(kind)`:
+/// `for_each_kind!(scenario: test_rust_sdk, test_python_sdk, test_no_sdk);`
+#[macro_export]
+macro_rules! for_each_kind {
+    ($scenario:ident: $rust:ident, $python:ident, $plain:ident) => {
+        #[tokio::test]
+        async fn $rust() {
+            $scenario($crate::pool::WorkerKind::RustSdk).await;
+        }
+
+        #[tokio::test]
+        async fn $python() {
+            $scenario($crate::pool::WorkerKind::PythonSdk).await;
+        }
+
+        #[tokio::test]
+        async fn $plain() {
+            $scenario($crate::pool::WorkerKind::NoSdk).await;
+        }
+    };
+}

@@ -234,20 +234,7 @@ async fn lifecycle(kind: WorkerKind) {
     }
 }
 
-#[tokio::test]
-async fn pool_lifecycle_rust_sdk() {
-    lifecycle(WorkerKind::RustSdk).await;
-}
-
-#[tokio::test]
-async fn pool_lifecycle_python_sdk() {
-    lifecycle(WorkerKind::PythonSdk).await;
-}
-
-#[tokio::test]
-async fn pool_lifecycle_no_sdk() {
-    lifecycle(WorkerKind::NoSdk).await;
-}
+drover_integration_tests::for_each_kind!(lifecycle: pool_lifecycle_rust_sdk, pool_lifecycle_python_sdk, pool_lifecycle_no_sdk);
 
 /// A configuration that breaks a rule: exit 64 with one line on stderr, nothing started.
 #[tokio::test]

@@ -191,20 +191,7 @@ async fn restarts_softly_and_hard(kind: WorkerKind) {
     }
 }
 
-#[tokio::test]
-async fn pool_restarts_softly_and_hard_under_load_rust_sdk() {
-    restarts_softly_and_hard(WorkerKind::RustSdk).await;
-}
-
-#[tokio::test]
-async fn pool_restarts_softly_and_hard_under_load_python_sdk() {
-    restarts_softly_and_hard(WorkerKind::PythonSdk).await;
-}
-
-#[tokio::test]
-async fn pool_restarts_softly_and_hard_under_load_no_sdk() {
-    restarts_softly_and_hard(WorkerKind::NoSdk).await;
-}
+drover_integration_tests::for_each_kind!(restarts_softly_and_hard: pool_restarts_softly_and_hard_under_load_rust_sdk, pool_restarts_softly_and_hard_under_load_python_sdk, pool_restarts_softly_and_hard_under_load_no_sdk);
 
 async fn replaces_past_quotas(kind: WorkerKind) {
     let stack = pool_stack().await;
@@ -309,17 +296,4 @@ async fn replaces_past_quotas(kind: WorkerKind) {
     assert!(settled_at(group(&state, "counted"), 2));
 }
 
-#[tokio::test]
-async fn pool_replaces_processes_past_their_quotas_rust_sdk() {
-    replaces_past_quotas(WorkerKind::RustSdk).await;
-}
-
-#[tokio::test]
-async fn pool_replaces_processes_past_their_quotas_python_sdk() {
-    replaces_past_quotas(WorkerKind::PythonSdk).await;
-}
-
-#[tokio::test]
-async fn pool_replaces_processes_past_their_quotas_no_sdk() {
-    replaces_past_quotas(WorkerKind::NoSdk).await;
-}
+drover_integration_tests::for_each_kind!(replaces_past_quotas: pool_replaces_processes_past_their_quotas_rust_sdk, pool_replaces_processes_past_their_quotas_python_sdk, pool_replaces_processes_past_their_quotas_no_sdk);

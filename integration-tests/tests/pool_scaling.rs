@@ -159,20 +159,7 @@ async fn scales_within_bounds(kind: WorkerKind) {
     assert_eq!(output.status.code(), Some(4), "{output:?}");
 }
 
-#[tokio::test]
-async fn pool_scales_a_group_within_its_bounds_rust_sdk() {
-    scales_within_bounds(WorkerKind::RustSdk).await;
-}
-
-#[tokio::test]
-async fn pool_scales_a_group_within_its_bounds_python_sdk() {
-    scales_within_bounds(WorkerKind::PythonSdk).await;
-}
-
-#[tokio::test]
-async fn pool_scales_a_group_within_its_bounds_no_sdk() {
-    scales_within_bounds(WorkerKind::NoSdk).await;
-}
+drover_integration_tests::for_each_kind!(scales_within_bounds: pool_scales_a_group_within_its_bounds_rust_sdk, pool_scales_a_group_within_its_bounds_python_sdk, pool_scales_a_group_within_its_bounds_no_sdk);
 
 /// Runs waiting for the autoscaled group: far beyond what one process holds at once (8 for
 /// the Rust worker, 4 for the Python ones), so that the wanted size is the group's max.
@@ -208,17 +195,4 @@ async fn autoscales(kind: WorkerKind) {
     assert_eq!(state.restarts, 0);
 }
 
-#[tokio::test]
-async fn pool_autoscales_with_the_backlog_rust_sdk() {
-    autoscales(WorkerKind::RustSdk).await;
-}
-
-#[tokio::test]
-async fn pool_autoscales_with_the_backlog_python_sdk() {
-    autoscales(WorkerKind::PythonSdk).await;
-}
-
-#[tokio::test]
-async fn pool_autoscales_with_the_backlog_no_sdk() {
-    autoscales(WorkerKind::NoSdk).await;
-}
+drover_integration_tests::for_each_kind!(autoscales: pool_autoscales_with_the_backlog_rust_sdk, pool_autoscales_with_the_backlog_python_sdk, pool_autoscales_with_the_backlog_no_sdk);
