@@ -80,7 +80,7 @@ pub async fn run(
         .map(|group| group.stop_grace)
         .max()
         .unwrap_or_default();
-    process::stop_orphans(&config.pool, max_grace).await;
+    process::stop_orphans(&config.pool, &nats_url, max_grace).await;
     let mut pool = Pool::new(&config, Instant::now());
     let service_stop = CancellationToken::new();
     let tasks = TaskTracker::new();

@@ -186,10 +186,12 @@ pub fn signal_group(pid: u32, signal: Signal) {
 /// Stops the processes a previous run of this pool left behind on this machine (the pool
 /// was killed before it could stop them): SIGTERM, then SIGKILL after `grace`.
 ///
-/// They are found by the `DROVER_POOL_ID` the pool put in their environment, so that a
-/// restarted pool does not run its workerIDs twice.
-pub async fn stop_orphans(pool: &PoolId, grace: Duration) {
-    let orphans = find_orphans(pool);
+/// They are found by the `DROVER_POOL_ID` and `DROVER_NATS_URL` the pool put in their
+/// environment, so that a restarted pool does not run its workerIDs twice. Both must match:
+/// a pool of the same name on another NATS system is another pool (and one on the same
+/// system would have answered, and this one would not have started).
+pub async fn stop_orphans(pool: &PoolId, nats_url: &str, grace: Duration) {
+    let orphans = find_orphans(pool, nats_url);
     if orphans.is_empty() {
         return;
     }
@@ -209,9 +211,13 @@ pub async fn stop_orphans(pool: &PoolId, grace: Duration) {
     }
 }
 
-/// Group leaders whose environment names this pool and that are not this process's children.
-fn find_orphans(pool: &PoolId) -> Vec<u32> {
-    let marker = format!("DROVER_POOL_ID={pool}");
+/// Group leaders whose environment names this pool and its NATS URL and that are not this
+/// process's children.
+fn find_orphans(pool: &PoolId, nats_url: &str) -> Vec<u32> {
+    let markers = [
+        format!("DROVER_POOL_ID={pool}"),
+        format!("DROVER_NATS_URL={nats_url}"),
+    ];
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -233,9 +239,11 @@ fn find_orphans(pool: &PoolId) -> Vec<u32> {
         })
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|byte| *byte == 0)
-                    .any(|entry| entry == marker.as_bytes())
+                markers.iter().all(|marker| {
+                    environ
+                        .split(|byte| *byte == 0)
+                        .any(|entry| entry == marker.as_bytes())
+                })
             })
         })
         .collect()

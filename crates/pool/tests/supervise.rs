@@ -219,10 +219,10 @@ fn alive(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_what_a_killed_one_left(
+async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_only_what_a_killed_one_left(
 ) {
-    let stack = stack().await;
-    let client = stack.client().await;
+    let here = stack().await;
+    let client = here.client().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pool.toml");
     std::fs::write(
@@ -233,10 +233,10 @@ async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_wh
         ),
     )
     .unwrap();
-    let mut first = PoolProcess::start(&config, &stack.nats_url());
+    let mut first = PoolProcess::start(&config, &here.nats_url());
     let old = running_pids(&client, "again", 2).await;
 
-    let second = PoolProcess::start(&config, &stack.nats_url());
+    let second = PoolProcess::start(&config, &here.nats_url());
     let output = tokio::task::spawn_blocking(move || {
         let mut second = second;
         let status = second.0.wait().unwrap();
@@ -257,11 +257,16 @@ async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_wh
         "the running pool's processes are untouched"
     );
 
+    // A pool of the same name on another NATS system is another pool.
+    let elsewhere = stack().await;
+    let _neighbour = PoolProcess::start(&config, &elsewhere.nats_url());
+    let neighbours = running_pids(&elsewhere.client().await, "again", 2).await;
+
     // Killed, the pool cannot stop its processes: they outlive it.
     first.0.kill().unwrap();
     first.0.wait().unwrap();
     assert!(old.iter().all(|pid| alive(*pid)));
-    let _third = PoolProcess::start(&config, &stack.nats_url());
+    let _third = PoolProcess::start(&config, &here.nats_url());
     let new = running_pids(&client, "again", 2).await;
     assert!(new.iter().all(|pid| !old.contains(pid)));
     wait_until(
@@ -274,4 +279,8 @@ async fn a_second_pool_with_the_same_id_is_refused_and_a_restarted_pool_stops_wh
     )
     .await
     .unwrap();
+    assert!(
+        neighbours.iter().all(|pid| alive(*pid)),
+        "the other system's pool keeps its processes"
+    );
 }
