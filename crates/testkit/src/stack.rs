@@ -245,7 +245,7 @@ impl StackBuilder {
 }
 
 /// Starts service `name` with `--admin-addr` on a free port, and waits until its admin
-/// server answers (or it exits).
+/// server answers (or it exits). The stack's services log at info, which the wait relies on.
 ///
 /// A port found free can be taken by another process before the service binds it: then
 /// the service exits at once, and it is started again on another port.
@@ -265,7 +265,12 @@ async fn spawn_service(
         let deadline = tokio::time::Instant::now() + patient(timeout);
         let mut interval = Duration::from_millis(5);
         loop {
-            if http_get(admin, "/healthz").await.is_ok() {
+            // Another process may hold the port: only this service's own admin server counts,
+            // and it says where it listens before it answers.
+            let listening = format!("admin listening addr={admin}");
+            if process.log_contents().contains(&listening)
+                && http_get(admin, "/healthz").await.is_ok()
+            {
                 return Ok((process, admin));
             }
             if process.exit_status().is_some() {
