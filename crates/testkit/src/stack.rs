@@ -245,7 +245,7 @@ impl StackBuilder {
 }
 
 /// Starts service `name` with `--admin-addr` on a free port, and waits until its admin
-/// server answers (or it exits). The stack's services log at info, which the wait relies on.
+/// server answers (or it exits).
 ///
 /// A port found free can be taken by another process before the service binds it: then
 /// the service exits at once, and it is started again on another port.
@@ -265,11 +265,8 @@ async fn spawn_service(
         let deadline = tokio::time::Instant::now() + patient(timeout);
         let mut interval = Duration::from_millis(5);
         loop {
-            // Another process may hold the port: only this service's own admin server counts,
-            // and it says where it listens before it answers.
-            let listening = format!("admin listening addr={admin}");
-            if process.log_contents().contains(&listening)
-                && http_get(admin, "/healthz").await.is_ok()
+            // Another process may hold the port: only this service's own admin server counts.
+            if listens_on(process.pid(), admin.port()) && http_get(admin, "/healthz").await.is_ok()
             {
                 return Ok((process, admin));
             }
@@ -292,6 +289,40 @@ async fn spawn_service(
             interval = (interval * 2).min(Duration::from_millis(50));
         }
     }
+}
+
+/// True when process `pid` holds a listening TCP socket on `port` (IPv4), read from
+/// `/proc/net/tcp` and the process's file descriptors.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    // Columns: sl, local_address (hex ip:port), rem_address, st (0A = LISTEN), ..., inode.
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listening = *fields.get(3)? == "0A";
+            let inode = fields.get(9)?;
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .any(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
 }
 
 /// NATS plus a set of running Drover services; everything is killed on drop.
@@ -441,5 +472,21 @@ impl Stack {
             tokio::time::sleep(interval).await;
             interval = (interval * 3 / 2).min(Duration::from_millis(100));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_port_belongs_to_the_process_that_bound_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("bound").port();
+        assert!(listens_on(std::process::id(), port));
+        // Not ours once closed, and never another process's.
+        assert!(!listens_on(1, port));
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port));
     }
 }
