@@ -70,7 +70,15 @@ CLUSTER_SCOPED = {
     "PriorityClass",
 }
 #: Binaries that are not services, with the source that reads their environment.
-OTHER_BINARY_SOURCES = {"drover-example-worker": "examples/rust-worker/src/main.rs"}
+#: The sources whose environment reads make up a binary's, the SDK's included (it reads
+#: the variables a supervisor such as `drover pool` sets, named by `*_VAR` constants).
+OTHER_BINARY_SOURCES = {
+    "drover-example-worker": (
+        "examples/rust-worker/src/main.rs",
+        "crates/worker/src/builder.rs",
+        "crates/worker/src/pool_env.rs",
+    )
+}
 #: Kubernetes' default terminationGracePeriodSeconds.
 DEFAULT_TERMINATION_GRACE_S = 30
 HELP_TIMEOUT_S = 10.0
@@ -149,11 +157,12 @@ class Facts:
         """The variables ``binary`` reads, or ``None`` when that is not known."""
         if binary in self.services:
             return self.service_env
-        source = OTHER_BINARY_SOURCES.get(binary)
-        if source is None:
+        sources = OTHER_BINARY_SOURCES.get(binary)
+        if sources is None:
             return None
-        text = self._read(source)
+        text = "\n".join(self._read(source) for source in sources)
         names = set(re.findall(r'env(?:::var(?:_os)?)?\("([A-Z][A-Z0-9_]*)"\)', text))
+        names |= set(re.findall(r'const [A-Z0-9_]+_VAR: &str = "([A-Z][A-Z0-9_]*)"', text))
         if "drover_telemetry::init" in text:
             names |= self.telemetry_env
         return frozenset(names)
