@@ -89,7 +89,14 @@ pub async fn run(
     let (controls, mut control_rx) = mpsc::channel::<Control>(64);
     let service = control::serve(&nats, &pool.id, &requests, controls).await?;
     let mut worker_events = nats.subscribe(subject::all_registry_events()).await?;
-    let mut run_events = nats.subscribe(subject::all_run_events()).await?;
+    // Every run's events, only where a quota needs the count: parsing them is most of what
+    // the pool would otherwise cost per run.
+    let counts_runs = config.groups.iter().any(|group| group.max_runs.is_some());
+    let mut run_events = if counts_runs {
+        Some(nats.subscribe(subject::all_run_events()).await?)
+    } else {
+        None
+    };
     let (exits, mut exit_rx) = mpsc::unbounded_channel::<Exit>();
     let (findings, mut finding_rx) = mpsc::unbounded_channel::<Finding>();
     let mut terminate = signal(SignalKind::terminate())?;
@@ -119,7 +126,7 @@ pub async fn run(
                     observe(&mut pool, &mut learned, &host, &record);
                 }
             }
-            Some(message) = run_events.next() => {
+            Some(message) = next_message(&mut run_events) => {
                 if let Some(worker) = lookups::ended_run_worker(&message.payload) {
                     for group in &mut pool.groups {
                         group.run_ended(&worker);
@@ -188,6 +195,16 @@ pub async fn run(
         PoolEnd::Critical(reason) => error!(pool = %pool.id, %reason, "critical shutdown"),
     }
     Ok(end)
+}
+
+/// The next message of a subscription that may not exist (then it never comes).
+async fn next_message(
+    subscription: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscription {
+        Some(subscription) => subscription.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Classifies an exit, counts it and says so.

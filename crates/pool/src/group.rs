@@ -591,7 +591,11 @@ impl Group {
             min: self.config.min,
             max: self.config.max,
             target: self.target,
-            processes: self.slots.iter().map(|slot| slot.state(now)).collect(),
+            processes: self
+                .slots
+                .iter()
+                .map(|slot| slot.state(now, self.config.max_runs.is_some()))
+                .collect(),
         }
     }
 }

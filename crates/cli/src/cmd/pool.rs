@@ -308,7 +308,7 @@ fn row(group: &str, process: &ProcessState) -> Vec<String> {
         process.uptime_ms.map_or_else(dash, |ms| {
             humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
         }),
-        process.runs.to_string(),
+        process.runs.map_or_else(dash, |runs| runs.to_string()),
         process
             .rss_bytes
             .map_or_else(dash, |bytes| format!("{:.1} MiB", bytes as f64 / 1048576.0)),

@@ -93,7 +93,7 @@ impl Slot {
     }
 
     /// The status report of this slot.
-    pub fn state(&self, now: Instant) -> ProcessState {
+    pub fn state(&self, now: Instant, counts_runs: bool) -> ProcessState {
         ProcessState {
             worker_id: self.worker_id.clone(),
             pid: self.pid,
@@ -105,7 +105,7 @@ impl Slot {
                 .uptime(now)
                 .filter(|_| self.alive())
                 .map(|up| up.as_millis() as u64),
-            runs: self.runs,
+            runs: counts_runs.then_some(self.runs),
             rss_bytes: self.rss_bytes.filter(|_| self.alive()),
             last_exit: self.last_exit.clone(),
         }

@@ -211,9 +211,10 @@ pub struct ProcessState {
     /// Milliseconds since `startedAt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_ms: Option<u64>,
-    /// Runs that ended on its current process.
-    #[serde(default)]
-    pub runs: u64,
+    /// Runs that ended on its current process; counted only for a group with `max_runs`
+    /// (following every run's events costs the pool more than the rest of its work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs: Option<u64>,
     /// Its resident memory, when it could be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,

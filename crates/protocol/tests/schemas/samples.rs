@@ -836,7 +836,7 @@ fn process_full() -> ProcessState {
         restarts: 1,
         started_at: Some(at("2026-11-22T13:17:05.120Z")),
         uptime_ms: Some(120_000),
-        runs: 17,
+        runs: Some(17),
         rss_bytes: Some(48_234_496),
         last_exit: Some(LastExit {
             code: Some(137),
@@ -857,7 +857,7 @@ fn process_minimal() -> ProcessState {
         restarts: 0,
         started_at: None,
         uptime_ms: None,
-        runs: 0,
+        runs: None,
         rss_bytes: None,
         last_exit: None,
     }
