@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, processes_mentioning, stdout};
+use drover_integration_tests::cli::{drover, stdout};
 use drover_integration_tests::pool::{
     alive, assert_all_succeeded, group, in_group, pids, pool_stack, process, registry_record,
     settled_at, signal_pid, stable_view, submit_many, worker_id, worker_ids, Group, PoolConfig,
@@ -221,13 +221,7 @@ async fn lifecycle(kind: WorkerKind) {
     for started in alive(group(&state, "w")) {
         signal_pid(started.pid.unwrap(), Signal::SIGTERM);
     }
-    let status = pool.wait_exit(STOPPED).await;
-    assert_eq!(status.code(), Some(0), "{status}\n{}", pool.output_tail());
-    let marker = format!("DROVER_POOL_ID={id}\0");
-    assert!(
-        processes_mentioning(&marker, None).is_empty(),
-        "processes left behind"
-    );
+    pool.wait_ended(0, STOPPED).await;
     // They said they were terminating, so the registry has them OFFLINE, not LOST.
     for worker in [&w1, &w2] {
         wait_registry_status(&client, worker, WorkerStatus::Offline, SEEN).await;
@@ -350,15 +344,9 @@ async fn pool_critical_shutdowns() {
         "{last:?}"
     );
 
-    let status = pool.wait_exit(STOPPED).await;
-    assert_eq!(status.code(), Some(1), "{status}\n{}", pool.output_tail());
+    pool.wait_ended(1, STOPPED).await;
     let line = critical_line(&pool);
     assert!(line.to_lowercase().contains("restart"), "{line}");
-    let marker = format!("DROVER_POOL_ID={id}\0");
-    assert!(
-        processes_mentioning(&marker, None).is_empty(),
-        "processes left behind"
-    );
     for worker in &healthy {
         wait_registry_status(&client, worker, WorkerStatus::Offline, SEEN).await;
         let statuses: Vec<String> = events

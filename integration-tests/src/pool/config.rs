@@ -137,6 +137,30 @@ fn quoted(text: &str) -> String {
     serde_json::to_string(text).expect("a string serialises")
 }
 
+/// The keys of one TOML table, each set once, in the order first set.
+#[derive(Debug, Clone, Default)]
+struct Keys(Vec<(String, String)>);
+
+impl Keys {
+    /// Sets `key` to a TOML value written as is, replacing an earlier one.
+    fn set(&mut self, key: &str, raw: impl Display) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_owned(), raw.to_string()));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One `key = value` line each.
+    fn lines(&self) -> String {
+        self.0
+            .iter()
+            .map(|(key, value)| format!("{key} = {value}\n"))
+            .collect()
+    }
+}
+
 /// One `[groups.<name>]` of a pool configuration.
 #[derive(Debug, Clone)]
 pub struct Group {
@@ -144,8 +168,8 @@ pub struct Group {
     command: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    settings: Vec<(String, String)>,
-    autoscale: Vec<(String, String)>,
+    settings: Keys,
+    autoscale: Keys,
 }
 
 impl Group {
@@ -157,8 +181,8 @@ impl Group {
             command: command.as_ref().to_string_lossy().into_owned(),
             args: Vec::new(),
             env: Vec::new(),
-            settings: Vec::new(),
-            autoscale: Vec::new(),
+            settings: Keys::default(),
+            autoscale: Keys::default(),
         }
         .set_str("restart_delay", RESTART_DELAY)
         .set_str("stop_grace", STOP_GRACE)
@@ -189,8 +213,7 @@ impl Group {
 
     /// Sets `key` to a TOML value written as is (a number, an array), replacing an earlier one.
     pub fn set(mut self, key: &str, raw: impl Display) -> Self {
-        self.settings.retain(|(k, _)| k != key);
-        self.settings.push((key.to_owned(), raw.to_string()));
+        self.settings.set(key, raw);
         self
     }
 
@@ -201,7 +224,7 @@ impl Group {
 
     /// Sets `key` of the group's `autoscale` table to a TOML value written as is.
     pub fn autoscale(mut self, key: &str, raw: impl Display) -> Self {
-        self.autoscale.push((key.to_owned(), raw.to_string()));
+        self.autoscale.set(key, raw);
         self
     }
 
@@ -219,14 +242,10 @@ impl Group {
             .map(|(key, value)| format!("{key} = {}", quoted(value)))
             .collect();
         text.push_str(&format!("env = {{ {} }}\n", env.join(", ")));
-        for (key, value) in &self.settings {
-            text.push_str(&format!("{key} = {value}\n"));
-        }
+        text.push_str(&self.settings.lines());
         if !self.autoscale.is_empty() {
             text.push_str(&format!("\n[groups.{}.autoscale]\n", self.name));
-            for (key, value) in &self.autoscale {
-                text.push_str(&format!("{key} = {value}\n"));
-            }
+            text.push_str(&self.autoscale.lines());
         }
         text
     }
@@ -236,7 +255,7 @@ impl Group {
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     id: PoolId,
-    settings: Vec<(String, String)>,
+    settings: Keys,
     groups: Vec<Group>,
 }
 
@@ -252,7 +271,7 @@ impl PoolConfig {
             .collect();
         Self {
             id: PoolId::parse(format!("{prefix}{suffix}")).unwrap(),
-            settings: Vec::new(),
+            settings: Keys::default(),
             groups: Vec::new(),
         }
     }
@@ -264,8 +283,7 @@ impl PoolConfig {
 
     /// Sets a top-level key to a TOML value written as is.
     pub fn set(mut self, key: &str, raw: impl Display) -> Self {
-        self.settings.retain(|(k, _)| k != key);
-        self.settings.push((key.to_owned(), raw.to_string()));
+        self.settings.set(key, raw);
         self
     }
 
@@ -283,9 +301,7 @@ impl PoolConfig {
     /// The TOML text.
     pub fn to_toml(&self) -> String {
         let mut text = format!("pool = {}\n", quoted(self.id.as_str()));
-        for (key, value) in &self.settings {
-            text.push_str(&format!("{key} = {value}\n"));
-        }
+        text.push_str(&self.settings.lines());
         for group in &self.groups {
             text.push('\n');
             text.push_str(&group.to_toml());

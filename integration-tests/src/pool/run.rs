@@ -168,6 +168,23 @@ impl PoolRun {
         }
     }
 
+    /// Waits for it to exit with `code`, and checks that none of its processes is left.
+    pub async fn wait_ended(&mut self, code: i32, timeout: Duration) {
+        let status = self.wait_exit(timeout).await;
+        assert_eq!(
+            status.code(),
+            Some(code),
+            "{status}\n{}",
+            self.output_tail()
+        );
+        let marker = format!("DROVER_POOL_ID={}\0", self.id);
+        assert!(
+            processes_mentioning(&marker, None).is_empty(),
+            "processes left behind\n{}",
+            self.output_tail()
+        );
+    }
+
     /// Everything it printed on stdout so far.
     pub fn stdout(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.stdout_path).unwrap_or_default()).into_owned()
