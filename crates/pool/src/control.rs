@@ -5,10 +5,9 @@ use std::collections::HashMap;
 
 use async_nats::service::{Service, ServiceExt};
 use async_nats::{Client, Message};
-use bytes::Bytes;
 use drover_protocol::envelope::decode_query;
 use drover_protocol::{
-    decode, encode, subject, ErrorCode, ErrorPayload, PoolId, PoolRestart, PoolRestarting,
+    encode, subject, ErrorCode, ErrorPayload, Payload, PoolId, PoolRestart, PoolRestarting,
     PoolScale, PoolScaled, PoolState, PoolStatus, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 use drover_service_kit::Requests;
@@ -17,18 +16,18 @@ use tokio::sync::{mpsc, oneshot};
 /// The micro service's name in `$SRV` discovery.
 pub const SERVICE_NAME: &str = "drover-pool";
 
+/// Where the supervising loop sends its answer to a request.
+pub type Reply<T> = oneshot::Sender<Result<T, ErrorPayload>>;
+
 /// A request for the supervising loop, with where its answer goes.
 #[derive(Debug)]
 pub enum Control {
     /// Scale a group.
-    Scale(PoolScale, oneshot::Sender<Result<PoolScaled, ErrorPayload>>),
+    Scale(PoolScale, Reply<PoolScaled>),
     /// Restart one group or all.
-    Restart(
-        PoolRestart,
-        oneshot::Sender<Result<PoolRestarting, ErrorPayload>>,
-    ),
+    Restart(PoolRestart, Reply<PoolRestarting>),
     /// Report the state.
-    Status(oneshot::Sender<PoolState>),
+    Status(PoolStatus, Reply<PoolState>),
 }
 
 /// Starts the micro service and its three endpoints.
@@ -45,76 +44,73 @@ pub async fn serve(
         .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|error| anyhow::anyhow!("starting the micro service: {error}"))?;
-    let to = controls.clone();
-    requests
-        .add(
-            &service,
-            "scale",
-            subject::pool::scale(pool),
-            move |message| {
-                let to = to.clone();
-                async move {
-                    let request: PoolScale = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                        .map_err(|error| error.to_error(message.subject.as_str()))?;
-                    let answer = ask(&to, &message, |reply| Control::Scale(request, reply)).await?;
-                    answer.map(|scaled| encode(&scaled))
-                }
-            },
-        )
-        .await?;
-    let to = controls.clone();
-    requests
-        .add(
-            &service,
-            "restart",
-            subject::pool::restart(pool),
-            move |message| {
-                let to = to.clone();
-                async move {
-                    let request: PoolRestart = decode(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                        .map_err(|error| error.to_error(message.subject.as_str()))?;
-                    let answer =
-                        ask(&to, &message, |reply| Control::Restart(request, reply)).await?;
-                    answer.map(|restarting| encode(&restarting))
-                }
-            },
-        )
-        .await?;
-    let to = controls;
-    requests
-        .add(
-            &service,
-            "status",
-            subject::pool::status(pool),
-            move |message| {
-                let to = to.clone();
-                async move {
-                    let _: PoolStatus =
-                        decode_query(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
-                            .map_err(|error| error.to_error(message.subject.as_str()))?;
-                    let state = ask(&to, &message, Control::Status).await?;
-                    Ok::<Bytes, ErrorPayload>(encode(&state))
-                }
-            },
-        )
-        .await?;
+    let scale = subject::pool::scale(pool);
+    endpoint(
+        requests,
+        &service,
+        "scale",
+        scale,
+        &controls,
+        Control::Scale,
+    )
+    .await?;
+    let restart = subject::pool::restart(pool);
+    endpoint(
+        requests,
+        &service,
+        "restart",
+        restart,
+        &controls,
+        Control::Restart,
+    )
+    .await?;
+    let status = subject::pool::status(pool);
+    endpoint(
+        requests,
+        &service,
+        "status",
+        status,
+        &controls,
+        Control::Status,
+    )
+    .await?;
     Ok(service)
 }
 
-/// Hands a request to the loop and waits for its answer.
-async fn ask<T>(
+/// Adds endpoint `name` on `subject`: each request is decoded (an empty body reads as `{}`),
+/// handed to the loop as `control`, and answered with the loop's answer or its `v1.error`.
+async fn endpoint<Q, A>(
+    requests: &Requests,
+    service: &Service,
+    name: &'static str,
+    subject: String,
     to: &mpsc::Sender<Control>,
-    message: &Message,
-    control: impl FnOnce(oneshot::Sender<T>) -> Control,
-) -> Result<T, ErrorPayload> {
-    let gone = || {
-        ErrorPayload::new(
-            ErrorCode::Unavailable,
-            "the pool is shutting down",
-            message.subject.as_str(),
-        )
-    };
-    let (reply, answer) = oneshot::channel();
-    to.send(control(reply)).await.map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())
+    control: fn(Q, Reply<A>) -> Control,
+) -> anyhow::Result<()>
+where
+    Q: Payload + Send + 'static,
+    A: Payload + Send + 'static,
+{
+    let to = to.clone();
+    requests
+        .add(service, name, subject, move |message: Message| {
+            let to = to.clone();
+            async move {
+                let in_reply_to = message.subject.as_str();
+                let request: Q = decode_query(&message.payload, DEFAULT_MAX_PAYLOAD_BYTES)
+                    .map_err(|error| error.to_error(in_reply_to))?;
+                let gone = || {
+                    ErrorPayload::new(
+                        ErrorCode::Unavailable,
+                        "the pool is shutting down",
+                        in_reply_to,
+                    )
+                };
+                let (reply, answer) = oneshot::channel();
+                to.send(control(request, reply)).await.map_err(|_| gone())?;
+                let answer: Result<A, ErrorPayload> = answer.await.map_err(|_| gone())?;
+                answer.map(|answer| encode(&answer))
+            }
+        })
+        .await
 }

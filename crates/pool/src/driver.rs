@@ -278,8 +278,8 @@ fn answer(pool: &mut Pool, control: Control) {
             }
             let _ = reply.send(result);
         }
-        Control::Status(reply) => {
-            let _ = reply.send(pool.state(Instant::now()));
+        Control::Status(_, reply) => {
+            let _ = reply.send(Ok(pool.state(Instant::now())));
         }
     }
 }

@@ -4,25 +4,30 @@
 use std::time::Duration;
 
 use async_nats::Client;
-use drover_protocol::subject::resources;
+use drover_protocol::subject::{keys, resources};
 use drover_protocol::{
-    decode_reply, encode, subject, PoolId, PoolState, PoolStatus, RegistryGet, RegistryList,
-    RoutineId, RunStatus, WorkerId, WorkerList, WorkerRecord,
+    decode_reply, encode, subject, Labels, Payload, PoolId, PoolState, PoolStatus, RegistryGet,
+    RegistryList, RoutineId, RunStatus, WorkerId, WorkerList, WorkerRecord,
 };
 use futures::StreamExt;
 use serde::Deserialize;
 
-/// How long a request to the registry may take.
-const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The state of a pool with this poolID that answers already, if one does.
-pub async fn already_running(nats: &Client, pool: &PoolId) -> Option<PoolState> {
-    let request = nats.request(subject::pool::status(pool), encode(&PoolStatus {}));
-    let reply = tokio::time::timeout(REGISTRY_TIMEOUT, request)
+/// Sends `payload` on `subject` and decodes the answer; `None` when nobody answers in time,
+/// or the answer is a `v1.error` or unreadable: every caller treats these alike.
+async fn request<T: Payload, R: Payload>(nats: &Client, subject: String, payload: &T) -> Option<R> {
+    let reply = tokio::time::timeout(REQUEST_TIMEOUT, nats.request(subject, encode(payload)))
         .await
         .ok()?
         .ok()?;
-    decode_reply::<PoolState>(&reply.payload).ok()?.ok()
+    decode_reply::<R>(&reply.payload).ok()?.ok()
+}
+
+/// The state of a pool with this poolID that answers already, if one does.
+pub async fn already_running(nats: &Client, pool: &PoolId) -> Option<PoolState> {
+    request(nats, subject::pool::status(pool), &PoolStatus {}).await
 }
 
 /// The incarnation the registry has for `worker` now (0 when it has none): registrations
@@ -35,46 +40,21 @@ pub async fn current_incarnation(nats: &Client, worker: &WorkerId) -> u64 {
 
 /// The registry's record of `worker`, if it has one and answers in time.
 pub async fn registry_get(nats: &Client, worker: &WorkerId) -> Option<WorkerRecord> {
-    let request = RegistryGet {
+    let get = RegistryGet {
         worker_id: worker.clone(),
     };
-    let reply = tokio::time::timeout(
-        REGISTRY_TIMEOUT,
-        nats.request(
-            drover_protocol::subject::keys::REGISTRY_GET,
-            encode(&request),
-        ),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    decode_reply::<WorkerRecord>(&reply.payload).ok()?.ok()
+    request(nats, keys::REGISTRY_GET.to_owned(), &get).await
 }
 
 /// The registry's records of the workers labelled with this pool.
 pub async fn registry_list(nats: &Client, pool: &PoolId) -> Vec<WorkerRecord> {
-    let request = RegistryList {
-        labels: Some(drover_protocol::Labels::from([(
-            "pool".to_owned(),
-            pool.to_string(),
-        )])),
+    let list = RegistryList {
+        labels: Some(Labels::from([("pool".to_owned(), pool.to_string())])),
         ..RegistryList::default()
     };
-    let reply = tokio::time::timeout(
-        REGISTRY_TIMEOUT,
-        nats.request(
-            drover_protocol::subject::keys::REGISTRY_LIST,
-            encode(&request),
-        ),
-    )
-    .await;
-    let Ok(Ok(reply)) = reply else {
-        return Vec::new();
-    };
-    match decode_reply::<WorkerList>(&reply.payload) {
-        Ok(Ok(list)) => list.workers,
-        _ => Vec::new(),
-    }
+    request::<_, WorkerList>(nats, keys::REGISTRY_LIST.to_owned(), &list)
+        .await
+        .map_or_else(Vec::new, |list| list.workers)
 }
 
 /// Runs of `routines` stored in the queue: waiting or in progress (a run leaves the
