@@ -59,6 +59,9 @@ enum Command {
     /// Supervise worker processes: run a pool, scale it, restart it, show it.
     #[command(subcommand)]
     Pool(cmd::pool::Pool),
+    /// Manage the secured setup's keys and the credentials of workers, pools and clients.
+    #[command(subcommand)]
+    Credentials(cmd::credentials::Credentials),
 }
 
 /// `NATS_URL` is honoured when neither `--nats-url` nor `DROVER_NATS_URL` is given.
@@ -89,6 +92,11 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
             return run.run(url, url_given).await;
         }
     }
+    if let Command::Credentials(credentials) = &cli.command {
+        if credentials.run_offline()? {
+            return Ok(());
+        }
+    }
     let drover = Drover::connect(&url, timeout).await?;
     match cli.command {
         Command::Dev(_) => Ok(()),
@@ -98,6 +106,7 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
         Command::Logs(logs) => logs.run(&drover).await,
         Command::Status(status) => status.run(&drover).await,
         Command::Pool(pool) => pool.request(&drover).await,
+        Command::Credentials(credentials) => credentials.run(&drover).await,
     }
 }
 

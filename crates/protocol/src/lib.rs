@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod error;
+pub mod grants;
 pub mod ids;
 pub mod payload;
 pub mod schema;

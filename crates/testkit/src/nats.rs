@@ -25,12 +25,21 @@ pub struct NatsOptions {
     /// Text of a configuration file passed with `-c` (for example JetStream limits).
     /// Command-line arguments take precedence over it.
     pub config: Option<String>,
+    /// An nkey seed the testkit's own connections (readiness, [`NatsServer::client`]) use,
+    /// for a configuration that admits no anonymous client.
+    pub nkey_seed: Option<String>,
 }
 
 impl NatsOptions {
     /// Appends one command-line argument.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Sets the seed the testkit's own connections authenticate with.
+    pub fn nkey_seed(mut self, seed: impl Into<String>) -> Self {
+        self.nkey_seed = Some(seed.into());
         self
     }
 
@@ -152,7 +161,7 @@ impl NatsServer {
     ///
     /// Panics when the server does not accept the connection.
     pub async fn client(&self) -> async_nats::Client {
-        Self::connect_options()
+        with_seed(Self::connect_options(), self.options.nkey_seed.as_deref())
             .connect(self.url())
             .await
             .unwrap_or_else(|error| panic!("connect to nats-server at {}: {error}", self.url()))
@@ -263,7 +272,8 @@ impl NatsServer {
         let deadline = tokio::time::Instant::now() + patient(START_TIMEOUT);
         let mut interval = Duration::from_millis(5);
         loop {
-            let last_error = match jetstream_answers(&url).await {
+            let last_error = match jetstream_answers(&url, self.options.nkey_seed.as_deref()).await
+            {
                 Ok(()) => return Ok(()),
                 Err(error) => format!("{error:#}"),
             };
@@ -344,8 +354,18 @@ fn log_since(path: &Path, offset: u64) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-async fn jetstream_answers(url: &str) -> anyhow::Result<()> {
-    let client = async_nats::ConnectOptions::new()
+fn with_seed(
+    options: async_nats::ConnectOptions,
+    seed: Option<&str>,
+) -> async_nats::ConnectOptions {
+    match seed {
+        Some(seed) => options.nkey(seed.to_owned()),
+        None => options,
+    }
+}
+
+async fn jetstream_answers(url: &str, seed: Option<&str>) -> anyhow::Result<()> {
+    let client = with_seed(async_nats::ConnectOptions::new(), seed)
         .connection_timeout(Duration::from_millis(500))
         .connect(url)
         .await

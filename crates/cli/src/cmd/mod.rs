@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod credentials;
 pub mod dev;
 pub mod logs;
 pub mod pool;

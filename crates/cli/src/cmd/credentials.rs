@@ -1,0 +1,311 @@
+//! `drover credentials`: the keys of the secured setup, and the credentials of workers,
+//! pools and clients (docs/security.md).
+//!
+//! `init` writes files and connects to nothing. `create`, `list` and `revoke` work on the
+//! `DROVER_CREDENTIALS` bucket, so they connect with the services' key (`--nkey services.nk`).
+//! A credential's secret is generated here and written only to the file it is given: the
+//! bucket keeps its public key or the hash of its token.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
+use drover_auth::setup::{self, DEFAULT_ACCOUNT};
+use drover_protocol::{PoolId, Timestamp, WorkerId};
+use nkeys::KeyPair;
+
+use crate::client::Drover;
+use crate::error::CliError;
+use crate::output;
+
+/// `drover credentials ...`.
+#[derive(Debug, Subcommand)]
+pub enum Credentials {
+    /// Generate the issuer and services keys and the nats-server configuration, once.
+    Init(Init),
+    /// Create a credential for a worker, a pool or a client.
+    #[command(subcommand)]
+    Create(Create),
+    /// List credentials, revoked ones included.
+    List(List),
+    /// Revoke a credential: its holder cannot connect from its next connection on.
+    Revoke(Revoke),
+}
+
+/// `drover credentials init`.
+#[derive(Debug, Args)]
+pub struct Init {
+    /// Directory to write issuer.nk, services.nk and auth.conf into (never overwritten).
+    pub dir: PathBuf,
+    /// The account the configuration defines.
+    #[arg(long, default_value = DEFAULT_ACCOUNT)]
+    pub account: String,
+}
+
+/// `drover credentials create ...`.
+#[derive(Debug, Subcommand)]
+pub enum Create {
+    /// A worker that may act only as this workerID.
+    Worker {
+        /// The workerID.
+        worker_id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// A pool: its own connection, and its processes as `<poolID>-<group>-<n>`.
+    Pool {
+        /// The poolID.
+        pool_id: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// A client: `read` (queries and watches) or `submit` (also submit and cancel).
+    Client {
+        /// The credential's name.
+        name: String,
+        /// What the client may do.
+        #[arg(long, value_enum)]
+        role: ClientRole,
+        /// A bearer token instead of an nkey (for tools that cannot sign).
+        #[arg(long)]
+        token: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// Where the secret goes, and the credential's name.
+#[derive(Debug, Args)]
+pub struct Output {
+    /// The credential's name (default: the workerID, poolID or client name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// File to write the secret to, readable by its owner only (default: <name>.nk or
+    /// <name>.token in the current directory; `-` for stdout).
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+/// `drover credentials list`.
+#[derive(Debug, Args)]
+pub struct List {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `drover credentials revoke`.
+#[derive(Debug, Args)]
+pub struct Revoke {
+    /// The credential's name.
+    pub name: String,
+    /// Print the revoked credential as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A credential ready to store, and its secret.
+struct New {
+    credential: Credential,
+    secret: String,
+    out: PathBuf,
+    how: &'static str,
+}
+
+impl Credentials {
+    /// Checks the input before any connection; `init` runs here, as it needs none.
+    pub fn run_offline(&self) -> Result<bool, CliError> {
+        match self {
+            Credentials::Init(init) => {
+                let written = setup::init(&init.dir, &init.account)
+                    .map_err(|error| CliError::Usage(error.to_string()))?;
+                eprintln!("wrote {}", written.issuer.display());
+                eprintln!("wrote {}", written.services.display());
+                eprintln!("wrote {}", written.server_config.display());
+                eprintln!(
+                    "next: include {} in nats-server's configuration, run drover-auth with \
+                     DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
+                    written.server_config.display(),
+                    written.issuer.display(),
+                    written.services.display()
+                );
+                Ok(true)
+            }
+            Credentials::Create(create) => create.prepare().map(|_| false),
+            Credentials::List(_) | Credentials::Revoke(_) => Ok(false),
+        }
+    }
+
+    /// Runs `create`, `list` or `revoke` against the bucket.
+    pub async fn run(self, drover: &Drover) -> Result<(), CliError> {
+        let js = async_nats::jetstream::new(drover.nats().clone());
+        let store = Store::open(&js, 1).await.map_err(store_error)?;
+        match self {
+            Credentials::Init(_) => Ok(()),
+            Credentials::Create(create) => {
+                let new = create.prepare()?;
+                store.create(&new.credential).await.map_err(store_error)?;
+                write_secret(&new.out, &new.secret)?;
+                let name = &new.credential.name;
+                if new.out != Path::new("-") {
+                    eprintln!(
+                        "created credential {name}; its {} is in {} ({})",
+                        new.how,
+                        new.out.display(),
+                        connect_hint(&new.credential.proof, &new.out)
+                    );
+                }
+                Ok(())
+            }
+            Credentials::List(list) => {
+                let credentials = store.list().await.map_err(store_error)?;
+                if list.json {
+                    return output::json(&credentials);
+                }
+                if credentials.is_empty() {
+                    eprintln!("no credentials");
+                    return Ok(());
+                }
+                let mut table =
+                    output::table(&["NAME", "KIND", "SCOPE", "SECRET", "CREATED", "REVOKED"]);
+                for credential in &credentials {
+                    let (kind, scope) = describe(&credential.scope);
+                    let secret = match &credential.proof {
+                        Proof::Nkey { public_key } => {
+                            format!("nkey {}", &public_key[..12.min(public_key.len())])
+                        }
+                        Proof::Token { .. } => "token".to_owned(),
+                    };
+                    table.add_row(vec![
+                        credential.name.clone(),
+                        kind.to_owned(),
+                        scope,
+                        secret,
+                        output::ago(credential.created_at),
+                        credential.revoked_at.map(output::ago).unwrap_or_default(),
+                    ]);
+                }
+                println!("{table}");
+                Ok(())
+            }
+            Credentials::Revoke(revoke) => {
+                let credential = store.revoke(&revoke.name).await.map_err(store_error)?;
+                if revoke.json {
+                    return output::json(&credential);
+                }
+                eprintln!("revoked credential {}", credential.name);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Create {
+    fn prepare(&self) -> Result<New, CliError> {
+        let usage = |error: drover_protocol::InvalidId| CliError::Usage(error.to_string());
+        let (scope, default_name, output, token) = match self {
+            Create::Worker { worker_id, output } => {
+                let worker_id = WorkerId::parse(worker_id.as_str()).map_err(usage)?;
+                let name = worker_id.to_string();
+                (Scope::Worker { worker_id }, name, output, false)
+            }
+            Create::Pool { pool_id, output } => {
+                let pool_id = PoolId::parse(pool_id.as_str()).map_err(usage)?;
+                let name = pool_id.to_string();
+                (Scope::Pool { pool_id }, name, output, false)
+            }
+            Create::Client {
+                name,
+                role,
+                token,
+                output,
+            } => (Scope::Client { role: *role }, name.clone(), output, *token),
+        };
+        let name = output.name.clone().unwrap_or(default_name);
+        if WorkerId::parse(name.as_str()).is_err() {
+            return Err(CliError::Usage(format!(
+                "invalid credential name {name:?}: use 1 to 64 of A-Z a-z 0-9 _ -"
+            )));
+        }
+        let (proof, secret, extension, how) = if token {
+            let token = credential::new_token();
+            let proof = Proof::Token {
+                token_sha256: credential::token_sha256(&token),
+            };
+            (proof, token, "token", "token")
+        } else {
+            let key = KeyPair::new_user();
+            let seed = key.seed().expect("a generated key has its seed");
+            let proof = Proof::Nkey {
+                public_key: key.public_key(),
+            };
+            (proof, seed, "nk", "nkey seed")
+        };
+        let out = output
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{name}.{extension}")));
+        if out != Path::new("-") && out.exists() {
+            return Err(CliError::Usage(format!(
+                "{} already exists; secrets are never overwritten (choose --out)",
+                out.display()
+            )));
+        }
+        let credential = Credential {
+            name,
+            scope,
+            proof,
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
+        Ok(New {
+            credential,
+            secret,
+            out,
+            how,
+        })
+    }
+}
+
+fn describe(scope: &Scope) -> (&'static str, String) {
+    match scope {
+        Scope::Worker { worker_id } => ("worker", worker_id.to_string()),
+        Scope::Pool { pool_id } => ("pool", pool_id.to_string()),
+        Scope::Client { role } => (
+            "client",
+            match role {
+                ClientRole::Read => "read",
+                ClientRole::Submit => "submit",
+            }
+            .to_owned(),
+        ),
+    }
+}
+
+fn connect_hint(proof: &Proof, out: &Path) -> String {
+    match proof {
+        Proof::Nkey { .. } => format!("connect with DROVER_NATS_NKEY={}", out.display()),
+        Proof::Token { .. } => format!("connect with DROVER_NATS_TOKEN=$(cat {})", out.display()),
+    }
+}
+
+fn write_secret(out: &Path, secret: &str) -> Result<(), CliError> {
+    if out == Path::new("-") {
+        println!("{secret}");
+        return Ok(());
+    }
+    setup::write_secret(out, secret).map_err(|error| CliError::Other(error.to_string()))
+}
+
+fn store_error(error: credential::StoreError) -> CliError {
+    use credential::StoreError;
+    match error {
+        StoreError::Exists(_) | StoreError::InvalidName(_) | StoreError::AlreadyRevoked(_) => {
+            CliError::Usage(error.to_string())
+        }
+        StoreError::Unknown(_) => CliError::Other(error.to_string()),
+        StoreError::Nats(_) | StoreError::Malformed { .. } => CliError::Unreachable(format!(
+            "{error} (credentials need the services' key: --nkey services.nk)"
+        )),
+    }
+}
