@@ -12,6 +12,9 @@ Roles, as in the contract of issue 13 (the auth service enforces them on the ful
 - ``services``: publish and subscribe everything;
 - worker ``<w>``: publish ``v1.*.<w>`` and ``v1.*.*.<w>``; subscribe ``v1.worker.<w>.>`` and
   ``_INBOX.<w>.>``.
+
+Until the services take credentials, :class:`RegistryStandIn` answers registrations over a
+services connection so that a worker can get to ``ready`` on such a server.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any, Iterable
 
 import nkeys
 import trustme
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 
 SERVICES = "services"
 
@@ -137,3 +142,42 @@ class SecureNats:
     def options(self, name: str) -> dict[str, Any]:
         """nats-py options that connect as ``name`` (for the test's own connections)."""
         return {"nkeys_seed_str": self.identities[name].seed, "tls": self.tls_context(name)}
+
+
+class RegistryStandIn:
+    """Answers ``v1.register.*`` (incarnation 1) and records pulses, over a services
+    connection; a real JetStream stream stores ``v1.ready`` and ``v1.terminating``."""
+
+    STREAM = "DIRECTIVES"
+
+    def __init__(self, nc: NatsClient, heartbeat_interval_ms: int = 200):
+        self.nc = nc
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.registrations: list[Msg] = []
+        self.pulses: list[dict[str, Any]] = []
+
+    async def start(self) -> "RegistryStandIn":
+        await self.nc.jetstream().add_stream(name=self.STREAM, subjects=["v1.ready.*", "v1.terminating.*"])
+        await self.nc.subscribe("v1.register.*", cb=self._on_register)
+        await self.nc.subscribe("v1.heartbeat.give_pulse.*", cb=self._on_pulse)
+        await self.nc.flush()
+        return self
+
+    async def _on_register(self, msg: Msg) -> None:
+        self.registrations.append(msg)
+        worker_id = json.loads(msg.data)["payload"]["workerID"]
+        registered = {
+            "workerID": worker_id,
+            "incarnation": 1,
+            "heartbeatIntervalMs": self.heartbeat_interval_ms,
+            "lostAfterMs": 25 * self.heartbeat_interval_ms,
+        }
+        await msg.respond(json.dumps({"payloadKey": "v1.registered", "payload": registered}).encode())
+
+    async def _on_pulse(self, msg: Msg) -> None:
+        self.pulses.append({"subject": msg.subject, **json.loads(msg.data)["payload"]})
+
+    async def stored(self, subject: str) -> int:
+        """How many messages the stream holds on ``subject``."""
+        info = await self.nc.jetstream().stream_info(self.STREAM, subjects_filter=subject)
+        return (info.state.subjects or {}).get(subject, 0)

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
-from nats.aio.client import Client as NatsClient
-from nats.aio.msg import Msg
 
 from drover_harness import NatsServer, http_get, request_failed, wait_until
 from drover_worker import Worker
-from secure_nats import SERVICES, SecureNats, new_user_seed
+from secure_nats import SERVICES, RegistryStandIn, SecureNats, new_user_seed
 
 INTERVAL_MS = 200
 
@@ -33,34 +31,10 @@ def envelope(key: str, payload: dict) -> bytes:
 class Secured:
     """A secured server, a services connection that answers registrations, and what it saw."""
 
-    def __init__(self, pki: SecureNats, server: NatsServer, services: NatsClient):
+    def __init__(self, pki: SecureNats, server: NatsServer, registry: RegistryStandIn):
         self.pki = pki
         self.server = server
-        self.services = services
-        self.registrations: list[Msg] = []
-        self.pulses: list[dict] = []
-
-    async def play_registry(self) -> None:
-        js = self.services.jetstream()
-        await js.add_stream(name="DIRECTIVES", subjects=["v1.ready.*", "v1.terminating.*"])
-
-        async def on_register(msg: Msg) -> None:
-            self.registrations.append(msg)
-            worker_id = json.loads(msg.data)["payload"]["workerID"]
-            registered = {"workerID": worker_id, "incarnation": 1, "heartbeatIntervalMs": INTERVAL_MS, "lostAfterMs": 5000}
-            await msg.respond(envelope("v1.registered", registered))
-
-        async def on_pulse(msg: Msg) -> None:
-            self.pulses.append({"subject": msg.subject, **json.loads(msg.data)["payload"]})
-
-        await self.services.subscribe("v1.register.*", cb=on_register)
-        await self.services.subscribe("v1.heartbeat.give_pulse.*", cb=on_pulse)
-        await self.services.flush()
-
-    async def stored(self, subject: str) -> int:
-        """How many messages the stream holds on ``subject``."""
-        info = await self.services.jetstream().stream_info("DIRECTIVES", subjects_filter=subject)
-        return (info.state.subjects or {}).get(subject, 0)
+        self.registry = registry
 
     async def connection_names(self) -> list[str]:
         """The names of the server's client connections (monitoring ``/connz``)."""
@@ -80,9 +54,7 @@ async def secured(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     server = await NatsServer.start(["-m", "-1"], pki.config(), client_options=pki.options(SERVICES))
     try:
         services = await server.client()
-        s = Secured(pki, server, services)
-        await s.play_registry()
-        yield s
+        yield Secured(pki, server, await RegistryStandIn(services, INTERVAL_MS).start())
         await services.close()
     finally:
         if request_failed(request):
@@ -123,11 +95,11 @@ async def test_worker_connects_with_nkey_and_mutual_tls_and_stays_in_its_lane(se
     await start(worker)
     try:
         # Registered (a request answered on its own inbox), pulsing, v1.ready stored.
-        (registration,) = secured.registrations
+        (registration,) = secured.registry.registrations
         assert registration.subject == "v1.register.A"
         assert registration.reply.startswith("_INBOX.A."), registration.reply
-        await wait_until("a pulse of A", lambda: any(p["subject"] == "v1.heartbeat.give_pulse.A" for p in secured.pulses))
-        assert await secured.stored("v1.ready.A") == 1
+        await wait_until("a pulse of A", lambda: any(p["subject"] == "v1.heartbeat.give_pulse.A" for p in secured.registry.pulses))
+        assert await secured.registry.stored("v1.ready.A") == 1
         assert "A" in await secured.connection_names()
 
         nc = worker._session.runtime.link.nc
@@ -144,7 +116,7 @@ async def test_worker_connects_with_nkey_and_mutual_tls_and_stays_in_its_lane(se
         assert worker.is_ready, "a refused subscription does not cost the worker its connection"
     finally:
         await worker.stop(grace=1)
-    assert await secured.stored("v1.terminating.A") == 1
+    assert await secured.registry.stored("v1.terminating.A") == 1
 
 
 async def test_credentials_from_the_environment(secured: Secured, monkeypatch: pytest.MonkeyPatch):
@@ -153,8 +125,8 @@ async def test_credentials_from_the_environment(secured: Secured, monkeypatch: p
     monkeypatch.setenv("DROVER_NATS_URL", secured.server.url)
     worker = await start(worker_a([]))
     try:
-        assert [m.subject for m in secured.registrations] == ["v1.register.A"]
-        assert secured.registrations[0].reply.startswith("_INBOX.A.")
+        assert [m.subject for m in secured.registry.registrations] == ["v1.register.A"]
+        assert secured.registry.registrations[0].reply.startswith("_INBOX.A.")
     finally:
         await worker.stop(grace=0)
 
@@ -180,7 +152,7 @@ async def test_a_wrong_seed_never_connects(secured: Secured):
         )
         assert not starting.done(), starting
         assert not worker.is_ready
-        assert secured.registrations == []
+        assert secured.registry.registrations == []
         assert "A" not in await secured.connection_names()
     finally:
         await worker.stop(grace=0)
@@ -197,7 +169,7 @@ async def test_without_a_client_certificate_the_server_refuses(secured: Secured)
     try:
         await wait_until("two failed connection attempts", lambda: len(errors) >= 2)
         assert not starting.done() and not worker.is_ready
-        assert secured.registrations == []
+        assert secured.registry.registrations == []
     finally:
         await worker.stop(grace=0)
         await asyncio.gather(starting, return_exceptions=True)
