@@ -4,6 +4,9 @@ Runs one routine, plain.upper: {"text": "hi"} -> {"text": "HI"}.
 
     DROVER_NATS_URL=nats://127.0.0.1:4222 python worker.py
 
+Credentials and TLS come from the variables every Drover program reads: DROVER_NATS_CREDS,
+_NKEY, _TOKEN, _USER, _PASSWORD, _TLS_CA, _TLS_CERT, _TLS_KEY (else the NATS_* ones).
+
 Under `drover pool` it registers with the workerID the pool gives it and labels pool and group.
 """
 
@@ -12,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 
 import nats
 
@@ -19,6 +23,22 @@ URL = os.environ.get("DROVER_NATS_URL", "nats://127.0.0.1:4222")
 W = os.environ.get("DROVER_WORKER_ID", f"plain-{os.getpid()}")  # §2: one subject token
 POOL = {"pool": os.environ.get("DROVER_POOL_ID"), "group": os.environ.get("DROVER_POOL_GROUP")}
 LABELS = {label: value for label, value in POOL.items() if value}  # set by drover pool
+NATS_TLS_VARS = {"TLS_CA": "NATS_CA", "TLS_CERT": "NATS_CERT", "TLS_KEY": "NATS_KEY"}
+
+
+def env(name: str) -> str | None:  # DROVER_NATS_<name>, else the NATS tools' variable; "" is unset
+    return os.environ.get(f"DROVER_NATS_{name}") or os.environ.get(NATS_TLS_VARS.get(name, f"NATS_{name}")) or None
+
+
+def credentials() -> dict:  # nats.connect options: creds file, nkey seed, token, user, TLS
+    options = {"user_credentials": env("CREDS"), "token": env("TOKEN"), "user": env("USER"), "password": env("PASSWORD")}
+    if seed := env("NKEY"):  # a file holding the seed, or the seed itself
+        options["nkeys_seed_str" if seed.startswith("SU") and "/" not in seed else "nkeys_seed"] = seed
+    if env("TLS_CA") or env("TLS_CERT"):  # verify the server against the CA; present our certificate
+        options["tls"] = ssl.create_default_context(cafile=env("TLS_CA"))
+        if env("TLS_CERT"):
+            options["tls"].load_cert_chain(env("TLS_CERT"), env("TLS_KEY"))
+    return {name: value for name, value in options.items() if value}
 
 
 def envelope(key: str, payload: dict) -> bytes:  # §1: every body is {"payloadKey", "payload"}
@@ -26,7 +46,8 @@ def envelope(key: str, payload: dict) -> bytes:  # §1: every body is {"payloadK
 
 
 async def main() -> None:
-    nc = await nats.connect(URL, max_reconnect_attempts=-1)
+    # Named after the worker, with replies on _INBOX.<w>.>: secured, a worker may subscribe only that and its inbox.
+    nc = await nats.connect(URL, max_reconnect_attempts=-1, name=W, inbox_prefix=f"_INBOX.{W}", **credentials())
     runs: dict[tuple[str, int], asyncio.Task] = {}  # the attempts we hold, by (runID, attempt)
     status = "INITIALIZING"
 

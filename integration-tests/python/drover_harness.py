@@ -355,17 +355,27 @@ class ManagedProcess:
 class NatsServer:
     """A real ``nats-server -js`` on 127.0.0.1 with a temporary store. Use ``await NatsServer.start()``."""
 
-    def __init__(self, binary: str, extra_args: list[str]):
+    def __init__(self, binary: str, extra_args: list[str], client_options: Optional[Mapping[str, Any]] = None):
         self.dir = _make_dir("drover-nats-py-")
         self.binary = binary
         self.extra_args = list(extra_args)
+        #: nats-py options (credentials, TLS) of the harness's own connections: the
+        #: readiness probe and :meth:`client`. Empty for a server without authentication.
+        self.client_options: dict[str, Any] = dict(client_options or {})
         self.port = 0
         self.process = ManagedProcess("nats-server", [], {}, self.dir / "nats-server.log")
 
     @classmethod
-    async def start(cls, extra_args: Iterable[str] = (), config: Optional[str] = None) -> "NatsServer":
-        """Starts a server and waits until JetStream answers. ``config`` is nats.conf text."""
-        server = cls(nats_server_binary(), list(extra_args))
+    async def start(
+        cls,
+        extra_args: Iterable[str] = (),
+        config: Optional[str] = None,
+        client_options: Optional[Mapping[str, Any]] = None,
+    ) -> "NatsServer":
+        """Starts a server and waits until JetStream answers. ``config`` is nats.conf text;
+        ``client_options`` are the nats-py credentials and TLS the harness connects with
+        (see ``secure_nats.py`` for a secured configuration)."""
+        server = cls(nats_server_binary(), list(extra_args), client_options)
         if config is not None:
             (server.dir / "nats.conf").write_text(config)
         try:
@@ -409,6 +419,7 @@ class NatsServer:
             max_reconnect_attempts=-1,
             connect_timeout=2,
         )
+        settings.update(self.client_options)
         settings.update(options)
         return await nats.connect(**settings)
 
@@ -491,7 +502,7 @@ class NatsServer:
                     f"nats-server exited ({self.process.returncode}) before it was ready; "
                     f"log tail:\n{self.process.log_tail()}"
                 )
-            return await _jetstream_answers(self.url)
+            return await _jetstream_answers(self.url, self.client_options)
 
         try:
             await wait_until(f"JetStream at {self.url}", ready, START_TIMEOUT)
@@ -499,7 +510,7 @@ class NatsServer:
             raise TimeoutError(f"{error}; log tail:\n{self.process.log_tail()}") from None
 
 
-async def _jetstream_answers(url: str) -> bool:
+async def _jetstream_answers(url: str, options: Optional[Mapping[str, Any]] = None) -> bool:
     async def quiet(*_: Any) -> None:
         return None
 
@@ -519,6 +530,7 @@ async def _jetstream_answers(url: str) -> bool:
             max_reconnect_attempts=0,
             reconnect_time_wait=0,
             error_cb=quiet,
+            **(options or {}),
         )
     except Exception:
         return False
@@ -606,6 +618,7 @@ class Stack:
         service_args: Optional[Mapping[str, Iterable[str]]] = None,
         nats_args: Iterable[str] = (),
         nats_config: Optional[str] = None,
+        nats_client_options: Optional[Mapping[str, Any]] = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> "Stack":
         """Starts NATS, then each service (short or binary names), and waits until all are ready.
@@ -613,9 +626,11 @@ class Stack:
         Each service gets ``DROVER_NATS_URL``, ``DROVER_HEARTBEAT_INTERVAL_MS``,
         ``DROVER_LOST_AFTER_MS``, ``RUST_LOG=info`` (then ``env``, then its
         ``service_env`` entry, override them) and ``--admin-addr 127.0.0.1:<free port>``
-        followed by its ``service_args`` entry.
+        followed by its ``service_args`` entry. On a secured server, ``nats_client_options``
+        are the harness's own credentials (see :class:`NatsServer`), and the services'
+        credentials go in ``env`` / ``service_env`` as ``DROVER_NATS_*`` variables.
         """
-        server = await NatsServer.start(nats_args, nats_config)
+        server = await NatsServer.start(nats_args, nats_config, nats_client_options)
         stack = cls(server, ready_timeout)
         try:
             names = [binary_name(s) for s in services]

@@ -18,9 +18,11 @@ The protocol this implements is docs/protocol.md of the Drover repository.
 """
 
 from ._version import __version__
+from .connect import NatsAuth
 from .context import Context
 from .errors import (
     ChildFailed,
+    CredentialsError,
     DroverError,
     Fail,
     ProtocolViolation,
@@ -34,9 +36,11 @@ from .worker import Worker
 __all__ = [
     "ChildFailed",
     "Context",
+    "CredentialsError",
     "DroverError",
     "DroverLogHandler",
     "Fail",
+    "NatsAuth",
     "ProtocolViolation",
     "RegistrationError",
     "RequestRefused",

@@ -91,3 +91,8 @@ class ChildFailed(DroverError):
         self.status = status
         self.failure_reason = failure_reason
         self.error = dict(error) if error else None
+
+
+class CredentialsError(DroverError, ValueError):
+    """A credential or TLS setting cannot be used (an unreadable file, a malformed seed, a
+    certificate without its key); raised before any connection attempt."""

@@ -19,8 +19,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable, Mapping, TypeVar
 
-from . import pool_env, protocol, shutdown, tracing
+from . import connect, pool_env, protocol, shutdown, tracing
 from ._version import __version__
+from .connect import NatsAuth
 from .context import Context
 from .runs import Routine
 from .runtime import log_line
@@ -51,7 +52,16 @@ class Worker:
     says, and ``DROVER_POOL_ID`` / ``DROVER_POOL_GROUP`` become the labels ``pool`` and
     ``group`` (see :mod:`drover_worker.pool_env`). ``nats_url`` defaults to
     ``DROVER_NATS_URL`` when set, else ``nats://127.0.0.1:4222``. ``nats_options`` go to ``nats.connect``
-    (the SDK sets ``max_reconnect_attempts=-1``: a worker reconnects forever).
+    (the SDK sets ``max_reconnect_attempts=-1``: a worker reconnects forever) and win over
+    everything the SDK sets.
+
+    Credentials and TLS, the way NATS tools take them: ``creds`` (a creds file), ``nkey`` (a
+    file holding an nkey seed, or the seed ``SU...`` itself), ``token``, ``user`` and
+    ``password``, ``tls_ca`` (the CA certificate the server's must chain to; turns TLS on),
+    ``tls_cert`` and ``tls_key`` (the client certificate, for mutual TLS). Each one not given
+    is read from ``DROVER_NATS_*``, then ``NATS_*`` (see :mod:`drover_worker.connect`). Files
+    are read here: a bad one raises :class:`~drover_worker.CredentialsError` at once. The
+    connection is named after the workerID, and replies come on ``_INBOX.<workerID>.>``.
     ``request_timeout`` (s) is how long one request waits for its reply before it is sent
     again. ``child_poll_interval`` (s) is how long a child may stay silent before its record
     is read directly (see :mod:`drover_worker.children`).
@@ -72,6 +82,14 @@ class Worker:
         nats_options: Mapping[str, Any] | None = None,
         request_timeout: float = 2.0,
         child_poll_interval: float = 10.0,
+        creds: str | os.PathLike[str] | None = None,
+        nkey: str | os.PathLike[str] | None = None,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
     ):
         worker_id, checked_labels = pool_env.apply(worker_id, protocol.check_string_map("labels", labels), os.environ)
         if not isinstance(capacity, int) or capacity < 1:
@@ -82,6 +100,19 @@ class Worker:
         self.labels = checked_labels
         self.name = name
         self.nats_options = dict(nats_options or {})
+        given = NatsAuth.from_arguments(
+            creds=creds,
+            nkey=nkey,
+            token=token,
+            user=user,
+            password=password,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+        )
+        #: The credentials and TLS settings in force: the arguments, then the environment.
+        self.auth = given.or_(NatsAuth.from_env(os.environ))
+        self._connect_options = {**connect.identity_options(worker_id), **self.auth.nats_options()}
         self.request_timeout = request_timeout
         self.child_poll_interval = child_poll_interval
         self._session: Session | None = None  # made by start()
@@ -219,7 +250,7 @@ class Worker:
         session = self._session = Session(
             state,
             nats_url=self.nats_url,
-            nats_options=self.nats_options,
+            nats_options={**self._connect_options, **self.nats_options},
             request_timeout=self.request_timeout,
             child_poll_interval=self.child_poll_interval,
             describe=self._describe,
