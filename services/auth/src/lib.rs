@@ -9,6 +9,7 @@ pub mod callout;
 pub mod credential;
 pub mod jwt;
 pub mod metrics;
+pub mod pki;
 mod server;
 pub mod setup;
 

@@ -40,6 +40,14 @@ pub struct Init {
     /// The account the configuration defines.
     #[arg(long, default_value = DEFAULT_ACCOUNT)]
     pub account: String,
+    /// Also generate a private CA with server and client certificates into DIR/tls, and
+    /// tls.conf (mutual TLS) to include beside auth.conf. For trying TLS; production uses
+    /// its own CA.
+    #[arg(long)]
+    pub tls: bool,
+    /// Another name the server certificate is valid for (with --tls; repeatable).
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
+    pub tls_names: Vec<String>,
 }
 
 /// `drover credentials create ...`.
@@ -122,6 +130,20 @@ impl Credentials {
                 eprintln!("wrote {}", written.issuer.display());
                 eprintln!("wrote {}", written.services.display());
                 eprintln!("wrote {}", written.server_config.display());
+                if init.tls {
+                    let names: Vec<&str> = init.tls_names.iter().map(String::as_str).collect();
+                    let pki = drover_auth::pki::generate(&init.dir.join("tls"), &names)
+                        .map_err(|error| CliError::Usage(error.to_string()))?;
+                    let block = init.dir.join("tls.conf");
+                    std::fs::write(&block, pki.server_block(true)).map_err(|error| {
+                        CliError::Other(format!("cannot write {}: {error}", block.display()))
+                    })?;
+                    eprintln!(
+                        "wrote {} (ca, server and client certificates)",
+                        init.dir.join("tls").display()
+                    );
+                    eprintln!("wrote {}", block.display());
+                }
                 eprintln!(
                     "next: include {} in nats-server's configuration, run drover-auth with \
                      DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
