@@ -54,6 +54,7 @@ DROVER_BINARIES = (
     "drover-heartbeat-monitor",
     "drover-scheduler",
     "drover-log-collector",
+    "drover-auth",
     "drover-example-worker",
 )
 SINK_BINARY = "drover-test-otlp-sink"

@@ -48,6 +48,14 @@ pub struct Init {
     /// Another name the server certificate is valid for (with --tls; repeatable).
     #[arg(long = "tls-name", value_name = "NAME", requires = "tls")]
     pub tls_names: Vec<String>,
+    /// Succeed without writing anything when DIR already holds the keys (for a container
+    /// that runs at every start).
+    #[arg(long)]
+    pub if_missing: bool,
+    /// Give DIR and everything written to this user and group (UID:GID), for services that
+    /// run as another user than the one writing the keys.
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<(u32, u32)>,
 }
 
 /// `drover credentials create ...`.
@@ -92,6 +100,10 @@ pub struct Output {
     /// <name>.token in the current directory; `-` for stdout).
     #[arg(long, short)]
     pub out: Option<PathBuf>,
+    /// Succeed without creating anything when --out already exists (for a container that
+    /// runs at every start).
+    #[arg(long, requires = "out")]
+    pub if_missing: bool,
 }
 
 /// `drover credentials list`.
@@ -125,6 +137,10 @@ impl Credentials {
     pub fn run_offline(&self) -> Result<bool, CliError> {
         match self {
             Credentials::Init(init) => {
+                if init.if_missing && init.dir.join(setup::SERVER_CONFIG_FILE).exists() {
+                    eprintln!("kept the keys in {}", init.dir.display());
+                    return Ok(true);
+                }
                 let written = setup::init(&init.dir, &init.account)
                     .map_err(|error| CliError::Usage(error.to_string()))?;
                 eprintln!("wrote {}", written.issuer.display());
@@ -144,6 +160,9 @@ impl Credentials {
                     );
                     eprintln!("wrote {}", block.display());
                 }
+                if let Some(owner) = init.owner {
+                    chown_all(&init.dir, owner)?;
+                }
                 eprintln!(
                     "next: include {} in nats-server's configuration, run drover-auth with \
                      DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
@@ -153,7 +172,16 @@ impl Credentials {
                 );
                 Ok(true)
             }
-            Credentials::Create(create) => create.prepare().map(|_| false),
+            Credentials::Create(create) => {
+                let output = create.output();
+                if let (true, Some(out)) = (output.if_missing, &output.out) {
+                    if out.exists() {
+                        eprintln!("kept {}", out.display());
+                        return Ok(true);
+                    }
+                }
+                create.prepare().map(|_| false)
+            }
             Credentials::List(_) | Credentials::Revoke(_) => Ok(false),
         }
     }
@@ -223,6 +251,14 @@ impl Credentials {
 }
 
 impl Create {
+    fn output(&self) -> &Output {
+        match self {
+            Create::Worker { output, .. }
+            | Create::Pool { output, .. }
+            | Create::Client { output, .. } => output,
+        }
+    }
+
     fn prepare(&self) -> Result<New, CliError> {
         let usage = |error: drover_protocol::InvalidId| CliError::Usage(error.to_string());
         let (scope, default_name, output, token) = match self {
@@ -287,6 +323,36 @@ impl Create {
             how,
         })
     }
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not UID:GID"))?;
+    let number = |part: &str| {
+        part.parse::<u32>()
+            .map_err(|_| format!("{text:?} is not UID:GID (numbers)"))
+    };
+    Ok((number(uid)?, number(gid)?))
+}
+
+/// Gives `dir` and everything under it to `owner`.
+fn chown_all(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), CliError> {
+    let fail = |path: &Path, error: std::io::Error| {
+        CliError::Other(format!("cannot give {} to {uid}:{gid}: {error}", path.display()))
+    };
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|error| fail(dir, error))?;
+    let entries = std::fs::read_dir(dir).map_err(|error| fail(dir, error))?;
+    for entry in entries {
+        let path = entry.map_err(|error| fail(dir, error))?.path();
+        if path.is_dir() {
+            chown_all(&path, (uid, gid))?;
+        } else {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|error| fail(&path, error))?;
+        }
+    }
+    Ok(())
 }
 
 fn describe(scope: &Scope) -> (&'static str, String) {
