@@ -84,6 +84,7 @@ pub async fn run(
         leaders,
         instance_id: settings.instance_id.clone(),
         lease: Duration::from_millis(settings.leader_lease_ms),
+        purge_interval: Duration::from_millis(settings.hostile_purge_interval_ms),
     };
     server.serve(shutdown, readiness).await
 }
