@@ -102,6 +102,21 @@ async fn put_run(runs: &kv::Store, run: &RunId, routine: &str, attempt: u64, wor
         .unwrap();
 }
 
+/// Registers `worker` with the registry: the collector stores lines of registered workers
+/// only.
+async fn register(client: &Client, worker: &str) {
+    let id = WorkerId::parse(worker).unwrap();
+    let reply = client
+        .request(
+            subject::from_worker(keys::REGISTER, &id),
+            envelope(keys::REGISTER, json!({"workerID": worker, "routines": []})),
+        )
+        .await
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(reply["payloadKey"], "v1.registered", "{reply}");
+}
+
 /// Publishes `lines` on `v1.log.<worker>` through JetStream, so that each is known to be in
 /// the intake before the call returns (a worker that needs that sends logs as requests).
 async fn publish_acked(js: &jetstream::Context, worker: &WorkerId, lines: &[LogLine]) {
@@ -281,6 +296,7 @@ async fn paging_returns_every_record_once_and_since_filters() {
     let client = stack.client().await;
     let js = stack.jetstream().await;
     let worker = WorkerId::parse("pager").unwrap();
+    register(&client, "pager").await;
     let lines: Vec<_> = (0..250).map(|i| line(format!("line {i}"), None)).collect();
     publish_acked(&js, &worker, &lines).await;
     wait_stored(&js, 250, Duration::from_secs(10)).await;
@@ -391,6 +407,7 @@ async fn following_with_the_cursor_skips_and_repeats_nothing() {
     let client = stack.client().await;
     let js = stack.jetstream().await;
     let worker = WorkerId::parse("follower").unwrap();
+    register(&client, "follower").await;
     let run = RunId::generate();
 
     // Nothing logged yet: the empty reply still hands out a cursor to poll with, both for a
@@ -511,6 +528,46 @@ async fn invalid_lines_are_answered_counted_and_not_stored() {
     );
 }
 
+#[tokio::test]
+async fn lines_of_unregistered_workers_are_refused_and_not_stored() {
+    let stack = stack().await;
+    let client = stack.client().await;
+    let js = stack.jetstream().await;
+    let errors = Recorder::start(&client, "v1.worker.*.error").await;
+    let ghost = WorkerId::parse("ghost").unwrap();
+    publish_acked(&js, &ghost, &[line("from nowhere", None)]).await;
+    let refusal = wait_for("the ghost's refusal", Duration::from_secs(10), || async {
+        errors
+            .payloads_on("v1.worker.ghost.error")
+            .into_iter()
+            .next()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refusal["code"], ErrorCode::UnknownWorker.as_str());
+    assert_eq!(refusal["inReplyTo"], "v1.log.ghost");
+    assert_eq!(refusal["details"]["workerID"], "ghost");
+
+    // A worker that logs as soon as it has registered is taken, even before the collector
+    // has seen its registration go by.
+    register(&client, "prompt").await;
+    let prompt = WorkerId::parse("prompt").unwrap();
+    publish_acked(&js, &prompt, &[line("just registered", None)]).await;
+    wait_stored(&js, 1, Duration::from_secs(10)).await;
+    let records = query_all(&client, &LogsQuery::default()).await;
+    let messages: Vec<_> = records.iter().map(|r| r.message.as_str()).collect();
+    assert_eq!(messages, ["just registered"]);
+    assert!(errors.payloads_on("v1.worker.prompt.error").is_empty());
+    assert_eq!(
+        metric(
+            &stack,
+            "drover_log_collector_lines_rejected_total{code=\"unknown_worker\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
 const WORKERS: usize = 5;
 const RUNS_PER_WORKER: usize = 4;
 const LINES_PER_RUN: usize = 500;
@@ -518,6 +575,7 @@ const LINES_PER_RUN: usize = 500;
 /// `workers × runs × lines` lines, each naming its run and index; a worker interleaves its
 /// runs. Returns the runs of each worker.
 async fn burst(
+    client: &Client,
     js: &jetstream::Context,
     runs: &kv::Store,
     lines_per_run: usize,
@@ -528,6 +586,7 @@ async fn burst(
     let mut plan = Vec::new();
     for w in 0..WORKERS {
         let worker = WorkerId::parse(format!("burst-{w}")).unwrap();
+        register(client, worker.as_str()).await;
         let mut owned = Vec::new();
         for _ in 0..RUNS_PER_WORKER {
             let run = RunId::generate();
@@ -601,7 +660,7 @@ async fn a_collector_killed_mid_burst_loses_and_repeats_nothing() {
     let client = stack.client().await;
     let js = stack.jetstream().await;
     let runs = js.get_key_value(resources::RUNS_BUCKET).await.unwrap();
-    let (plan, publishers) = burst(&js, &runs, LINES_PER_RUN).await;
+    let (plan, publishers) = burst(&client, &js, &runs, LINES_PER_RUN).await;
 
     wait_stored(&js, 2_500, Duration::from_secs(30)).await;
     stack.kill_service(LOG_COLLECTOR);
@@ -646,7 +705,7 @@ async fn replicas_share_the_intake_and_survive_the_leader_dying() {
     .await
     .unwrap();
 
-    let (plan, publishers) = burst(&js, &runs, LINES_PER_RUN / 2).await;
+    let (plan, publishers) = burst(&client, &js, &runs, LINES_PER_RUN / 2).await;
     wait_stored(&js, 1_000, Duration::from_secs(30)).await;
     if leads(first_addr).await {
         stack.kill_service(LOG_COLLECTOR);
@@ -727,6 +786,9 @@ async fn throughput_of_a_burst() {
     let (live, backlog) = (RunId::generate(), RunId::generate());
     put_run(&runs, &live, "fast.routine", 1, "fast-0").await;
     put_run(&runs, &backlog, "fast.routine", 1, "fast-0").await;
+    for w in 0..WORKERS {
+        register(&client, &format!("fast-{w}")).await;
+    }
 
     // Live: from the first publish until every line is stored.
     let started = Instant::now();

@@ -6,6 +6,7 @@ pub mod admin;
 mod backoff;
 mod consume;
 mod health_probe;
+pub mod hostile;
 pub mod kv_cache;
 mod leader;
 mod lookup;

@@ -31,6 +31,9 @@ pub const DRAIN_TIMEOUTS_TOTAL: &str = "drover_drain_timeouts_total";
 /// Counter of leadership changes, labelled `lease` and `change` (`elected`,
 /// `stepped_down` or `resigned`).
 pub const LEADERSHIP_CHANGES_TOTAL: &str = "drover_leadership_changes_total";
+/// Counter of messages removed from a stream because their subject's last token is not a
+/// workerID, labelled `stream`.
+pub const HOSTILE_PURGED_TOTAL: &str = "drover_hostile_messages_purged_total";
 
 /// A histogram's full name and the upper bounds of its buckets, in increasing order.
 pub type Histogram = (&'static str, &'static [f64]);
@@ -125,6 +128,10 @@ fn describe() {
     describe_counter!(
         LEADERSHIP_CHANGES_TOTAL,
         "leadership changes, by lease and change"
+    );
+    describe_counter!(
+        HOSTILE_PURGED_TOTAL,
+        "messages purged whose subject ends in no workerID, by stream"
     );
     for event in ["connected", "disconnected"] {
         counter!(NATS_EVENTS_TOTAL, "event" => event).increment(0);

@@ -3,7 +3,7 @@
 //! is stored. When spans are exported, the stored lines that no worker recorded on the
 //! run's trace are recorded there (see [`crate::trace`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use drover_protocol::subject;
 use drover_protocol::{
     Attempt, DecodeError, LogLine, LogRecord, RunId, Timestamp, WorkerId, WorkerRecord,
 };
-use drover_service_kit::kv_cache::KvCache;
+use drover_service_kit::kv_cache::{FetchError, KvCache};
 use drover_service_kit::{settle, Backoff, Settlement, WireError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -102,10 +102,11 @@ impl Intake {
             return Ok(());
         }
         ::metrics::histogram!(metrics::BATCH_SIZE).record(batch.len() as f64);
-        let steps: Vec<Step> = batch
+        let mut steps: Vec<Step> = batch
             .iter()
             .map(|received| self.decode(received, session.skip_through))
             .collect();
+        self.refuse_unregistered(&mut steps).await?;
         let wanted: Vec<(RunId, WorkerId)> = steps
             .iter()
             .filter_map(|step| match step {
@@ -132,11 +133,11 @@ impl Intake {
                         .cloned()
                         .flatten();
                     // Checked first, so that nothing more is done when spans are not exported.
-                    let traced_under = match (&run, &self.workers) {
-                        (Some(info), Some(workers)) => recorded_under(
+                    let traced_under = match &run {
+                        Some(info) if self.traced => recorded_under(
                             carried_traceparent(received.message.headers.as_ref()),
                             info,
-                            held_attempt(workers, &worker, &info.run_id),
+                            held_attempt(&self.workers, &worker, &info.run_id),
                         ),
                         _ => None,
                     };
@@ -210,6 +211,47 @@ impl Intake {
                 metrics::LINES_REJECTED,
             )
             .await;
+        }
+        Ok(())
+    }
+
+    /// Turns the lines of workers with no registry record into refusals. A worker the cache
+    /// has not seen is looked up in the bucket, since it may have registered just now.
+    async fn refuse_unregistered(&self, steps: &mut [Step]) -> Result<(), Interrupted> {
+        let mut unseen: Vec<WorkerId> = Vec::new();
+        for step in steps.iter() {
+            if let Step::Line(worker, _) = step {
+                if self.workers.get(worker.as_str()).is_none() && !unseen.contains(worker) {
+                    unseen.push(worker.clone());
+                }
+            }
+        }
+        let mut unknown = HashSet::new();
+        for worker in unseen {
+            match self.workers.fetch(worker.as_str()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    unknown.insert(worker);
+                }
+                // The record exists, whatever it holds.
+                Err(FetchError::Undecodable(error)) => {
+                    debug!(%worker, %error, "undecodable worker record; taking its lines");
+                }
+                Err(error @ FetchError::Read(_)) => {
+                    return Err(Interrupted::Lookup(format!("worker {worker}: {error}")));
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        for step in steps.iter_mut() {
+            if let Step::Line(worker, _) = step {
+                if unknown.contains(worker) {
+                    let worker = worker.clone();
+                    *step = Step::Rejected(Some(worker.clone()), LogError::UnknownWorker(worker));
+                }
+            }
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The log-collector's errors, and the one place where each meets its wire code.
 
-use drover_protocol::{DecodeError, ErrorCode, ErrorPayload};
+use drover_protocol::{DecodeError, ErrorCode, ErrorPayload, WorkerId};
 use drover_service_kit::WireError;
 
 /// Why a log line or a query was refused, or could not be served.
@@ -12,6 +12,9 @@ pub enum LogError {
     /// A line came on a subject that is not `v1.log.<workerID>`.
     #[error("subject {0:?} is not v1.log.<workerID>")]
     InvalidSubject(String),
+    /// A line came from a workerID the registry has no record of.
+    #[error("worker {:?} is not registered", .0.as_str())]
+    UnknownWorker(WorkerId),
     /// A query cursor that `v1.logs.query` did not hand out (its first characters).
     #[error("cursor {0:?} was not handed out by v1.logs.query")]
     InvalidCursor(String),
@@ -29,6 +32,7 @@ impl LogError {
         match self {
             Self::Decode(error) => error.code(),
             Self::InvalidSubject(_) => ErrorCode::InvalidSubject,
+            Self::UnknownWorker(_) => ErrorCode::UnknownWorker,
             Self::InvalidCursor(_) => ErrorCode::InvalidCursor,
             Self::StoreUnavailable(_) => ErrorCode::Unavailable,
             Self::Unserializable(_) => ErrorCode::Internal,
@@ -40,6 +44,10 @@ impl WireError for LogError {
     fn to_wire(&self, in_reply_to: &str) -> ErrorPayload {
         match self {
             Self::Decode(error) => error.to_error(in_reply_to),
+            Self::UnknownWorker(worker) => {
+                ErrorPayload::new(self.code(), self.to_string(), in_reply_to)
+                    .with_details(serde_json::json!({ "workerID": worker }))
+            }
             _ => ErrorPayload::new(self.code(), self.to_string(), in_reply_to),
         }
     }
@@ -56,6 +64,11 @@ mod tests {
                 LogError::InvalidSubject("v1.log".to_owned()),
                 ErrorCode::InvalidSubject,
                 r#"subject "v1.log" is not v1.log.<workerID>"#,
+            ),
+            (
+                LogError::UnknownWorker(WorkerId::parse("ghost").unwrap()),
+                ErrorCode::UnknownWorker,
+                r#"worker "ghost" is not registered"#,
             ),
             (
                 LogError::InvalidCursor("zz".to_owned()),

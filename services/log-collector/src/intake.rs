@@ -44,6 +44,8 @@ pub(crate) enum Interrupted {
     Gap,
     /// A record could not be stored.
     Publish(String),
+    /// Whether a line's worker is registered could not be read.
+    Lookup(String),
 }
 
 /// What a takeover of the intake consumer found.
@@ -65,9 +67,11 @@ pub(crate) struct Intake {
     pub logs: Stream,
     pub runs: Arc<RunCache>,
     pub max_payload_bytes: usize,
-    /// The worker records, followed only when lines are recorded on their runs' traces
-    /// (spans are exported): which attempt of a run a line's worker holds.
-    pub workers: Option<Arc<KvCache<WorkerRecord>>>,
+    /// The worker records: whether a line's worker is registered, and which attempt of a
+    /// run it holds.
+    pub workers: Arc<KvCache<WorkerRecord>>,
+    /// True when spans are exported: lines are recorded on their runs' traces.
+    pub traced: bool,
 }
 
 impl Intake {
@@ -104,6 +108,14 @@ impl Intake {
                 Err(Interrupted::Publish(error)) => {
                     warn!(error, "records could not be stored, reading them again");
                     reason = "publish";
+                    backoff.wait(&term).await;
+                }
+                Err(Interrupted::Lookup(error)) => {
+                    warn!(
+                        error,
+                        "worker registrations could not be read, reading the lines again"
+                    );
+                    reason = "lookup";
                     backoff.wait(&term).await;
                 }
             }

@@ -2,7 +2,8 @@
 //! (DESIGN §1, §4, §7).
 //!
 //! Workers publish `v1.log.<workerID>`; `DROVER_LOG_INTAKE` keeps each line until the
-//! collector has stored it. The replica that holds the intake lease reads the intake
+//! collector has stored it. Lines from a workerID the registry has no record of are refused
+//! with `unknown_worker`. The replica that holds the intake lease reads the intake
 //! through the durable consumer `log-collector`, validates each line, adds the run's
 //! routine, attempt and trace from KV `DROVER_RUNS`, and stores the record in
 //! `DROVER_LOGS` on `drover.logs.<runID or "none">.<workerID>`, exactly once and in arrival
@@ -52,12 +53,10 @@ pub async fn run(
         let logs = open_stream(&js, resources::LOGS_STREAM, &shutdown).await?;
         let runs = open_bucket(&js, resources::RUNS_BUCKET, &shutdown).await?;
         let leaders = open_bucket(&js, resources::LEADERS_BUCKET, &shutdown).await?;
-        // Followed only to put lines on their runs' traces: see `trace::recorded_under`.
-        let workers = if drover_telemetry::export_enabled_cached() {
-            Some(KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await?)
-        } else {
-            None
-        };
+        // Who may log (lines from unregistered workers are refused), and which attempt of
+        // a run a line's worker holds (see `trace::recorded_under`).
+        let workers =
+            KvCache::<WorkerRecord>::open(&js, resources::WORKERS_BUCKET, &shutdown).await?;
         Some((intake, logs, runs, leaders, workers))
     };
     let Some((intake_stream, logs, runs, leaders, workers)) = opened.await else {
@@ -72,6 +71,7 @@ pub async fn run(
         runs: Arc::new(RunCache::new(runs, RUN_CACHE_CAPACITY)),
         max_payload_bytes: settings.max_payload_bytes,
         workers,
+        traced: drover_telemetry::export_enabled_cached(),
     };
     let queries = Queries {
         nats: nats.clone(),
@@ -84,6 +84,7 @@ pub async fn run(
         leaders,
         instance_id: settings.instance_id.clone(),
         lease: Duration::from_millis(settings.leader_lease_ms),
+        purge_interval: Duration::from_millis(settings.hostile_purge_interval_ms),
     };
     server.serve(shutdown, readiness).await
 }

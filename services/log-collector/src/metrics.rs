@@ -13,7 +13,8 @@ pub const LINES_REJECTED: &str = "drover_log_collector_lines_rejected_total";
 pub const BATCH_SIZE: &str = "drover_log_collector_intake_batch_size";
 /// Publishes of a record that had to be retried.
 pub const PUBLISH_RETRIES: &str = "drover_log_collector_publish_retries_total";
-/// Resets of the intake consumer to its ack floor, by `reason` (`takeover`, `gap`, `publish`).
+/// Resets of the intake consumer to its ack floor, by `reason` (`takeover`, `gap`, `publish`,
+/// `lookup`).
 pub const CONSUMER_RESETS: &str = "drover_log_collector_consumer_resets_total";
 /// Run record lookups for enrichment, by `outcome` (`cached`, `found`, `missing`, `error`).
 pub const RUN_LOOKUPS: &str = "drover_log_collector_run_lookups_total";
@@ -74,7 +75,7 @@ fn describe() {
     ] {
         counter!(rare).increment(0);
     }
-    for reason in ["takeover", "gap", "publish"] {
+    for reason in ["takeover", "gap", "publish", "lookup"] {
         counter!(CONSUMER_RESETS, "reason" => reason).increment(0);
     }
     for outcome in ["cached", "found", "missing", "error"] {

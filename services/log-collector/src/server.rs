@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use async_nats::Client;
 use drover_protocol::subject::{keys, resources};
+use drover_service_kit::hostile::purge_hostile_every;
 use drover_service_kit::{drain, run_for_leadership, start_service, Lease, Readiness, Requests};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,6 +27,8 @@ pub(crate) struct Server {
     pub leaders: kv::Store,
     pub instance_id: String,
     pub lease: Duration,
+    /// How often the intake leader purges lines on subjects that end in no workerID.
+    pub purge_interval: Duration,
 }
 
 impl Server {
@@ -54,8 +57,18 @@ impl Server {
             metrics::INTAKE_LEADER,
         );
         let intake = Arc::clone(&self.intake);
+        let purge_interval = self.purge_interval;
         tasks.spawn(run_for_leadership(lease, shutdown.clone(), move |term| {
-            Arc::clone(&intake).lead(term)
+            let purge = purge_hostile_every(
+                intake.js.clone(),
+                resources::LOG_INTAKE_STREAM,
+                purge_interval,
+                term.clone(),
+            );
+            let lead = Arc::clone(&intake).lead(term);
+            async move {
+                futures::join!(lead, purge);
+            }
         }));
 
         readiness.set_serving(true);

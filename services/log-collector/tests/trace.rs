@@ -70,6 +70,19 @@ async fn lines_no_worker_recorded_become_events_under_their_attempt() {
         .await
         .unwrap();
     let attempt_span = record.attempt_span(2).unwrap();
+    // The worker is registered: the collector takes lines of registered workers only.
+    let now = Timestamp::now();
+    let worker_record = json!({
+        "workerID": "w1", "incarnation": 1, "status": "IDLE", "phase": "READY",
+        "routines": [], "capacity": 1, "heartbeatIntervalMs": 5000, "lostAfterMs": 15000,
+        "registeredAt": now, "statusChangedAt": now,
+    });
+    js.get_key_value(resources::WORKERS_BUCKET)
+        .await
+        .unwrap()
+        .put("w1", serde_json::to_vec(&worker_record).unwrap().into())
+        .await
+        .unwrap();
 
     // In the intake before the collector starts, so that they are one batch.
     let worker = WorkerId::parse("w1").unwrap();

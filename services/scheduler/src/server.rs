@@ -9,6 +9,7 @@ use bytes::Bytes;
 use drover_protocol::envelope::{decode, decode_reply};
 use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{encode, Accepted, RunCancel, RunSpec, WorkerRecord};
+use drover_service_kit::hostile::purge_hostile_every;
 use drover_service_kit::kv_cache::KvCache;
 use drover_service_kit::WireError;
 use drover_service_kit::{
@@ -197,6 +198,13 @@ impl Server {
                 None
             }
         };
+        // Directives on subjects no worker can have are purged while this replica leads.
+        self.tasks.spawn(purge_hostile_every(
+            async_nats::jetstream::new(self.nats.clone()),
+            resources::DIRECTIVES_STREAM,
+            Duration::from_millis(self.settings.hostile_purge_interval_ms),
+            term.clone(),
+        ));
         let forwarding = forwarded.map(|subscriber| {
             self.tasks
                 .spawn(self.clone().take_forwarded(subscriber, term.clone()))

@@ -24,7 +24,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Every [`Settings`] key as a config file spells it; `DROVER_<KEY>` in upper case sets it
 /// from the environment. Deployment checks read this list (a test keeps it equal to the
 /// keys the loader accepts).
-pub const SETTING_KEYS: [&str; 15] = [
+pub const SETTING_KEYS: [&str; 16] = [
     "nats_url",
     "admin_addr",
     "js_replicas",
@@ -39,6 +39,7 @@ pub const SETTING_KEYS: [&str; 15] = [
     "run_lease_ms",
     "assign_ack_timeout_ms",
     "max_reassignments",
+    "hostile_purge_interval_ms",
     "instance_id",
 ];
 
@@ -94,6 +95,8 @@ pub struct Settings {
     pub assign_ack_timeout_ms: u64,
     /// Bound on reassignments of one run, apart from its retries.
     pub max_reassignments: u32,
+    /// How often the stream owners purge messages whose subject ends in no workerID.
+    pub hostile_purge_interval_ms: u64,
     /// Identifies this replica, e.g. in leases and connection names.
     pub instance_id: String,
 }
@@ -115,6 +118,7 @@ impl Default for Settings {
             run_lease_ms: 10_000,
             assign_ack_timeout_ms: 5_000,
             max_reassignments: 5,
+            hostile_purge_interval_ms: 60_000,
             instance_id: default_instance_id(),
         }
     }
@@ -216,6 +220,7 @@ impl Settings {
             ("leader_lease_ms", self.leader_lease_ms),
             ("run_lease_ms", self.run_lease_ms),
             ("assign_ack_timeout_ms", self.assign_ack_timeout_ms),
+            ("hostile_purge_interval_ms", self.hostile_purge_interval_ms),
         ];
         for (key, value) in durations {
             if value == 0 {
@@ -313,6 +318,7 @@ mod tests {
             drover_protocol::DEFAULT_MAX_PAYLOAD_BYTES
         );
         assert_eq!(settings.max_reassignments, defaults.max_reassignments);
+        assert_eq!(settings.hostile_purge_interval_ms, 60_000);
         assert!(settings
             .instance_id
             .contains(&format!("-{}-", std::process::id())));
@@ -321,7 +327,7 @@ mod tests {
 
     #[test]
     fn validation_errors_name_the_key() {
-        let cases: [(&[(&str, &str)], &str); 8] = [
+        let cases: [(&[(&str, &str)], &str); 9] = [
             (
                 &[("DROVER_HEARTBEAT_INTERVAL_MS", "0")],
                 "heartbeat_interval_ms",
@@ -330,6 +336,10 @@ mod tests {
             (&[("DROVER_JS_REPLICAS", "7")], "js_replicas"),
             (&[("DROVER_MAX_PAYLOAD_BYTES", "100")], "max_payload_bytes"),
             (&[("DROVER_DRAIN_GRACE_MS", "0")], "drain_grace_ms"),
+            (
+                &[("DROVER_HOSTILE_PURGE_INTERVAL_MS", "0")],
+                "hostile_purge_interval_ms",
+            ),
             (&[("DROVER_LOGS_MAX_BYTES", "0")], "logs_max_bytes"),
             (&[("DROVER_INSTANCE_ID", "a.b")], "instance_id"),
             (&[("DROVER_ADMIN_ADDR", "localhost")], "admin_addr"),
