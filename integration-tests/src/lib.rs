@@ -23,6 +23,25 @@ pub use drover_testkit::ProcStats;
 pub use runner::{Act, Runner};
 pub use worker::{Inbound, SimWorker};
 
+/// Stores an IDLE record for `worker` straight into `DROVER_WORKERS`, as if it had registered:
+/// for tests that publish a worker's directives (log lines, say) without running a worker.
+pub async fn put_idle_worker(
+    js: &async_nats::jetstream::Context,
+    worker: &str,
+) -> anyhow::Result<()> {
+    let now = drover_protocol::Timestamp::now();
+    let record = serde_json::json!({
+        "workerID": worker, "incarnation": 1, "status": "IDLE", "phase": "READY",
+        "routines": [], "capacity": 1, "heartbeatIntervalMs": 5000, "lostAfterMs": 15000,
+        "registeredAt": now, "statusChangedAt": now,
+    });
+    js.get_key_value(drover_protocol::subject::resources::WORKERS_BUCKET)
+        .await?
+        .put(worker, serde_json::to_vec(&record)?.into())
+        .await?;
+    Ok(())
+}
+
 /// A worker's registry record.
 pub async fn registry_record(client: &Client, worker: &str) -> Option<WorkerRecord> {
     call::<_, WorkerRecord>(

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
 use async_nats::jetstream::Context;
+use drover_integration_tests::put_idle_worker;
 use drover_protocol::subject::{keys, resources};
 use drover_protocol::{encode, LogLevel, LogLine, LogPage, LogsQuery, Timestamp, WorkerId};
 use drover_testkit::{call, wait_for, wait_until, Stack, LOG_COLLECTOR, SCHEDULER};
@@ -39,21 +40,6 @@ async fn stored_subjects(stream: &Stream) -> Vec<String> {
 
 /// A worker record as the registry writes it, so that the collector takes the worker's
 /// lines (the registry is left out: it would consume the directives under test).
-async fn put_worker(js: &Context, worker: &str) {
-    let now = Timestamp::now();
-    let record = json!({
-        "workerID": worker, "incarnation": 1, "status": "IDLE", "phase": "READY",
-        "routines": [], "capacity": 1, "heartbeatIntervalMs": 5000, "lostAfterMs": 15000,
-        "registeredAt": now, "statusChangedAt": now,
-    });
-    js.get_key_value(resources::WORKERS_BUCKET)
-        .await
-        .unwrap()
-        .put(worker, serde_json::to_vec(&record).unwrap().into())
-        .await
-        .unwrap();
-}
-
 async fn metric(stack: &Stack, service: &str, name_and_labels: &str) -> f64 {
     let (_, body) = stack.admin_get(service, "/metrics").await.unwrap();
     body.lines()
@@ -72,7 +58,7 @@ async fn subjects_no_worker_can_have_are_purged_and_the_rest_is_kept() {
         .expect("stack starts");
     let client = stack.client().await;
     let js = stack.jetstream().await;
-    put_worker(&js, "good").await;
+    put_idle_worker(&js, "good").await.unwrap();
 
     let body = |key: &str| {
         serde_json::to_vec(&json!({"payloadKey": key, "payload": {"incarnation": 1}})).unwrap()

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_nats::Client;
+use drover_integration_tests::put_idle_worker;
 use drover_integration_tests::runs::{get, spec, try_submit};
 use drover_protocol::subject::{self, keys, resources};
 use drover_protocol::{
@@ -357,6 +358,8 @@ async fn monitor_probes(stack: &Stack, client: &Client) -> anyhow::Result<()> {
 /// A line published to the intake comes back from `v1.logs.query`.
 async fn logs_are_stored(stack: &Stack, client: &Client) -> anyhow::Result<()> {
     let worker = WorkerId::parse("logger-1").expect("a valid worker id");
+    // Lines are stored only for registered workers.
+    put_idle_worker(&stack.jetstream().await, worker.as_str()).await?;
     let line = LogLine {
         level: LogLevel::Info,
         message: "after the cut".to_owned(),

@@ -339,7 +339,10 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
 /// Gives `dir` and everything under it to `owner`.
 fn chown_all(dir: &Path, (uid, gid): (u32, u32)) -> Result<(), CliError> {
     let fail = |path: &Path, error: std::io::Error| {
-        CliError::Other(format!("cannot give {} to {uid}:{gid}: {error}", path.display()))
+        CliError::Other(format!(
+            "cannot give {} to {uid}:{gid}: {error}",
+            path.display()
+        ))
     };
     std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|error| fail(dir, error))?;
     let entries = std::fs::read_dir(dir).map_err(|error| fail(dir, error))?;
