@@ -160,13 +160,28 @@ impl Credentials {
                     );
                     eprintln!("wrote {}", block.display());
                 }
+                let main = init.dir.join("nats.conf");
+                let includes = if init.tls {
+                    "include auth.conf\ninclude tls.conf\n"
+                } else {
+                    "include auth.conf\n"
+                };
+                let text = format!(
+                    "# The secured setup for nats-server (docs/security.md): `nats-server -c {} -js ...`,\n\
+                     # or include these files from a configuration of your own.\n{includes}",
+                    main.display()
+                );
+                std::fs::write(&main, text).map_err(|error| {
+                    CliError::Other(format!("cannot write {}: {error}", main.display()))
+                })?;
+                eprintln!("wrote {}", main.display());
                 if let Some(owner) = init.owner {
                     chown_all(&init.dir, owner)?;
                 }
                 eprintln!(
-                    "next: include {} in nats-server's configuration, run drover-auth with \
+                    "next: start nats-server with -c {}, drover-auth with \
                      DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
-                    written.server_config.display(),
+                    init.dir.join("nats.conf").display(),
                     written.issuer.display(),
                     written.services.display()
                 );
