@@ -198,8 +198,7 @@ mod tests {
             ..Default::default()
         };
         let error = connect_options(&id, "nats://127.0.0.1:4222", &auth)
-            .err()
-            .expect("an unreadable CA is an error");
+            .expect_err("an unreadable CA is an error");
         assert!(matches!(error, WorkerError::Auth(_)), "{error:?}");
     }
 }
