@@ -150,3 +150,52 @@ async fn a_service_with_an_unusable_credential_exits_64_before_connecting() {
         assert_exit(&output, 64, &says);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_started_with_an_nkey_hands_it_to_its_processes() {
+    use drover_integration_tests::pool::{
+        settled_at, worker_id, PoolConfig, PoolRun, WorkerKind, STARTED,
+    };
+    use drover_integration_tests::registry_record;
+    use drover_protocol::WorkerStatus;
+
+    let services = nkeys::KeyPair::new_user();
+    let pool_key = nkeys::KeyPair::new_user();
+    let config = format!(
+        "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+        services.public_key(),
+        pool_key.public_key()
+    );
+    let stack = Stack::builder()
+        .nats_options(
+            NatsOptions::default()
+                .config(config)
+                .nkey_seed(services.seed().unwrap()),
+        )
+        .heartbeat_interval_ms(250)
+        .lost_after_ms(2500)
+        .with_all_services()
+        .start()
+        .await
+        .expect("stack starts");
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("pool.nk");
+    std::fs::write(&seed_file, pool_key.seed().unwrap()).unwrap();
+
+    let config = PoolConfig::new("nk").group(WorkerKind::RustSdk.group("w").set("size", 1));
+    let pool = PoolRun::spawn(&stack, &config, &["--nkey", path(&seed_file)]).await;
+    // The process can only connect with the pool's seed, handed on as DROVER_NATS_NKEY.
+    pool.wait_for_state("the process runs", STARTED, |state| {
+        state.groups.iter().all(|group| settled_at(group, 1))
+    })
+    .await;
+    let client = stack.client().await;
+    let worker = worker_id(&pool.id, "w", 1);
+    drover_testkit::wait_for(&format!("{worker} IDLE"), STARTED, || async {
+        registry_record(&client, &worker)
+            .await
+            .filter(|record| record.status == WorkerStatus::Idle)
+    })
+    .await
+    .unwrap();
+}
