@@ -8,10 +8,9 @@
 use std::time::Duration;
 
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
-use async_nats::jetstream::Context;
 use drover_integration_tests::put_idle_worker;
 use drover_protocol::subject::{keys, resources};
-use drover_protocol::{encode, LogLevel, LogLine, LogPage, LogsQuery, Timestamp, WorkerId};
+use drover_protocol::{encode, LogLevel, LogLine, LogPage, LogsQuery, WorkerId};
 use drover_testkit::{call, wait_for, wait_until, Stack, LOG_COLLECTOR, SCHEDULER};
 use serde_json::json;
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, ConnectErrorKind, HeaderMap};
+use drover_nats_connect::NatsAuth;
 use drover_protocol::envelope::decode_reply;
 use drover_protocol::{encode, Payload};
 
@@ -17,18 +18,28 @@ pub struct Drover {
 }
 
 impl Drover {
-    /// Connects to NATS, failing fast with a clear message when it is not there.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, CliError> {
+    /// Connects to NATS with `auth`, failing fast with a clear message when it is not there
+    /// or refuses the credentials; unusable credentials are a configuration error.
+    pub async fn connect(url: &str, timeout: Duration, auth: &NatsAuth) -> Result<Self, CliError> {
         let options = async_nats::ConnectOptions::new()
             .name("drover-cli")
             .connection_timeout(timeout)
             .max_reconnects(Some(3));
+        let options = auth
+            .apply(url, options)
+            .map_err(|error| CliError::Config(error.to_string()))?;
         let client = tokio::time::timeout(timeout, options.connect(url))
             .await
             .map_err(|_| unreachable_nats(url, "no answer"))?
-            .map_err(|source| CliError::Connect {
-                url: url.to_owned(),
-                source,
+            .map_err(|source| match source.kind() {
+                ConnectErrorKind::AuthorizationViolation => CliError::Unreachable(format!(
+                    "NATS at {url} refused the credentials ({source}); check --creds, --nkey, \
+                     --token or --user, or their DROVER_NATS_* variables"
+                )),
+                _ => CliError::Connect {
+                    url: url.to_owned(),
+                    source,
+                },
             })?;
         Ok(Self {
             client,

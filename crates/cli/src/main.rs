@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use drover_nats_connect::NatsAuthArgs;
 
 use crate::client::Drover;
 use crate::error::{exit, CliError};
@@ -36,6 +37,8 @@ struct Cli {
     /// How long to wait for an answer, in seconds.
     #[arg(long, global = true, default_value_t = 10)]
     timeout: u64,
+    #[command(flatten)]
+    auth: NatsAuthArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -82,6 +85,11 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
     if let Command::Dev(dev) = cli.command {
         return dev.run().await;
     }
+    // Unusable credentials are a configuration error (exit 64), found before connecting.
+    let auth = cli
+        .auth
+        .resolve()
+        .map_err(|error| CliError::Config(error.to_string()))?;
     // Input errors are reported before, and without, any connection.
     if let Command::Submit(submit) = &cli.command {
         submit.spec()?;
@@ -89,7 +97,7 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
     if let Command::Pool(pool) = &cli.command {
         pool.check()?;
         if let cmd::pool::Pool::Run(run) = pool {
-            return run.run(url, url_given).await;
+            return run.run(url, url_given, auth).await;
         }
     }
     if let Command::Credentials(credentials) = &cli.command {
@@ -97,7 +105,7 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
             return Ok(());
         }
     }
-    let drover = Drover::connect(&url, timeout).await?;
+    let drover = Drover::connect(&url, timeout, &auth).await?;
     match cli.command {
         Command::Dev(_) => Ok(()),
         Command::Submit(submit) => submit.run(&drover).await,
@@ -174,5 +182,37 @@ mod tests {
         // A variable of this test's own, so that nothing else reads it.
         std::env::set_var(SET, "nats://c:3");
         assert_eq!(resolve(&status, SET, fallback), "nats://c:3");
+    }
+
+    #[test]
+    fn credential_flags_go_before_or_after_the_subcommand() {
+        let cli = Cli::try_parse_from(["drover", "--nkey", "w.nk", "runs", "list"]).unwrap();
+        assert_eq!(cli.auth.nkey.as_deref(), Some("w.nk"));
+        let cli = Cli::try_parse_from([
+            "drover",
+            "runs",
+            "list",
+            "--tlsca",
+            "ca.pem",
+            "--tlscert",
+            "c.pem",
+            "--tlskey",
+            "k.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.auth.tlsca.as_deref(),
+            Some(std::path::Path::new("ca.pem"))
+        );
+        assert_eq!(
+            cli.auth.tlskey.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        let cli =
+            Cli::try_parse_from(["drover", "pool", "run", "p.toml", "--creds", "x.creds"]).unwrap();
+        assert_eq!(
+            cli.auth.creds.as_deref(),
+            Some(std::path::Path::new("x.creds"))
+        );
     }
 }

@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use drover_service_kit::NatsAuth;
+
 use crate::autoscale::{Autoscaler, Sample};
 use crate::config::PoolConfig;
 use crate::control::{self, Control};
@@ -44,10 +46,23 @@ enum Finding {
 /// shutdown asked by `shutdown`, SIGTERM or SIGINT (a second one kills the processes).
 ///
 /// It connects to `nats_url` first, waiting for NATS as long as it takes (or until
-/// `shutdown`), and hands the same URL to its processes.
+/// `shutdown`), and hands the same URL to its processes. No credentials: see
+/// [`run_with_auth`].
 pub async fn run(
     config: PoolConfig,
     nats_url: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<PoolEnd> {
+    run_with_auth(config, nats_url, NatsAuth::default(), shutdown).await
+}
+
+/// [`run`], connecting with `auth` and handing it to every process as `DROVER_NATS_*`
+/// variables (over any of the group's `env`): the processes connect with the pool's
+/// credential and TLS settings.
+pub async fn run_with_auth(
+    config: PoolConfig,
+    nats_url: String,
+    auth: NatsAuth,
     shutdown: CancellationToken,
 ) -> anyhow::Result<PoolEnd> {
     let admin_stop = CancellationToken::new();
@@ -60,7 +75,9 @@ pub async fn run(
             .map_err(|error| anyhow::anyhow!("cannot serve the admin port on {addr}: {error}"))?;
     }
     let name = format!("drover-pool-{}", config.pool);
-    let nats = match drover_service_kit::connect(&nats_url, &name, &shutdown).await {
+    let auth_env = auth.env_vars();
+    let nats = match drover_service_kit::connect_with_auth(&nats_url, &name, &auth, &shutdown).await
+    {
         Ok(nats) => nats,
         Err(drover_service_kit::ConnectError::Cancelled) => return Ok(PoolEnd::Clean),
         Err(error) => return Err(error.into()),
@@ -169,7 +186,11 @@ pub async fn run(
             if pool.stopping().is_some() && matches!(action, Action::Start { .. }) {
                 continue;
             }
-            carry_out(&mut pool, group, action, &nats_url, &nats, &exits, now).await;
+            let to_nats = ToNats {
+                url: &nats_url,
+                auth_env: &auth_env,
+            };
+            carry_out(&mut pool, group, action, &to_nats, &nats, &exits, now).await;
         }
         if let Some(end) = pool.end() {
             break end;
@@ -284,11 +305,17 @@ fn answer(pool: &mut Pool, control: Control) {
     }
 }
 
+/// What a started process gets to reach NATS: the pool's URL and credentials.
+struct ToNats<'a> {
+    url: &'a str,
+    auth_env: &'a [(&'static str, String)],
+}
+
 async fn carry_out(
     pool: &mut Pool,
     group: usize,
     action: Action,
-    nats_url: &str,
+    to_nats: &ToNats<'_>,
     nats: &Client,
     exits: &mpsc::UnboundedSender<Exit>,
     now: Instant,
@@ -298,7 +325,8 @@ async fn carry_out(
             let floor = lookups::current_incarnation(nats, &worker_id).await;
             let launch = Launch {
                 pool: &pool.id,
-                nats_url,
+                nats_url: to_nats.url,
+                auth_env: to_nats.auth_env,
                 nats,
                 exits,
             };

@@ -20,5 +20,5 @@ mod process;
 
 pub use config::{ConfigError, GroupConfig, Overrides, PoolConfig, RestartPolicy};
 pub use control::SERVICE_NAME;
-pub use driver::run;
+pub use driver::{run, run_with_auth};
 pub use pool::{Pool, PoolEnd};

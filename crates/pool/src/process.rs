@@ -36,6 +36,9 @@ pub struct Launch<'a> {
     pub pool: &'a PoolId,
     /// The NATS URL handed to the process.
     pub nats_url: &'a str,
+    /// The pool's credentials, as `DROVER_NATS_*` variables, handed to the process: it
+    /// connects with the pool's credential.
+    pub auth_env: &'a [(&'static str, String)],
     /// The connection its output is shipped through.
     pub nats: &'a Client,
     /// Where its end is reported.
@@ -56,6 +59,7 @@ pub fn spawn(
         .envs(&group.env)
         .env("DROVER_WORKER_ID", worker_id.as_str())
         .env("DROVER_NATS_URL", launch.nats_url)
+        .envs(launch.auth_env.iter().map(|(name, value)| (*name, value)))
         .env("DROVER_POOL_ID", launch.pool.as_str())
         .env("DROVER_POOL_GROUP", group.name.as_str())
         .stdin(Stdio::null())

@@ -23,10 +23,11 @@ pub mod worker_spans;
 
 pub use backoff::{retry_until_cancelled, Backoff};
 pub use consume::{connected, connection_lost, consume, PULL_EXPIRES};
+pub use drover_nats_connect::{AuthError, NatsAuth};
 pub use leader::{run_for_leadership, Lease};
 pub use lookup::{look_up, open_bucket, open_consumer, open_stream};
 pub use metrics::ServiceMetrics;
-pub use nats::{connect, ConnectError};
+pub use nats::{connect, connect_with_auth, ConnectError};
 pub use readiness::{Check, Readiness};
 pub use resources::{
     bucket_configs, consumer_configs, ensure_resources, stream_configs, ResourceError,
@@ -35,8 +36,9 @@ pub use resources::{
 pub use run::{run_service, ServiceContext, EXIT_CONFIG, EXIT_SECOND_SIGNAL};
 pub use serve::{drain, start_service, Requests, WireError};
 pub use settings::{
-    default_instance_id, load_from, load_settings, CommonArgs, ConfigError, Settings, CONFIG_ENV,
-    DEFAULT_NATS_URL, ENV_PREFIX, LOADER_ENV_VARS, NATS_URL_ENV, SETTING_KEYS, TELEMETRY_ENV_VARS,
+    default_instance_id, load_from, load_nats_auth, load_settings, CommonArgs, ConfigError,
+    Settings, CONFIG_ENV, DEFAULT_NATS_URL, ENV_PREFIX, LOADER_ENV_VARS, NATS_AUTH_ENV_VARS,
+    NATS_URL_ENV, SETTING_KEYS, TELEMETRY_ENV_VARS,
 };
 pub use settle::{settle, settle_counting, Settlement, DIRECTIVE_RETRY_DELAY};
 

@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event};
+use drover_nats_connect::{AuthError, NatsAuth};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -21,18 +22,32 @@ pub enum ConnectError {
     /// The URL can never work, so retrying is pointless.
     #[error("invalid nats url: {0}")]
     InvalidUrl(String),
+    /// A credential or TLS setting cannot be used (a file unreadable, a seed malformed).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// Connects to NATS, retrying with backoff until connected or `shutdown` is cancelled.
 ///
 /// `url` may list several servers separated by commas. Once connected the client
-/// reconnects on its own, forever; connection events are logged and counted.
+/// reconnects on its own, forever; connection events are logged and counted. No
+/// credentials and no TLS unless the URL says `tls://`: see [`connect_with_auth`].
 pub async fn connect(
     url: &str,
     name: &str,
     shutdown: &CancellationToken,
 ) -> Result<Client, ConnectError> {
-    connect_observed(url, name, shutdown, None).await
+    connect_observed(url, name, &NatsAuth::default(), shutdown, None).await
+}
+
+/// [`connect`] with these credentials and TLS settings (see `drover_nats_connect`).
+pub async fn connect_with_auth(
+    url: &str,
+    name: &str,
+    auth: &NatsAuth,
+    shutdown: &CancellationToken,
+) -> Result<Client, ConnectError> {
+    connect_observed(url, name, auth, shutdown, None).await
 }
 
 /// Counts the connections a client makes and wakes a waiter on each.
@@ -63,6 +78,7 @@ impl Connections {
 pub(crate) async fn connect_observed(
     url: &str,
     name: &str,
+    auth: &NatsAuth,
     shutdown: &CancellationToken,
     connections: Option<Arc<Connections>>,
 ) -> Result<Client, ConnectError> {
@@ -75,8 +91,10 @@ pub(crate) async fn connect_observed(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        // Applied at every attempt: a rotated creds or seed file is read again.
+        let options = auth.apply(url, options(name, connections.clone()))?;
         let attempt_result = shutdown
-            .run_until_cancelled(options(name, connections.clone()).connect(addrs.clone()))
+            .run_until_cancelled(options.connect(addrs.clone()))
             .await
             .ok_or(ConnectError::Cancelled)?;
         match attempt_result {

@@ -17,8 +17,9 @@ use crate::backoff::Backoff;
 use crate::metrics::{self, ServiceMetrics};
 use crate::nats::{connect_observed, ConnectError, Connections};
 use crate::readiness::Readiness;
-use crate::settings::{load_settings, CommonArgs, Settings};
+use crate::settings::{load_nats_auth, load_settings, CommonArgs, Settings};
 use crate::{admin, health_probe, resources};
+use drover_nats_connect::NatsAuth;
 
 /// Exit status for a configuration error (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -85,12 +86,20 @@ where
         let admin_addr = settings.admin_addr.as_deref().unwrap_or(default_admin_addr);
         return health_probe::check_health(service_name, admin_addr).await;
     }
+    let auth = match load_nats_auth(&settings.nats_url, |name| std::env::var(name).ok()) {
+        Ok(auth) => auth,
+        Err(error) => {
+            eprintln!("{service_name}: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let telemetry = drover_telemetry::init(service_name);
     let code = run_with_settings(
         service_name,
         default_admin_addr,
         &service_metrics,
         settings,
+        &auth,
         body,
     )
     .await;
@@ -109,6 +118,7 @@ async fn run_with_settings<F, Fut>(
     default_admin_addr: &'static str,
     service_metrics: &ServiceMetrics,
     settings: Settings,
+    auth: &NatsAuth,
     body: F,
 ) -> ExitCode
 where
@@ -152,6 +162,7 @@ where
     let client = match connect_observed(
         &settings.nats_url,
         &name,
+        auth,
         &shutdown,
         Some(connections.clone()),
     )

@@ -12,6 +12,8 @@
 //!   or at a chosen point of a start-up, until restored.
 //! - [`Fleet`] simulates many workers over a few connections, for scale tests and the
 //!   benchmark.
+//! - [`TestPki`] generates a CA, a server and a client certificate for TLS tests, and
+//!   [`NatsOptions::tls`] serves clients over TLS (optionally mutual) with them.
 //! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
 //!   report them.
 //! - [`wait_until`], [`wait_for`] and [`assert_eventually!`] wait on conditions instead of
@@ -36,15 +38,17 @@ mod proxy;
 mod request;
 mod stack;
 mod supervised;
+mod tls;
 mod wait;
 
 pub use fleet::Fleet;
 pub use http::http_get;
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{NatsOptions, NatsServer, NatsTls};
 pub use paths::{bin_dir, free_port, nats_server_binary, workspace_root};
 pub use proc_stats::ProcStats;
 pub use process::ServiceProcess;
 pub use proxy::{CutPoint, Proxy};
 pub use request::{call, count_workers, list_workers, REQUEST_TIMEOUT};
 pub use stack::{Stack, StackBuilder, HEARTBEAT_MONITOR, LOG_COLLECTOR, REGISTRY, SCHEDULER};
+pub use tls::TestPki;
 pub use wait::{hold_for, patience, patient, wait_for, wait_until, DEFAULT_TIMEOUT};

@@ -19,7 +19,8 @@
 //! for tests of the start-up itself.
 //!
 //! Each service gets `DROVER_NATS_URL`, `DROVER_HEARTBEAT_INTERVAL_MS`,
-//! `DROVER_LOST_AFTER_MS` and `RUST_LOG=info` (all overridable with [`StackBuilder::env`]
+//! `DROVER_LOST_AFTER_MS`, `RUST_LOG=info` and the `DROVER_NATS_*` credentials of
+//! [`NatsOptions::client_auth`] (TLS, nkey seed) (all overridable with [`StackBuilder::env`]
 //! or [`StackBuilder::service_env`]) and `--admin-addr 127.0.0.1:<free port>`. A service
 //! counts as started once `GET /readyz` on its admin address answers 200. The binaries must
 //! have been built (`cargo build --workspace --bins`).
@@ -233,6 +234,13 @@ impl StackBuilder {
                 ),
                 ("RUST_LOG".to_string(), "info".to_string()),
             ];
+            // The server's TLS and the testkit's seed reach the services as DROVER_NATS_*.
+            let auth_env = self.nats_options.client_auth().env_vars();
+            env.extend(
+                auth_env
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value)),
+            );
             env.extend(self.env.iter().cloned());
             env.extend(self.service_env.get(name).into_iter().flatten().cloned());
             let extra = self.service_args.get(name).cloned().unwrap_or_default();

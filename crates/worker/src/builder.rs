@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use async_nats::Client;
+use drover_nats_connect::NatsAuth;
 use drover_protocol::{Labels, RoutineId, WorkerId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -53,6 +54,7 @@ impl Worker {
         WorkerBuilder {
             worker_id: worker_id.into(),
             connection: Connection::Url(default_nats_url()),
+            auth: None,
             routines: Vec::new(),
             capacity: 1,
             labels: Labels::new(),
@@ -82,6 +84,7 @@ pub(crate) enum Connection {
 pub struct WorkerBuilder {
     worker_id: String,
     connection: Connection,
+    auth: Option<NatsAuth>,
     routines: Vec<(String, Handler)>,
     capacity: u32,
     labels: Labels,
@@ -98,7 +101,19 @@ impl WorkerBuilder {
         self
     }
 
+    /// Connects with these credentials and TLS settings instead of those of the environment
+    /// (`DROVER_NATS_*`, then `NATS_*`; see `drover_nats_connect`). Not used with
+    /// [`WorkerBuilder::client`].
+    pub fn nats_auth(mut self, auth: NatsAuth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// Uses an existing NATS connection.
+    ///
+    /// A worker's connection should be named after its workerID and use the inbox prefix
+    /// `_INBOX.<workerID>`, as the one the SDK makes does: under the secured setup a worker
+    /// may receive replies there only.
     pub fn client(mut self, client: Client) -> Self {
         self.connection = Connection::Client(client);
         self
@@ -178,7 +193,10 @@ impl WorkerBuilder {
     ///
     /// Signals are the application's: cancel `shutdown` on SIGTERM, as the examples do, so
     /// that a supervisor's SIGTERM ends in `v1.terminating`, held runs finished, and exit 0.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if self.auth.is_none() && matches!(self.connection, Connection::Url(_)) {
+            self.auth = Some(NatsAuth::from_env()?);
+        }
         let config = self.into_config(PoolEnvironment::from_process())?;
         runtime::run(config, shutdown).await
     }
@@ -205,6 +223,7 @@ impl WorkerBuilder {
         Ok(runtime::Config {
             id,
             connection: self.connection,
+            auth: self.auth.unwrap_or_default(),
             handlers,
             profile: Profile {
                 routines,

@@ -27,6 +27,9 @@ pub enum WorkerError {
     /// A capacity of 0 would never take work.
     #[error("capacity must be at least 1")]
     ZeroCapacity,
+    /// A NATS credential or TLS setting cannot be used (unreadable file, malformed seed).
+    #[error("invalid NATS credentials: {0}")]
+    Auth(#[from] drover_nats_connect::AuthError),
     /// The first connection to NATS failed.
     #[error("could not connect to NATS at {url}: {source}")]
     Connect {

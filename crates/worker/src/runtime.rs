@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
+use drover_nats_connect::NatsAuth;
 use drover_protocol::{subject, RoutineId, WorkerId};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Config {
     pub(crate) id: WorkerId,
     pub(crate) connection: Connection,
+    pub(crate) auth: NatsAuth,
     pub(crate) handlers: HashMap<RoutineId, Handler>,
     pub(crate) profile: Profile,
     pub(crate) grace_period: Duration,
@@ -45,7 +47,7 @@ pub(crate) struct Config {
 pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let client = match config.connection {
         Connection::Client(client) => client,
-        Connection::Url(url) => connect(&url, &config.id).await?,
+        Connection::Url(url) => connect(&url, &config.id, &config.auth).await?,
     };
     // Subscribed before registering, so certainly before `ready`, and kept across
     // registrations (the client subscribes again by itself after a reconnect).
@@ -100,15 +102,27 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
     result
 }
 
-async fn connect(url: &str, id: &WorkerId) -> Result<Client, WorkerError> {
-    async_nats::ConnectOptions::new()
-        .name(format!("drover-worker {id}"))
+/// Connects as the worker: the connection is named after the workerID and replies come to
+/// `_INBOX.<workerID>.>`, the only inbox a worker may subscribe under the secured setup.
+async fn connect(url: &str, id: &WorkerId, auth: &NatsAuth) -> Result<Client, WorkerError> {
+    connect_options(id, url, auth)?
         .connect(url)
         .await
         .map_err(|source| WorkerError::Connect {
             url: url.to_owned(),
             source,
         })
+}
+
+fn connect_options(
+    id: &WorkerId,
+    url: &str,
+    auth: &NatsAuth,
+) -> Result<async_nats::ConnectOptions, WorkerError> {
+    let options = async_nats::ConnectOptions::new()
+        .name(id.as_str())
+        .custom_inbox_prefix(drover_protocol::grants::worker_inbox_prefix(id));
+    Ok(auth.apply(url, options)?)
 }
 
 /// The graceful part of shutdown: `terminating`, then held runs get until the end of the
@@ -150,5 +164,35 @@ impl Drop for Teardown {
         self.stop.cancel();
         self.shared.drop_all("the worker stopped");
         self.shared.abort_tasks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_named_after_the_worker_and_so_is_its_inbox() {
+        let id = WorkerId::parse("demo-rs-3").expect("a valid workerID");
+        let options = connect_options(&id, "nats://127.0.0.1:4222", &NatsAuth::default())
+            .expect("no credentials to read");
+        let shown = format!("{options:?}");
+        assert!(shown.contains(r#""name": Some("demo-rs-3")"#), "{shown}");
+        assert!(
+            shown.contains(r#""inbox_prefix": "_INBOX.demo-rs-3""#),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unusable_credentials_stop_the_worker_before_connecting() {
+        let id = WorkerId::parse("w").expect("a valid workerID");
+        let auth = NatsAuth {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let error = connect_options(&id, "nats://127.0.0.1:4222", &auth)
+            .expect_err("an unreadable CA is an error");
+        assert!(matches!(error, WorkerError::Auth(_)), "{error:?}");
     }
 }

@@ -5,6 +5,9 @@
 //! ```text
 //! drover-test-worker NATS_URL WORKER_ID ROUTINE[,ROUTINE...] [CAPACITY] [MIN_MS] [MAX_MS]
 //! ```
+//!
+//! It connects as a plain-NATS worker should: named after its workerID, replies on
+//! `_INBOX.<workerID>`, with the credentials and TLS of `DROVER_NATS_*` / `NATS_*`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
@@ -25,8 +28,16 @@ async fn main() {
     let capacity: u32 = args.get(4).map_or(1, |value| value.parse().unwrap());
     let min_ms: u64 = args.get(5).map_or(0, |value| value.parse().unwrap());
     let max_ms: u64 = args.get(6).map_or(min_ms, |value| value.parse().unwrap());
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
+    let auth = drover_nats_connect::NatsAuth::from_env().expect("usable NATS credentials");
+    let options = async_nats::ConnectOptions::new()
+        .name(id)
+        .custom_inbox_prefix(drover_protocol::grants::worker_inbox_prefix(
+            &drover_protocol::WorkerId::parse(id.as_str()).expect("a valid workerID"),
+        ))
+        .retry_on_initial_connect();
+    let client = auth
+        .apply(url, options)
+        .expect("usable NATS credentials")
         .connect(url.as_str())
         .await
         .unwrap();

@@ -9,7 +9,6 @@ pub mod callout;
 pub mod credential;
 pub mod jwt;
 pub mod metrics;
-pub mod pki;
 mod server;
 pub mod setup;
 

@@ -148,7 +148,7 @@ impl Credentials {
                 eprintln!("wrote {}", written.server_config.display());
                 if init.tls {
                     let names: Vec<&str> = init.tls_names.iter().map(String::as_str).collect();
-                    let pki = drover_auth::pki::generate(&init.dir.join("tls"), &names)
+                    let pki = drover_nats_connect::pki::generate(&init.dir.join("tls"), &names)
                         .map_err(|error| CliError::Usage(error.to_string()))?;
                     let block = init.dir.join("tls.conf");
                     std::fs::write(&block, pki.server_block(true)).map_err(|error| {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use clap::Args;
+use drover_nats_connect::NatsAuth;
 use futures::FutureExt;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -248,12 +249,12 @@ where
     }
 }
 
-async fn nats_ready(url: &str) -> bool {
-    let Ok(client) = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_millis(500))
-        .connect(url)
-        .await
-    else {
+async fn nats_ready(url: &str, auth: &NatsAuth) -> bool {
+    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_millis(500));
+    let Ok(options) = auth.apply(url, options) else {
+        return false;
+    };
+    let Ok(client) = options.connect(url).await else {
         return false;
     };
     let answer = tokio::time::timeout(
@@ -349,7 +350,7 @@ impl Dev {
         }
         print_summary(&url, &admin_ports, &state, &processes);
         if self.demo {
-            if let Err(error) = run_demo(&url).await {
+            if let Err(error) = run_demo(&url, &NatsAuth::default()).await {
                 eprintln!("drover: the demo workflow did not succeed: {error}");
             }
         }
@@ -398,7 +399,12 @@ impl Dev {
             state.join("jetstream").display().to_string(),
         ];
         let mut nats = spawn("nats-server", nats_server, &nats_args, &[], &logs)?;
-        await_ready(&mut nats, Duration::from_secs(20), || nats_ready(url)).await?;
+        // The local server admits anyone.
+        let auth = NatsAuth::default();
+        await_ready(&mut nats, Duration::from_secs(20), || {
+            nats_ready(url, &auth)
+        })
+        .await?;
         processes.push(nats);
         let env = [("DROVER_NATS_URL", url.to_owned())];
         for ((service, program), &port) in programs.iter().zip(admin_ports) {
@@ -593,8 +599,8 @@ async fn supervise(processes: &mut [Process]) -> Result<(), CliError> {
 }
 
 /// Submits the demo workflow and follows it to the end.
-async fn run_demo(url: &str) -> Result<(), CliError> {
-    let drover = Drover::connect(url, Duration::from_secs(10)).await?;
+async fn run_demo(url: &str, auth: &NatsAuth) -> Result<(), CliError> {
+    let drover = Drover::connect(url, Duration::from_secs(10), auth).await?;
     // The pool's example workers register right after they start; wait for one.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -125,14 +125,23 @@ impl PoolRun {
     /// Runs the pool in the foreground until it ends.
     ///
     /// `url` is the command line's NATS URL; `url_given` says whether the user set it (flag
-    /// or environment), in which case it wins over the file's `nats_url`.
-    pub async fn run(&self, url: String, url_given: bool) -> Result<(), CliError> {
+    /// or environment), in which case it wins over the file's `nats_url`. The pool connects
+    /// with `auth` and hands it to its processes.
+    pub async fn run(
+        &self,
+        url: String,
+        url_given: bool,
+        auth: drover_nats_connect::NatsAuth,
+    ) -> Result<(), CliError> {
         let config = self.config()?;
         let url = match (&config.nats_url, url_given) {
             (Some(file), false) => file.clone(),
             _ => url,
         };
-        let end = drover_pool::run(config, url, CancellationToken::new())
+        if let Err(error) = auth.apply(&url, async_nats::ConnectOptions::new()) {
+            return Err(CliError::Config(error.to_string()));
+        }
+        let end = drover_pool::run_with_auth(config, url, auth, CancellationToken::new())
             .await
             .map_err(|error| CliError::Other(format!("{error:#}")))?;
         match end {

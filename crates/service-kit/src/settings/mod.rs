@@ -46,6 +46,27 @@ pub const SETTING_KEYS: [&str; 16] = [
 /// The environment variables [`load_settings`] reads besides `DROVER_<KEY>`.
 pub const LOADER_ENV_VARS: [&str; 2] = ["DROVER_CONFIG", "NATS_URL"];
 
+/// The credential and TLS variables every service reads (`drover_nats_connect::ENV_VARS`):
+/// `DROVER_NATS_*`, then the NATS tools' names.
+pub const NATS_AUTH_ENV_VARS: [&str; 16] = [
+    "DROVER_NATS_CREDS",
+    "NATS_CREDS",
+    "DROVER_NATS_NKEY",
+    "NATS_NKEY",
+    "DROVER_NATS_TOKEN",
+    "NATS_TOKEN",
+    "DROVER_NATS_USER",
+    "NATS_USER",
+    "DROVER_NATS_PASSWORD",
+    "NATS_PASSWORD",
+    "DROVER_NATS_TLS_CA",
+    "NATS_CA",
+    "DROVER_NATS_TLS_CERT",
+    "NATS_CERT",
+    "DROVER_NATS_TLS_KEY",
+    "NATS_KEY",
+];
+
 /// The environment variables `drover_telemetry::init`, which every service calls, reads:
 /// the log filter and format, the trace filter, and the OpenTelemetry export settings.
 pub const TELEMETRY_ENV_VARS: [&str; 11] = [
@@ -153,6 +174,9 @@ pub enum ConfigError {
     /// A value has the wrong type, or a key is unknown.
     #[error("invalid configuration: {0}")]
     Load(String),
+    /// A NATS credential or TLS setting cannot be used (see [`NATS_AUTH_ENV_VARS`]).
+    #[error("invalid nats credentials: {0}")]
+    Auth(String),
     /// A value is out of range.
     #[error("invalid setting {key} ({env}): {reason}")]
     Invalid {
@@ -274,6 +298,20 @@ impl Settings {
     }
 }
 
+/// The connection's credentials and TLS settings from [`NATS_AUTH_ENV_VARS`], with their
+/// files read and seeds checked, so that a bad one stops the start (exit 64) rather than
+/// failing every connection attempt.
+pub fn load_nats_auth(
+    nats_url: &str,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<drover_nats_connect::NatsAuth, ConfigError> {
+    let invalid = |error: drover_nats_connect::AuthError| ConfigError::Auth(one_line(error));
+    let auth = drover_nats_connect::NatsAuth::from_lookup(get).map_err(invalid)?;
+    auth.apply(nats_url, async_nats::ConnectOptions::new())
+        .map_err(invalid)?;
+    Ok(auth)
+}
+
 /// Parses a comma-separated list of NATS URLs.
 pub(crate) fn parse_server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
     urls.split(',')
@@ -385,6 +423,36 @@ mod tests {
         ] {
             assert!(TELEMETRY_ENV_VARS.contains(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn nats_auth_env_vars_are_the_ones_read_and_bad_ones_are_config_errors() {
+        assert_eq!(NATS_AUTH_ENV_VARS, drover_nats_connect::ENV_VARS);
+        let vars = env(&[("NATS_TOKEN", "t"), ("DROVER_NATS_TLS_CERT", "")]);
+        let get = |name: &str| {
+            vars.iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        };
+        let auth = load_nats_auth(DEFAULT_NATS_URL, get).unwrap();
+        assert_eq!(auth.token.as_deref(), Some("t"));
+        let missing =
+            |name: &str| (name == "DROVER_NATS_NKEY").then(|| "/nonexistent/seed.nk".to_owned());
+        let error = load_nats_auth(DEFAULT_NATS_URL, missing).unwrap_err();
+        assert!(matches!(error, ConfigError::Auth(_)), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/seed.nk"),
+            "{error}"
+        );
+        // They are not settings keys: the settings loader leaves them alone.
+        let settings = load_from(
+            &CommonArgs::default(),
+            env(&[
+                ("DROVER_NATS_TLS_CA", "/ca.pem"),
+                ("DROVER_NATS_TOKEN", "t"),
+            ]),
+        );
+        assert!(settings.is_ok(), "{settings:?}");
     }
 
     #[test]

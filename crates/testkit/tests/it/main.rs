@@ -4,6 +4,7 @@ mod nats_server;
 mod proxy;
 mod service_process;
 mod stack;
+mod tls;
 
 /// Whether a process with this pid exists (a reaped child leaves no `/proc` entry).
 fn process_exists(pid: u32) -> bool {

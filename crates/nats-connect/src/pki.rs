@@ -1,6 +1,9 @@
 //! A private certificate authority for trying mutual TLS locally and in tests: a CA, a
-//! server certificate, and a client certificate, as PEM files. Production uses its own CA.
+//! server certificate, and a client certificate, as PEM files, generated when needed and
+//! never committed. Production uses its own CA.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -8,13 +11,30 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-use crate::setup::{write_secret, InitError};
+/// Why certificates could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file is already there: nothing is overwritten.
+    #[error("{0} already exists; certificates and keys are never overwritten")]
+    Exists(PathBuf),
+    /// Writing failed.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// rcgen could not make a key or a certificate.
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
 
 /// Where `generate` put the files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pki {
     /// The CA certificate every party trusts.
-    pub ca: PathBuf,
+    pub ca_cert: PathBuf,
     /// The server certificate (for `localhost`, `127.0.0.1` and the extra names).
     pub server_cert: PathBuf,
     /// Its key.
@@ -29,7 +49,7 @@ impl Pki {
     /// The paths `generate(dir, ..)` writes, whether or not they exist yet.
     pub fn at(dir: &Path) -> Self {
         Self {
-            ca: dir.join("ca.pem"),
+            ca_cert: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server-key.pem"),
             client_cert: dir.join("client.pem"),
@@ -44,25 +64,28 @@ impl Pki {
             "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: {verify}\n}}\n",
             self.server_cert.display(),
             self.server_key.display(),
-            self.ca.display()
+            self.ca_cert.display()
         )
+    }
+}
+
+impl Pki {
+    /// [`generate`] for `localhost` and `127.0.0.1` only.
+    pub fn generate(dir: &Path) -> Result<Pki, PkiError> {
+        generate(dir, &[])
     }
 }
 
 /// Generates a CA, a server certificate for `localhost`, `127.0.0.1` and `names`, and a
 /// client certificate into `dir`. Keys are readable by their owner only; nothing is
 /// overwritten.
-pub fn generate(dir: &Path, names: &[&str]) -> Result<Pki, InitError> {
+pub fn generate(dir: &Path, names: &[&str]) -> Result<Pki, PkiError> {
     let pki = Pki::at(dir);
-    std::fs::create_dir_all(dir).map_err(|source| InitError::Io {
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    let tls = |error: rcgen::Error| InitError::Io {
-        path: dir.to_owned(),
-        source: std::io::Error::other(error.to_string()),
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
@@ -72,12 +95,11 @@ pub fn generate(dir: &Path, names: &[&str]) -> Result<Pki, InitError> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(tls)?).map_err(tls)?;
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let mut server_names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     server_names.extend(names.iter().map(|name| (*name).to_owned()));
-    let mut server = CertificateParams::new(server_names).map_err(tls)?;
+    let mut server = CertificateParams::new(server_names)?;
     server
         .distinguished_name
         .push(DnType::CommonName, "nats-server");
@@ -85,33 +107,48 @@ pub fn generate(dir: &Path, names: &[&str]) -> Result<Pki, InitError> {
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let server_key = KeyPair::generate().map_err(tls)?;
-    let server_cert = server.signed_by(&server_key, &ca).map_err(tls)?;
+    let server_key = KeyPair::generate()?;
+    let server_cert = server.signed_by(&server_key, &ca)?;
 
-    let mut client = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
     client
         .distinguished_name
         .push(DnType::CommonName, "drover-client");
     client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client_key = KeyPair::generate().map_err(tls)?;
-    let client_cert = client.signed_by(&client_key, &ca).map_err(tls)?;
+    let client_key = KeyPair::generate()?;
+    let client_cert = client.signed_by(&client_key, &ca)?;
 
-    write_public(&pki.ca, &ca.pem())?;
+    write_public(&pki.ca_cert, &ca.pem())?;
     write_public(&pki.server_cert, &server_cert.pem())?;
-    write_secret(&pki.server_key, server_key.serialize_pem().trim_end())?;
+    write_secret(&pki.server_key, &server_key.serialize_pem())?;
     write_public(&pki.client_cert, &client_cert.pem())?;
-    write_secret(&pki.client_key, client_key.serialize_pem().trim_end())?;
+    write_secret(&pki.client_key, &client_key.serialize_pem())?;
     Ok(pki)
 }
 
-fn write_public(path: &Path, text: &str) -> Result<(), InitError> {
-    if path.exists() {
-        return Err(InitError::Exists(path.to_owned()));
-    }
-    std::fs::write(path, text).map_err(|source| InitError::Io {
+fn write_public(path: &Path, text: &str) -> Result<(), PkiError> {
+    write_file(path, text, 0o644)
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
+    write_file(path, text, 0o600)
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_owned()),
+            _ => io(error),
+        })?;
+    file.write_all(text.as_bytes()).map_err(io)
 }
 
 #[cfg(test)]
@@ -122,7 +159,7 @@ mod tests {
     fn writes_a_ca_and_certificates_it_signed() {
         let dir = tempfile::tempdir().unwrap();
         let pki = generate(dir.path(), &["nats"]).unwrap();
-        for path in [&pki.ca, &pki.server_cert, &pki.client_cert] {
+        for path in [&pki.ca_cert, &pki.server_cert, &pki.client_cert] {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{path:?}");
         }
@@ -131,7 +168,7 @@ mod tests {
         assert!(pki.server_block(true).contains("verify: true"));
         assert!(matches!(
             generate(dir.path(), &[]),
-            Err(InitError::Exists(_))
+            Err(PkiError::Exists(_))
         ));
     }
 }
