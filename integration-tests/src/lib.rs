@@ -9,6 +9,7 @@ pub mod cli;
 pub mod pool;
 pub mod runner;
 pub mod runs;
+pub mod secure;
 pub mod worker;
 
 use async_nats::{Client, HeaderMap};

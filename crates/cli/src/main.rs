@@ -155,6 +155,12 @@ async fn main() -> ExitCode {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // Clap checks its definitions only for the commands a run parses; this checks all.
+        Cli::command().debug_assert();
+    }
+
     /// The URL for this command line, with `DROVER_NATS_URL` read from `drover_env` instead
     /// and `NATS_URL` given as `nats_env`.
     fn resolve(args: &[&str], drover_env: &'static str, nats_env: Option<&str>) -> String {

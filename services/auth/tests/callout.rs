@@ -2,16 +2,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event};
+use async_nats::ConnectOptions;
 use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
 use drover_auth::setup::server_config;
 use drover_auth::AuthConfig;
 use drover_protocol::{PoolId, Timestamp, WorkerId};
 use drover_service_kit::{Readiness, Settings};
-use drover_testkit::{patient, wait_until, NatsOptions, NatsServer};
+use drover_testkit::{patient, NatsOptions, NatsServer, Observed};
 use nkeys::KeyPair;
 use tokio_util::sync::CancellationToken;
 
@@ -80,48 +79,6 @@ impl Secured {
     }
 }
 
-/// A connection that records the server's errors (permission violations among them).
-struct Observed {
-    client: async_nats::Client,
-    errors: Arc<Mutex<Vec<String>>>,
-}
-
-impl Observed {
-    async fn connect(url: &str, options: ConnectOptions) -> Result<Self, async_nats::ConnectError> {
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&errors);
-        let client = options
-            .connection_timeout(Duration::from_secs(3))
-            .max_reconnects(Some(0))
-            .event_callback(move |event| {
-                let seen = Arc::clone(&seen);
-                async move {
-                    if let Event::ServerError(error) = event {
-                        seen.lock().unwrap().push(error.to_string());
-                    }
-                }
-            })
-            .connect(url)
-            .await?;
-        Ok(Self { client, errors })
-    }
-
-    async fn refused(&self, fragment: &str) -> bool {
-        let errors = Arc::clone(&self.errors);
-        let fragment = fragment.to_owned();
-        wait_until(
-            "the server reports the refusal",
-            Duration::from_secs(5),
-            move || {
-                let found = errors.lock().unwrap().iter().any(|e| e.contains(&fragment));
-                async move { found }
-            },
-        )
-        .await
-        .is_ok()
-    }
-}
-
 fn as_worker(key: &KeyPair, worker: &str) -> ConnectOptions {
     ConnectOptions::new()
         .nkey(key.seed().unwrap())
@@ -153,7 +110,7 @@ async fn a_worker_may_act_only_as_itself() {
     worker.client.flush().await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), seen.next())
         .await
-        .unwrap_or_else(|_| panic!("no pulse seen; server errors: {:?}", worker.errors))
+        .unwrap_or_else(|_| panic!("no pulse seen; server errors: {:?}", worker.errors()))
         .unwrap();
     assert_eq!(first.subject.as_str(), "v1.heartbeat.give_pulse.w-a");
     for forged in ["v1.routine.completed.w-b", "v1.heartbeat.give_pulse.w-b"] {
@@ -237,17 +194,8 @@ async fn a_read_only_client_cannot_submit_and_a_submit_client_can() {
             .await
     );
     assert!(read.refused("Publish to \"v1.run.cancel\"").await);
-    assert!(!read
-        .errors
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|e| e.contains("v1.run.list")));
-    assert!(
-        submit.errors.lock().unwrap().is_empty(),
-        "{:?}",
-        submit.errors
-    );
+    assert!(!read.errors().iter().any(|e| e.contains("v1.run.list")));
+    assert!(submit.errors().is_empty(), "{:?}", submit.errors());
 }
 
 #[tokio::test]
@@ -286,10 +234,5 @@ async fn a_pool_credential_admits_its_processes_as_themselves() {
     let _service = pool.client.subscribe("v1.pool.web.status").await.unwrap();
     let _other = pool.client.subscribe("v1.pool.db.status").await.unwrap();
     assert!(pool.refused("Subscription to \"v1.pool.db.status\"").await);
-    assert!(!pool
-        .errors
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|e| e.contains("v1.pool.web")));
+    assert!(!pool.errors().iter().any(|e| e.contains("v1.pool.web")));
 }

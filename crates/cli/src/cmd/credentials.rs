@@ -77,17 +77,28 @@ pub enum Create {
     },
     /// A client: `read` (queries and watches) or `submit` (also submit and cancel).
     Client {
-        /// The credential's name.
-        name: String,
+        /// The client's name (the credential's name unless --name says otherwise).
+        #[arg(value_name = "NAME")]
+        client: String,
         /// What the client may do.
         #[arg(long, value_enum)]
         role: ClientRole,
-        /// A bearer token instead of an nkey (for tools that cannot sign).
-        #[arg(long)]
-        token: bool,
+        /// The kind of secret: an nkey (the holder signs), or a bearer token (for tools that
+        /// cannot sign).
+        #[arg(long, value_enum, default_value_t = Secret::Nkey)]
+        secret: Secret,
         #[command(flatten)]
         output: Output,
     },
+}
+
+/// The kind of a client's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Secret {
+    /// An Ed25519 nkey seed.
+    Nkey,
+    /// A bearer token.
+    Token,
 }
 
 /// Where the secret goes, and the credential's name.
@@ -288,11 +299,16 @@ impl Create {
                 (Scope::Pool { pool_id }, name, output, false)
             }
             Create::Client {
-                name,
+                client,
                 role,
-                token,
+                secret,
                 output,
-            } => (Scope::Client { role: *role }, name.clone(), output, *token),
+            } => (
+                Scope::Client { role: *role },
+                client.clone(),
+                output,
+                *secret == Secret::Token,
+            ),
         };
         let name = output.name.clone().unwrap_or(default_name);
         if WorkerId::parse(name.as_str()).is_err() {
