@@ -55,6 +55,11 @@ pub fn processes_mentioning(needle: &str, except: Option<u32>) -> Vec<u32> {
 /// Starts `drover dev --demo` with its state in `state` and NATS on `port` (admin ports
 /// free), its stdout and stderr piped; killed when dropped.
 pub fn start_dev(state: &std::path::Path, port: u16) -> tokio::process::Child {
+    start_dev_with(state, port, &[])
+}
+
+/// [`start_dev`] with more arguments (`--secure`, say).
+pub fn start_dev_with(state: &std::path::Path, port: u16, extra: &[&str]) -> tokio::process::Child {
     tokio::process::Command::new(drover_binary())
         .args(["dev", "--state-dir"])
         .arg(state)
@@ -65,6 +70,7 @@ pub fn start_dev(state: &std::path::Path, port: u16) -> tokio::process::Child {
             "0",
             "--demo",
         ])
+        .args(extra)
         .env(
             "DROVER_NATS_SERVER",
             drover_testkit::nats_server_binary().unwrap(),

@@ -23,8 +23,17 @@ pub struct Written {
     pub services: PathBuf,
     /// The server configuration fragment.
     pub server_config: PathBuf,
-    /// The services' public key.
-    pub services_public_key: String,
+}
+
+impl Written {
+    /// The paths `init(dir, ..)` writes, whether or not they exist yet.
+    pub fn at(dir: &Path) -> Self {
+        Self {
+            issuer: dir.join(ISSUER_FILE),
+            services: dir.join(SERVICES_FILE),
+            server_config: dir.join(SERVER_CONFIG_FILE),
+        }
+    }
 }
 
 /// Why `init` failed.
@@ -47,12 +56,7 @@ pub enum InitError {
 pub fn init(dir: &Path, account: &str) -> Result<Written, InitError> {
     let issuer = KeyPair::new_account();
     let services = KeyPair::new_user();
-    let written = Written {
-        issuer: dir.join(ISSUER_FILE),
-        services: dir.join(SERVICES_FILE),
-        server_config: dir.join(SERVER_CONFIG_FILE),
-        services_public_key: services.public_key(),
-    };
+    let written = Written::at(dir);
     for path in [&written.issuer, &written.services, &written.server_config] {
         if path.exists() {
             return Err(InitError::Exists(path.clone()));

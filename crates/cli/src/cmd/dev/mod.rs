@@ -21,6 +21,11 @@ use crate::client::Drover;
 use crate::cmd::status::SERVICES;
 use crate::error::CliError;
 
+mod secure;
+
+/// The auth service `--secure` runs beside the four services.
+const AUTH_SERVICE: &str = "drover-auth";
+
 /// The example worker `--demo` runs under a pool.
 const DEMO_WORKER: &str = "drover-example-worker";
 /// The pool `--demo` runs the example worker in, and its one group: the workers are
@@ -72,6 +77,11 @@ pub struct Dev {
     /// 0 picks free ports.
     #[arg(long, default_value_t = 9710)]
     pub admin_port: u16,
+    /// Run the secured setup (docs/security.md): keys and certificates under the state
+    /// directory, NATS demanding mutual TLS and credentials, drover-auth checking them, and
+    /// every process with a credential of its own.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// A process `drover dev` runs, and what it takes to start it again.
@@ -310,6 +320,12 @@ impl Dev {
             })?;
             programs.push((service, program));
         }
+        if self.secure {
+            let program = find_program(AUTH_SERVICE, "DROVER_AUTH").ok_or_else(|| {
+                CliError::Other(format!("{AUTH_SERVICE} not found beside drover or on PATH: build it with `cargo build --release --bins`"))
+            })?;
+            programs.push((AUTH_SERVICE, program));
+        }
         let demo_worker = if self.demo {
             Some(find_program(DEMO_WORKER, "DROVER_EXAMPLE_WORKER").ok_or_else(|| {
                 CliError::Other(format!("{DEMO_WORKER} not found beside drover: build it with `cargo build --release --bins`"))
@@ -329,9 +345,15 @@ impl Dev {
         let logs = self.state_dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let state = std::fs::canonicalize(&self.state_dir)?;
-        let url = format!("nats://127.0.0.1:{}", self.nats_port);
+        let secure = if self.secure {
+            Some(secure::Secure::prepare(&state)?)
+        } else {
+            None
+        };
+        let scheme = if secure.is_some() { "tls" } else { "nats" };
+        let url = format!("{scheme}://127.0.0.1:{}", self.nats_port);
 
-        let admin_ports = self.admin_ports()?;
+        let admin_ports = self.admin_ports(programs.len())?;
         let mut processes: Vec<Process> = Vec::new();
         let started = self
             .start(
@@ -341,16 +363,24 @@ impl Dev {
                 demo_worker.as_deref(),
                 &url,
                 &state,
+                secure.as_ref(),
                 &mut processes,
             )
             .await;
-        if let Err(error) = started {
-            stop_all(&mut processes).await;
-            return Err(error);
+        let client_auth = match started {
+            Ok(auth) => auth,
+            Err(error) => {
+                stop_all(&mut processes).await;
+                return Err(error);
+            }
+        };
+        let names: Vec<&str> = programs.iter().map(|(name, _)| *name).collect();
+        print_summary(&url, &names, &admin_ports, &state, &processes);
+        if secure.is_some() {
+            print_secure_summary(&url, &client_auth, secure.as_ref());
         }
-        print_summary(&url, &admin_ports, &state, &processes);
         if self.demo {
-            if let Err(error) = run_demo(&url, &NatsAuth::default()).await {
+            if let Err(error) = run_demo(&url, &client_auth).await {
                 eprintln!("drover: the demo workflow did not succeed: {error}");
             }
         }
@@ -362,13 +392,13 @@ impl Dev {
         outcome
     }
 
-    fn admin_ports(&self) -> Result<Vec<u16>, CliError> {
+    fn admin_ports(&self, count: usize) -> Result<Vec<u16>, CliError> {
         if self.admin_port != 0 {
-            return Ok((0..SERVICES.len() as u16)
+            return Ok((0..count as u16)
                 .map(|index| self.admin_port + index)
                 .collect());
         }
-        (0..SERVICES.len())
+        (0..count)
             .map(|_| {
                 let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
                 Ok(listener.local_addr()?.port())
@@ -385,8 +415,9 @@ impl Dev {
         demo_worker: Option<&Path>,
         url: &str,
         state: &Path,
+        secure: Option<&secure::Secure>,
         processes: &mut Vec<Process>,
-    ) -> Result<(), CliError> {
+    ) -> Result<NatsAuth, CliError> {
         let logs = state.join("logs");
         eprintln!("starting nats-server ({})", nats_server.display());
         let nats_args = vec![
@@ -398,21 +429,45 @@ impl Dev {
             "-sd".to_owned(),
             state.join("jetstream").display().to_string(),
         ];
+        let mut nats_args = nats_args;
+        if let Some(secure) = secure {
+            nats_args.extend(["-c".to_owned(), secure.nats_config.display().to_string()]);
+        }
         let mut nats = spawn("nats-server", nats_server, &nats_args, &[], &logs)?;
-        // The local server admits anyone.
-        let auth = NatsAuth::default();
+        // Without --secure the local server admits anyone; with it, the services' key.
+        let auth = secure
+            .map(|secure| secure.services.clone())
+            .unwrap_or_default();
         await_ready(&mut nats, Duration::from_secs(20), || {
             nats_ready(url, &auth)
         })
         .await?;
         processes.push(nats);
-        let env = [("DROVER_NATS_URL", url.to_owned())];
+        let mut env = vec![("DROVER_NATS_URL", url.to_owned())];
+        env.extend(auth.env_vars());
         for ((service, program), &port) in programs.iter().zip(admin_ports) {
             let args = vec!["--admin-addr".to_owned(), format!("127.0.0.1:{port}")];
             eprintln!("starting {service}");
-            let mut process = spawn(service, program, &args, &env, &logs)?;
+            let mut service_env = env.clone();
+            if let (AUTH_SERVICE, Some(secure)) = (*service, secure) {
+                service_env.push((
+                    "DROVER_AUTH_ISSUER_SEED",
+                    secure.issuer.display().to_string(),
+                ));
+            }
+            let mut process = spawn(service, program, &args, &service_env, &logs)?;
             await_ready(&mut process, Duration::from_secs(30), || http_ready(port)).await?;
             processes.push(process);
+        }
+        // The demo's submissions come from a client that may submit; with --secure, the pool
+        // and the client have credentials of their own, created at the first start.
+        let mut client_auth = auth.clone();
+        let mut pool_env = env.clone();
+        if let (Some(secure), true) = (secure, demo_worker.is_some()) {
+            let (pool_seed, client_seed) = secure.demo_credentials(url, DEMO_POOL).await?;
+            pool_env = vec![("DROVER_NATS_URL", url.to_owned())];
+            pool_env.extend(secure.with_seed(&pool_seed).env_vars());
+            client_auth = secure.with_seed(&client_seed);
         }
         if let Some(worker) = demo_worker {
             let config = state.join("pool.toml");
@@ -426,7 +481,7 @@ impl Dev {
                 url.to_owned(),
             ];
             eprintln!("starting {DEMO_WORKER} under drover pool {DEMO_POOL}");
-            let mut pool = Process::new(DEMO_POOL_PROCESS, &drover, &args, &env, &logs);
+            let mut pool = Process::new(DEMO_POOL_PROCESS, &drover, &args, &pool_env, &logs);
             // A Ctrl-C in the terminal would reach the pool as well as `drover dev`, and the
             // SIGTERM that `stop_all` sends next would then be a second signal, which makes the
             // pool kill its workers at once rather than let them finish their runs.
@@ -434,7 +489,7 @@ impl Dev {
             pool.start()?;
             processes.push(pool);
         }
-        Ok(())
+        Ok(client_auth)
     }
 }
 
@@ -481,10 +536,16 @@ fn toml_string(text: &str) -> String {
     quoted
 }
 
-fn print_summary(url: &str, admin_ports: &[u16], state: &Path, processes: &[Process]) {
+fn print_summary(
+    url: &str,
+    services: &[&str],
+    admin_ports: &[u16],
+    state: &Path,
+    processes: &[Process],
+) {
     println!();
     println!("  NATS           {url}");
-    for (service, port) in SERVICES.iter().zip(admin_ports) {
+    for (service, port) in services.iter().zip(admin_ports) {
         println!("  {service:<24} http://127.0.0.1:{port}/metrics  (/healthz, /readyz)");
     }
     println!("  state          {}", state.display());
@@ -596,6 +657,26 @@ async fn supervise(processes: &mut [Process]) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// What a shell needs to talk to the secured setup: the variables of a client that may
+/// submit, and the services' key for `drover credentials`.
+fn print_secure_summary(url: &str, client: &NatsAuth, secure: Option<&secure::Secure>) {
+    println!("  Secured (docs/security.md). A client that may submit:");
+    println!("    export DROVER_NATS_URL={url}");
+    for (name, value) in client.env_vars() {
+        println!("    export {name}={value}");
+    }
+    if let Some(secure) = secure {
+        let services = secure.services.env_vars();
+        if let Some((_, seed)) = services
+            .iter()
+            .find(|(name, _)| *name == "DROVER_NATS_NKEY")
+        {
+            println!("  drover credentials ... needs the services' key: DROVER_NATS_NKEY={seed}");
+        }
+    }
+    println!();
 }
 
 /// Submits the demo workflow and follows it to the end.
