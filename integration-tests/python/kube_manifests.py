@@ -123,10 +123,12 @@ class Facts:
 
     @cached_property
     def service_env(self) -> frozenset[str]:
-        """Every variable a service reads: ``DROVER_<KEY>``, the loader's, telemetry's."""
+        """Every variable a service reads: ``DROVER_<KEY>``, the loader's, the NATS credentials'
+        and TLS's, telemetry's."""
         keys = rust_str_array(self._settings_source, "SETTING_KEYS")
         loader = rust_str_array(self._settings_source, "LOADER_ENV_VARS")
-        return frozenset([f"DROVER_{key.upper()}" for key in keys] + loader) | self.telemetry_env
+        auth = rust_str_array(self._settings_source, "NATS_AUTH_ENV_VARS")
+        return frozenset([f"DROVER_{key.upper()}" for key in keys] + loader + auth) | self.telemetry_env
 
     @cached_property
     def default_drain_grace_ms(self) -> int:

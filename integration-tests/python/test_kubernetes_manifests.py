@@ -23,6 +23,8 @@ SERVICES = {
     "drover-scheduler",
     "drover-log-collector",
 }
+#: Services of the secured setup only; the base manifests do not run them.
+SECURE_SERVICES = {"drover-auth"}
 HAS_KUBECTL = shutil.which("kubectl") is not None
 
 
@@ -36,7 +38,7 @@ def facts() -> km.Facts:
 
 
 def test_the_facts_come_from_the_code(facts: km.Facts) -> None:
-    assert facts.services == SERVICES
+    assert facts.services == SERVICES | SECURE_SERVICES
     assert facts.admin_paths == {"/healthz", "/readyz", "/metrics"}
     assert {
         "DROVER_NATS_URL",
