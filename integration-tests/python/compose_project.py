@@ -165,6 +165,14 @@ class ComposeProject:
             result = subprocess.run([*argv, network, container], capture_output=True, text=True)
             assert result.returncode == 0, f"docker network connect {network} {service}: {result.stderr}"
 
+    def copy_out(self, service: str, source: str, target: Path) -> Path:
+        """Copies ``source`` (a path in the service's container, its volumes included) to
+        ``target`` on the host with ``docker cp``, which also reads an exited container."""
+        container = self.container(service)
+        result = subprocess.run(["docker", "cp", f"{container}:{source}", str(target)], capture_output=True, text=True)
+        assert result.returncode == 0, f"docker cp {service}:{source}: {result.stderr}"
+        return target
+
     # ------------------------------------------------------------------ cleanup
 
     def leftovers(self) -> list[str]:
