@@ -1,7 +1,7 @@
 //! The supervising loop: carries out the pool's decisions on real processes and feeds it what
 //! happens (exits, the registry's view of each worker, runs ending, requests, signals).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
@@ -12,7 +12,7 @@ use drover_protocol::{
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -25,6 +25,7 @@ use crate::control::{self, Control};
 use crate::group::{Action, ExitOutcome};
 use crate::lookups;
 use crate::metrics as names;
+use crate::output::Gate;
 use crate::pool::{Pool, PoolEnd, Stopping};
 use crate::process::{self, Exit, Launch};
 
@@ -131,6 +132,8 @@ pub async fn run_with_auth(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut looking: Option<tokio::task::JoinHandle<()>> = None;
+    // The output gates of processes the pool has not decided about yet, by pid.
+    let mut gates: HashMap<u32, watch::Sender<Gate>> = HashMap::new();
     let mut asked_once = false;
     register_counters(&pool);
     info!(pool = %pool.id, groups = pool.groups.len(), "pool starting");
@@ -180,6 +183,8 @@ pub async fn run_with_auth(
             _ = add_one.recv() => by_signal(&mut pool, &signal_group, 1),
             _ = remove_one.recv() => by_signal(&mut pool, &signal_group, -1),
         }
+        // Before any start: a new process may get the pid of one that just ended.
+        settle_gates(&pool, &mut gates);
         let now = Instant::now();
         for (group, action) in pool.reconcile(now) {
             // A start that failed earlier in this batch stops the pool: start nothing more.
@@ -190,7 +195,10 @@ pub async fn run_with_auth(
                 url: &nats_url,
                 auth_env: &auth_env,
             };
-            carry_out(&mut pool, group, action, &to_nats, &nats, &exits, now).await;
+            let spawned = carry_out(&mut pool, group, action, &to_nats, &nats, &exits, now).await;
+            if let Some((pid, gate)) = spawned {
+                gates.insert(pid, gate);
+            }
         }
         if let Some(end) = pool.end() {
             break end;
@@ -311,6 +319,7 @@ struct ToNats<'a> {
     auth_env: &'a [(&'static str, String)],
 }
 
+/// Carries out one action; a process started comes back with its output gate.
 async fn carry_out(
     pool: &mut Pool,
     group: usize,
@@ -319,7 +328,7 @@ async fn carry_out(
     nats: &Client,
     exits: &mpsc::UnboundedSender<Exit>,
     now: Instant,
-) {
+) -> Option<(u32, watch::Sender<Gate>)> {
     match action {
         Action::Start { index, worker_id } => {
             let floor = lookups::current_incarnation(nats, &worker_id).await;
@@ -331,25 +340,42 @@ async fn carry_out(
                 exits,
             };
             match process::spawn(&launch, group, &pool.groups[group].config, &worker_id) {
-                Ok(pid) => {
+                Ok(spawned) => {
+                    let pid = spawned.pid;
                     info!(worker = %worker_id, pid, "process started");
                     pool.groups[group].started(index, pid, floor, now);
+                    Some((pid, spawned.gate))
                 }
                 Err(error) => {
                     error!(worker = %worker_id, %error, "process could not be started");
                     pool.start_failed(group, index, &error.to_string(), now);
+                    None
                 }
             }
         }
         Action::Stop { pid, worker_id } => {
             info!(worker = %worker_id, pid, "stopping process");
             process::signal_group(pid, Signal::SIGTERM);
+            None
         }
         Action::Kill { pid, worker_id } => {
             warn!(worker = %worker_id, pid, "process did not stop within its grace period; killing it");
             process::signal_group(pid, Signal::SIGKILL);
+            None
         }
     }
+}
+
+/// Tells each undecided process's output whether to ship (its registration was seen) or to
+/// drop what it held (it ended without one), and forgets it.
+fn settle_gates(pool: &Pool, gates: &mut HashMap<u32, watch::Sender<Gate>>) {
+    gates.retain(|pid, gate| match pool.output_gate(*pid) {
+        Gate::Hold => true,
+        decided => {
+            gate.send_replace(decided);
+            false
+        }
+    });
 }
 
 /// What the registry says about a worker: the pool's own (tracked), or another workerID

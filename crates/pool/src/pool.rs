@@ -1,5 +1,6 @@
 //! The whole pool's decisions, with no I/O: restart intensity, critical shutdown, the end
-//! of the pool, and the answers to scale, restart and status requests.
+//! of the pool, when a process's output may be shipped, and the answers to scale, restart
+//! and status requests.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use drover_protocol::{
 
 use crate::config::PoolConfig;
 use crate::group::{Action, ExitOutcome, ExitStatus, Exited, Group};
+use crate::output::Gate;
 
 /// Why the pool is stopping, once it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +155,21 @@ impl Pool {
             actions.extend(self.reconcile(now));
         }
         actions
+    }
+
+    /// Whether process `pid`'s output may be shipped: once its registration is seen (the
+    /// log-collector refuses lines from a workerID with no registry record), and never once
+    /// it has ended without one.
+    pub fn output_gate(&self, pid: u32) -> Gate {
+        match self
+            .groups
+            .iter()
+            .find_map(|group| group.slot_with_pid(pid))
+        {
+            Some(slot) if slot.registered => Gate::Ship,
+            Some(_) => Gate::Hold,
+            None => Gate::Discard,
+        }
     }
 
     /// How the pool ended, once it has.
@@ -506,5 +523,42 @@ mod tests {
             (last.signal, last.class),
             (Some(9), drover_protocol::ExitClass::Unexpected)
         );
+    }
+
+    #[test]
+    fn output_is_shipped_once_the_process_is_seen_registered_and_never_after_an_unregistered_end() {
+        let now = Instant::now();
+        let mut pool = pool("[groups.a]\ncommand = \"w\"\nsize = 2\nmax = 2", now);
+        let worker = |n: u32| WorkerId::parse(format!("p-a-{n}")).unwrap();
+        for (group, action) in pool.reconcile(now) {
+            if let Action::Start { index, .. } = action {
+                // A previous run of the pool left incarnation 4 in the registry.
+                pool.groups[group].started(index, 10 + index, 4, now);
+            }
+        }
+        assert_eq!(pool.output_gate(11), Gate::Hold);
+        assert_eq!(pool.output_gate(12), Gate::Hold);
+        // The earlier process's record is not this one's registration.
+        pool.groups[0].observed(&worker(1), 4, WorkerStatus::Idle, 0, 1);
+        assert_eq!(pool.output_gate(11), Gate::Hold);
+        // Registered: still INITIALIZING, but its record exists, so its lines are taken.
+        pool.groups[0].observed(&worker(1), 5, WorkerStatus::Initializing, 0, 1);
+        assert_eq!(pool.output_gate(11), Gate::Ship);
+        // Ended before registering: its lines are never shipped.
+        pool.exited(0, 12, KILLED, now);
+        assert_eq!(pool.output_gate(12), Gate::Discard);
+        assert_eq!(
+            pool.output_gate(99),
+            Gate::Discard,
+            "not the pool's process"
+        );
+        // Its replacement holds again.
+        let restart_at = now + Duration::from_secs(5);
+        for (group, action) in pool.reconcile(restart_at) {
+            if let Action::Start { index, .. } = action {
+                pool.groups[group].started(index, 13, 0, restart_at);
+            }
+        }
+        assert_eq!(pool.output_gate(13), Gate::Hold);
     }
 }

@@ -9,14 +9,17 @@ use drover_protocol::{encode, subject, LogLevel, LogLine, PoolId, WorkerId};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use crate::config::GroupConfig;
 use crate::group::ExitStatus;
+use crate::output::{Gate, Outbox};
 
 /// The longest output line shipped as one log line; the rest is cut off.
 const MAX_LINE_BYTES: usize = 16 * 1024;
+/// Lines read but not yet taken by the shipper; past this, reading the output waits.
+const LINES_IN_FLIGHT: usize = 256;
 
 /// A process that ended: its group, its pid and how.
 #[derive(Debug)]
@@ -45,13 +48,22 @@ pub struct Launch<'a> {
     pub exits: &'a mpsc::UnboundedSender<Exit>,
 }
 
-/// Starts process `worker_id` of `group` in its own process group and returns its pid.
+/// A process just started.
+#[derive(Debug)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+    /// Whether its output may be shipped; held until told (see [`crate::output`]).
+    pub gate: watch::Sender<Gate>,
+}
+
+/// Starts process `worker_id` of `group` in its own process group.
 pub fn spawn(
     launch: &Launch<'_>,
     group_index: usize,
     group: &GroupConfig,
     worker_id: &WorkerId,
-) -> std::io::Result<u32> {
+) -> std::io::Result<Spawned> {
     let mut command = tokio::process::Command::new(&group.command);
     command
         .args(&group.args)
@@ -72,12 +84,14 @@ pub fn spawn(
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("the process ended before its pid was read"))?;
+    let (gate, gate_rx) = watch::channel(Gate::Hold);
+    let (lines, lines_rx) = mpsc::channel(LINES_IN_FLIGHT);
     if let Some(stdout) = child.stdout.take() {
         tokio::spawn(forward(
             stdout,
             OutputStream::Stdout,
             worker_id.clone(),
-            launch.nats.clone(),
+            lines.clone(),
         ));
     }
     if let Some(stderr) = child.stderr.take() {
@@ -85,9 +99,15 @@ pub fn spawn(
             stderr,
             OutputStream::Stderr,
             worker_id.clone(),
-            launch.nats.clone(),
+            lines,
         ));
     }
+    tokio::spawn(ship(
+        lines_rx,
+        gate_rx,
+        worker_id.clone(),
+        launch.nats.clone(),
+    ));
     let exits = launch.exits.clone();
     tokio::spawn(async move {
         let status = match child.wait().await {
@@ -112,7 +132,7 @@ pub fn spawn(
             status,
         });
     });
-    Ok(pid)
+    Ok(Spawned { pid, gate })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,19 +141,18 @@ enum OutputStream {
     Stderr,
 }
 
-/// Prints each line prefixed with the workerID and ships it as `v1.log.<workerID>`.
+/// Prints each line at once, prefixed with the workerID, and hands it on to be shipped.
 async fn forward(
     output: impl AsyncRead + Unpin,
     stream: OutputStream,
     worker_id: WorkerId,
-    nats: Client,
+    lines: mpsc::Sender<LogLine>,
 ) {
-    let mut lines = BufReader::new(output);
+    let mut reader = BufReader::new(output);
     let mut buffer = Vec::new();
-    let subject = subject::from_worker(drover_protocol::subject::keys::LOG, &worker_id);
     loop {
         buffer.clear();
-        match lines.read_until(b'\n', &mut buffer).await {
+        match reader.read_until(b'\n', &mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -171,8 +190,55 @@ async fn forward(
             fields: Some(fields),
             timestamp: Some(drover_protocol::Timestamp::now()),
         };
-        if let Err(error) = nats.publish(subject.clone(), encode(&log)).await {
-            debug!(%error, worker = %worker_id, "shipping an output line failed");
+        // The shipper only goes once the pool has ended; keep printing until the output does.
+        let _ = lines.send(log).await;
+    }
+}
+
+/// Ships a process's lines as `v1.log.<workerID>`, in the order it wrote them, as its gate
+/// allows: held until the pool has seen it registered, dropped if it ended without.
+async fn ship(
+    mut lines: mpsc::Receiver<LogLine>,
+    mut gate: watch::Receiver<Gate>,
+    worker_id: WorkerId,
+    nats: Client,
+) {
+    let subject = subject::from_worker(drover_protocol::subject::keys::LOG, &worker_id);
+    let mut outbox = Outbox::default();
+    // The pool drops the sender once it has decided, or when it ends: then no registration
+    // will be seen, as if the process had ended unregistered (a decision already made stands).
+    let mut listening = true;
+    let mut output_open = true;
+    while output_open || !outbox.decided() {
+        let ready = tokio::select! {
+            biased;
+            changed = gate.changed(), if listening => {
+                let decision = match changed {
+                    Ok(()) => *gate.borrow_and_update(),
+                    Err(_) => {
+                        listening = false;
+                        Gate::Discard
+                    }
+                };
+                let held = outbox.held();
+                let ready = outbox.gate(decision);
+                if decision == Gate::Discard && held > 0 {
+                    debug!(worker = %worker_id, lines = held, "process ended unregistered; its held output is not shipped");
+                }
+                ready
+            }
+            line = lines.recv(), if output_open => match line {
+                Some(line) => outbox.line(line),
+                None => {
+                    output_open = false;
+                    continue;
+                }
+            },
+        };
+        for log in ready {
+            if let Err(error) = nats.publish(subject.clone(), encode(&log)).await {
+                debug!(%error, worker = %worker_id, "shipping an output line failed");
+            }
         }
     }
 }
