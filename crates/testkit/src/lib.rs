@@ -14,6 +14,10 @@
 //!   benchmark.
 //! - [`TestPki`] generates a CA, a server and a client certificate for TLS tests, and
 //!   [`NatsOptions::tls`] serves clients over TLS (optionally mutual) with them.
+//! - Several [`NatsServer`]s started together form a cluster when their
+//!   [`NatsOptions::config`] holds `server_name` and a `cluster` block with fixed route
+//!   ports ([`free_port`]); [`NatsOptions::ready_when_connected`] starts a node that is
+//!   expected to stay out of its cluster.
 //! - [`ProcStats`] reads a process's CPU time and memory, for tests and benchmarks that
 //!   report them.
 //! - [`wait_until`], [`wait_for`] and [`assert_eventually!`] wait on conditions instead of

@@ -33,6 +33,9 @@ pub struct NatsOptions {
     pub nkey_seed: Option<String>,
     /// TLS for clients (see [`NatsOptions::tls`]).
     pub tls: Option<NatsTls>,
+    /// The server is ready once it accepts a client connection, without waiting for
+    /// JetStream to answer (see [`NatsOptions::ready_when_connected`]).
+    pub ready_when_connected: bool,
 }
 
 /// The server's TLS: its certificate, and whether clients must present one signed by the CA.
@@ -109,6 +112,15 @@ impl NatsOptions {
     /// Sets the configuration file text.
     pub fn config(mut self, text: impl Into<String>) -> Self {
         self.config = Some(text.into());
+        self
+    }
+
+    /// Counts the server as ready once it accepts a client connection. A clustered server
+    /// answers `$JS.API.INFO` only once its cluster has a JetStream meta leader, so a node
+    /// that is meant to stay out of its cluster would otherwise never be ready. (Nodes of
+    /// one cluster that should form it are started together, each with the default wait.)
+    pub fn ready_when_connected(mut self) -> Self {
+        self.ready_when_connected = true;
         self
     }
 }
@@ -338,7 +350,8 @@ impl NatsServer {
         }
     }
 
-    /// Waits until the server accepts a connection and answers `$JS.API.INFO`.
+    /// Waits until the server accepts a connection and answers `$JS.API.INFO` (only the
+    /// connection with [`NatsOptions::ready_when_connected`]).
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let url = self.url();
         let deadline = tokio::time::Instant::now() + patient(START_TIMEOUT);
@@ -434,6 +447,9 @@ async fn jetstream_answers(url: &str, options: &NatsOptions) -> anyhow::Result<(
         .connect(url)
         .await
         .context("connect")?;
+    if options.ready_when_connected {
+        return Ok(());
+    }
     let jetstream = async_nats::jetstream::new(client);
     tokio::time::timeout(Duration::from_secs(1), jetstream.query_account())
         .await
