@@ -10,6 +10,7 @@ its next connection.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -160,3 +161,18 @@ async def test_a_revoked_worker_is_refused_at_its_next_connection(secured: Secur
     )
     assert "ready py-revoked-2" not in again.log_contents(), again.log_contents()
     assert "Authorization Violation" in again.log_contents(), again.log_contents()
+
+
+async def test_bad_credential_requests_change_nothing(secured: Secured):
+    secured.create("worker", "py-once")
+    again = secured.log_dir / "again.nk"
+    duplicate = secured.credentials("create", "worker", "py-once", "--out", str(again))
+    assert duplicate.returncode == 2 and "already exists" in duplicate.stderr, duplicate.stderr
+    assert not again.exists(), "no secret is left behind for a credential that was not stored"
+    invalid = secured.credentials("create", "worker", "not a worker id", "--out", str(again))
+    assert invalid.returncode == 2 and not again.exists(), invalid.stderr
+    unknown = secured.credentials("revoke", "nobody")
+    assert unknown.returncode != 0 and "no credential is named" in unknown.stderr, unknown.stderr
+    listed = secured.credentials("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["name"] for c in json.loads(listed.stdout)] == ["py-once"], listed.stdout

@@ -147,57 +147,7 @@ impl Credentials {
     /// Checks the input before any connection; `init` runs here, as it needs none.
     pub fn run_offline(&self) -> Result<bool, CliError> {
         match self {
-            Credentials::Init(init) => {
-                if init.if_missing && init.dir.join(setup::SERVER_CONFIG_FILE).exists() {
-                    eprintln!("kept the keys in {}", init.dir.display());
-                    return Ok(true);
-                }
-                let written = setup::init(&init.dir, &init.account)
-                    .map_err(|error| CliError::Usage(error.to_string()))?;
-                eprintln!("wrote {}", written.issuer.display());
-                eprintln!("wrote {}", written.services.display());
-                eprintln!("wrote {}", written.server_config.display());
-                if init.tls {
-                    let names: Vec<&str> = init.tls_names.iter().map(String::as_str).collect();
-                    let pki = drover_nats_connect::pki::generate(&init.dir.join("tls"), &names)
-                        .map_err(|error| CliError::Usage(error.to_string()))?;
-                    let block = init.dir.join("tls.conf");
-                    std::fs::write(&block, pki.server_block(true)).map_err(|error| {
-                        CliError::Other(format!("cannot write {}: {error}", block.display()))
-                    })?;
-                    eprintln!(
-                        "wrote {} (ca, server and client certificates)",
-                        init.dir.join("tls").display()
-                    );
-                    eprintln!("wrote {}", block.display());
-                }
-                let main = init.dir.join("nats.conf");
-                let includes = if init.tls {
-                    "include auth.conf\ninclude tls.conf\n"
-                } else {
-                    "include auth.conf\n"
-                };
-                let text = format!(
-                    "# The secured setup for nats-server (docs/security.md): `nats-server -c {} -js ...`,\n\
-                     # or include these files from a configuration of your own.\n{includes}",
-                    main.display()
-                );
-                std::fs::write(&main, text).map_err(|error| {
-                    CliError::Other(format!("cannot write {}: {error}", main.display()))
-                })?;
-                eprintln!("wrote {}", main.display());
-                if let Some(owner) = init.owner {
-                    chown_all(&init.dir, owner)?;
-                }
-                eprintln!(
-                    "next: start nats-server with -c {}, drover-auth with \
-                     DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
-                    init.dir.join("nats.conf").display(),
-                    written.issuer.display(),
-                    written.services.display()
-                );
-                Ok(true)
-            }
+            Credentials::Init(init) => init.run().map(|()| true),
             Credentials::Create(create) => {
                 let output = create.output();
                 if let (true, Some(out)) = (output.if_missing, &output.out) {
@@ -220,8 +170,15 @@ impl Credentials {
             Credentials::Init(_) => Ok(()),
             Credentials::Create(create) => {
                 let new = create.prepare()?;
-                store.create(&new.credential).await.map_err(store_error)?;
+                // The secret first: a stored credential whose secret was never written
+                // would be one nobody can use but that still holds its name.
                 write_secret(&new.out, &new.secret)?;
+                if let Err(error) = store.create(&new.credential).await {
+                    if new.out != Path::new("-") {
+                        let _ = std::fs::remove_file(&new.out);
+                    }
+                    return Err(store_error(error));
+                }
                 let name = &new.credential.name;
                 if new.out != Path::new("-") {
                     eprintln!(
@@ -273,6 +230,61 @@ impl Credentials {
                 Ok(())
             }
         }
+    }
+}
+
+impl Init {
+    /// Writes the keys, the server configuration and, with `--tls`, a private CA.
+    fn run(&self) -> Result<(), CliError> {
+        if self.if_missing && self.dir.join(setup::SERVER_CONFIG_FILE).exists() {
+            eprintln!("kept the keys in {}", self.dir.display());
+            return Ok(());
+        }
+        let written = setup::init(&self.dir, &self.account)
+            .map_err(|error| CliError::Usage(error.to_string()))?;
+        eprintln!("wrote {}", written.issuer.display());
+        eprintln!("wrote {}", written.services.display());
+        eprintln!("wrote {}", written.server_config.display());
+        if self.tls {
+            let names: Vec<&str> = self.tls_names.iter().map(String::as_str).collect();
+            let pki = drover_nats_connect::pki::generate(&self.dir.join("tls"), &names)
+                .map_err(|error| CliError::Usage(error.to_string()))?;
+            let block = self.dir.join("tls.conf");
+            std::fs::write(&block, pki.server_block(true)).map_err(|error| {
+                CliError::Other(format!("cannot write {}: {error}", block.display()))
+            })?;
+            eprintln!(
+                "wrote {} (ca, server and client certificates)",
+                self.dir.join("tls").display()
+            );
+            eprintln!("wrote {}", block.display());
+        }
+        let main = self.dir.join("nats.conf");
+        let includes = if self.tls {
+            "include auth.conf\ninclude tls.conf\n"
+        } else {
+            "include auth.conf\n"
+        };
+        let text = format!(
+            "# The secured setup for nats-server (docs/security.md): `nats-server -c {} -js ...`,\n\
+             # or include these files from a configuration of your own.\n{includes}",
+            main.display()
+        );
+        std::fs::write(&main, text).map_err(|error| {
+            CliError::Other(format!("cannot write {}: {error}", main.display()))
+        })?;
+        eprintln!("wrote {}", main.display());
+        if let Some(owner) = self.owner {
+            chown_all(&self.dir, owner)?;
+        }
+        eprintln!(
+            "next: start nats-server with -c {}, drover-auth with \
+             DROVER_AUTH_ISSUER_SEED={}, and the services with DROVER_NATS_NKEY={}",
+            self.dir.join("nats.conf").display(),
+            written.issuer.display(),
+            written.services.display()
+        );
+        Ok(())
     }
 }
 
