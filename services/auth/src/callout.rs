@@ -353,3 +353,38 @@ mod tests {
         assert_eq!(user.nats["subs"], -1);
     }
 }
+
+#[cfg(test)]
+mod documented {
+    use drover_protocol::grants;
+    use drover_protocol::{PoolId, WorkerId};
+
+    /// docs/security.md's table of roles names every subject the grants give.
+    #[test]
+    fn every_granted_subject_is_in_the_roles_table() {
+        let doc = include_str!("../../../docs/security.md");
+        let table: String = doc
+            .lines()
+            .skip_while(|line| !line.starts_with("| role |"))
+            .take_while(|line| line.starts_with('|'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!table.is_empty(), "docs/security.md has no roles table");
+        let worker = grants::worker(&WorkerId::parse("w").unwrap());
+        let pool = grants::pool(&PoolId::parse("p").unwrap());
+        let all = [worker, grants::client_read(), grants::client_submit(), pool];
+        for grant in &all {
+            for subject in grant.publish.iter().chain(&grant.subscribe) {
+                let written = subject.replace(".w.", ".<w>.").replace(".p.", ".<p>.");
+                let written = match written.strip_suffix(".w") {
+                    Some(stem) => format!("{stem}.<w>"),
+                    None => written,
+                };
+                assert!(
+                    table.contains(&format!("`{written}`")),
+                    "{written} is granted but not in docs/security.md's roles table"
+                );
+            }
+        }
+    }
+}
