@@ -135,20 +135,24 @@ fn write_secret(path: &Path, text: &str) -> Result<(), PkiError> {
 }
 
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), PkiError> {
-    let io = |source| PkiError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
+    create_new_file(path, text, mode).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_owned()),
+        _ => PkiError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+/// Writes `text` into a new file with `mode` (0o600 for a secret); an existing file is an
+/// `AlreadyExists` error, never overwritten.
+pub fn create_new_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::AlreadyExists => PkiError::Exists(path.to_owned()),
-            _ => io(error),
-        })?;
-    file.write_all(text.as_bytes()).map_err(io)
+        .open(path)?
+        .write_all(text.as_bytes())
 }
 
 #[cfg(test)]

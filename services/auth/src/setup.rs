@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use drover_nats_connect::pki::create_new_file;
 use nkeys::KeyPair;
 
 /// The account admitted users join, and in which the services and the auth service run.
@@ -106,22 +107,13 @@ fn seed(key: &KeyPair) -> String {
 
 /// Writes `text` readable by its owner only.
 pub fn write_secret(path: &Path, text: &str) -> Result<(), InitError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| InitError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::AlreadyExists => InitError::Exists(path.to_owned()),
-            _ => io(error),
-        })?;
-    file.write_all(format!("{text}\n").as_bytes()).map_err(io)
+    create_new_file(path, &format!("{text}\n"), 0o600).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AlreadyExists => InitError::Exists(path.to_owned()),
+        _ => InitError::Io {
+            path: path.to_owned(),
+            source,
+        },
+    })
 }
 
 /// Reads a seed from a file, or takes the value as the seed itself when it looks like one.
