@@ -18,7 +18,7 @@ use drover_protocol::{
     Accepted, RunId, RunRecord, RunSpec, RunStatus, Timestamp, Transition, WorkerId,
 };
 use sha2::{Digest, Sha256};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::error::{SpecError, SubmitError};
 use crate::store::{BoxError, RunStore, StoreError, Stored};
@@ -366,7 +366,7 @@ impl Intake {
             Err(StoreError::Exists) => None,
             Err(error) => return Err(not_stored(error)),
         };
-        info!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
+        debug!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
         self.store.announce(None, &record).await;
         // After the PENDING event, so that the ASSIGNED one cannot overtake it.
         if let Some(revision) = revision.filter(|_| self.stored.receiver_count() > 0) {

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 
 use async_nats::jetstream::{self, AckKind};
 use drover_protocol::{RunId, RunRecord, Timestamp};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::lease::{next_step, Step};
 use super::outbox::Letter;
@@ -160,7 +160,7 @@ impl Actor {
 
     /// The run reached a terminal state: clean up and tell whoever waits on it.
     pub(super) async fn ended(&mut self, record: &RunRecord) {
-        info!(run = %self.run, status = %record.status, attempt = record.attempt, reason = ?record.failure_reason, "run ended");
+        debug!(run = %self.run, status = %record.status, attempt = record.attempt, reason = ?record.failure_reason, "run ended");
         self.engine.dispatcher.withdraw(&self.run);
         self.placement = None;
         self.finish_lease().await;
@@ -189,7 +189,7 @@ impl Actor {
             .await;
         match expired.map_err(MutateError::store_error) {
             Ok(mutated) if mutated.written => {
-                info!(run = %self.run, "not placed within maxWaitTimeMs");
+                debug!(run = %self.run, "not placed within maxWaitTimeMs");
                 self.ended(&mutated.after).await;
             }
             Ok(_) | Err(None) => {}
@@ -217,7 +217,7 @@ impl Actor {
             Err(Some(error)) => return Err(error.into()),
         };
         if mutated.written {
-            info!(run = %self.run, reason, "run cancelled");
+            debug!(run = %self.run, reason, "run cancelled");
             self.attempt_over(&mutated, Some(reason)).await;
         }
         Ok(mutated.after)
@@ -231,7 +231,7 @@ impl Actor {
             return;
         };
         if held_by(&stored.record, &gone) {
-            info!(run = %self.run, worker = %gone.worker, reason = %gone.reason, "worker gone, taking the run back");
+            debug!(run = %self.run, worker = %gone.worker, reason = %gone.reason, "worker gone, taking the run back");
             self.take_back(&gone.reason, false).await;
         }
     }

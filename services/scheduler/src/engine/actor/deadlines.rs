@@ -6,7 +6,7 @@
 
 use drover_protocol::{RunRecord, RunStatus, Timestamp};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::Actor;
 use crate::transitions::{self, AttemptFailure};
@@ -157,11 +157,11 @@ impl Actor {
             },
             Timer::Replace if status == Some(RunStatus::Pending) => self.request_placement(),
             Timer::AckTimeout if status == Some(RunStatus::Assigned) => {
-                info!(run = %self.run, "assignment not acknowledged in time, reassigning");
+                debug!(run = %self.run, "assignment not acknowledged in time, reassigning");
                 self.take_back(transitions::NOT_ACKNOWLEDGED, true).await;
             }
             Timer::ExecTimeout if status == Some(RunStatus::Running) => {
-                info!(run = %self.run, "attempt exceeded maxExecTimeMs");
+                debug!(run = %self.run, "attempt exceeded maxExecTimeMs");
                 self.fail_current(AttemptFailure::MaxExec, Some("max_exec_exceeded"))
                     .await;
             }

@@ -8,7 +8,7 @@ use drover_protocol::{
 };
 use drover_service_kit::WireError;
 use drover_service_kit::{settle, Settlement};
-use tracing::{info, trace};
+use tracing::{debug, trace};
 
 use super::{Actor, Event};
 use crate::error::{DirectiveError, Error};
@@ -98,7 +98,7 @@ impl Actor {
             Ok(()) => Settlement::Applied,
             Err(NotApplied::Rejected(error)) => {
                 let error = Error::from(error).to_wire(message.subject.as_str());
-                info!(run = %self.run, worker = %worker, attempt = body.attempt(), code = %error.code, "directive rejected");
+                debug!(run = %self.run, worker = %worker, attempt = body.attempt(), code = %error.code, "directive rejected");
                 Settlement::Rejected {
                     error,
                     worker: Some(worker),
