@@ -253,6 +253,11 @@ pub fn waiting(existing: Option<&WorkerRecord>, report: &Waiting) -> Outcome {
 }
 
 /// What the heartbeat-monitor concluded. Reports about another incarnation are ignored.
+///
+/// A worker that said `terminating` and went quiet is OFFLINE, not LOST (DESIGN §5), also
+/// when the monitor concluded LOST from a view that had not yet caught up with the
+/// `terminating`: the worker stops pulsing once its `terminating` is stored, which can be
+/// before the monitor sees the record it leads to.
 pub fn liveness(existing: Option<&WorkerRecord>, report: &LivenessReport) -> Outcome {
     let Some(record) = existing else {
         return Outcome::Unchanged;
@@ -268,11 +273,11 @@ pub fn liveness(existing: Option<&WorkerRecord>, report: &LivenessReport) -> Out
         None => {}
         Some(Liveness::Alive) => next.unresponsive = false,
         Some(Liveness::Unresponsive) => next.unresponsive = true,
-        Some(Liveness::Lost) => {
+        Some(Liveness::Lost) if record.phase != WorkerPhase::Terminating => {
             next.phase = WorkerPhase::Lost;
             next.runs.clear();
         }
-        Some(Liveness::Offline) => {
+        Some(Liveness::Lost | Liveness::Offline) => {
             next.phase = WorkerPhase::Offline;
             next.runs.clear();
         }
@@ -492,5 +497,20 @@ mod tests {
             liveness(Some(&offline), &report(1, Liveness::Alive)),
             Outcome::Unchanged
         );
+    }
+
+    #[test]
+    fn a_terminating_worker_reported_lost_goes_offline() {
+        let record = written(terminating(Some(&ready_record(1)), "w1", 1, Some("deploy")).unwrap());
+        let report = LivenessReport {
+            worker_id: record.worker_id.clone(),
+            incarnation: 1,
+            liveness: Some(Liveness::Lost),
+            reported_status: None,
+        };
+        let ended = written(liveness(Some(&record), &report));
+        assert_eq!(ended.status, WorkerStatus::Offline);
+        assert_eq!(ended.terminating_reason.as_deref(), Some("deploy"));
+        assert!(ended.runs.is_empty());
     }
 }
