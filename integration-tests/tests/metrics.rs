@@ -15,7 +15,7 @@ use drover_integration_tests::runs::{spec, submit, wait_terminal};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
 use drover_protocol::envelope::encode_internal;
-use drover_protocol::subject::{self, internal, keys};
+use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{
     Claim, Completed, InternalReply, LogLevel, LogLine, LogPage, LogsQuery, Outcome, Release,
     RunId, RunStatus, WorkerEvent, WorkerId, WorkerStatus,
@@ -191,6 +191,7 @@ async fn every_documented_metric_is_exposed_described_and_of_its_type() {
     let documented = documented();
     let stack = Stack::builder()
         .with_all_services()
+        .env("DROVER_STORAGE_METRICS_INTERVAL_MS", "200")
         .start()
         .await
         .expect("stack starts");
@@ -284,6 +285,38 @@ async fn every_documented_metric_is_exposed_described_and_of_its_type() {
         ),
         Some(1.0)
     );
+    // The run's record is in its bucket, and every stream and bucket is reported.
+    let runs = r#"stream="KV_DROVER_RUNS""#;
+    let stored = wait_for(
+        "the scheduler reports the stored run",
+        Duration::from_secs(10),
+        || async {
+            let scheduler = scrape(&stack, SCHEDULER).await;
+            let bytes = scheduler.value("drover_jetstream_stored_bytes", runs)?;
+            let messages = scheduler.value("drover_jetstream_stored_messages", runs)?;
+            (bytes > 0.0 && messages >= 1.0).then_some(scheduler)
+        },
+    )
+    .await
+    .unwrap();
+    for stream in [
+        resources::QUEUE_STREAM.to_owned(),
+        resources::DIRECTIVES_STREAM.to_owned(),
+        resources::TIMERS_STREAM.to_owned(),
+        resources::LOG_INTAKE_STREAM.to_owned(),
+        resources::LOGS_STREAM.to_owned(),
+        format!("KV_{}", resources::WORKERS_BUCKET),
+        format!("KV_{}", resources::RUN_KEYS_BUCKET),
+        format!("KV_{}", resources::LEADERS_BUCKET),
+    ] {
+        let labels = format!(r#"stream="{stream}""#);
+        assert!(
+            stored
+                .value("drover_jetstream_stored_bytes", &labels)
+                .is_some(),
+            "no stored bytes for {stream}"
+        );
+    }
     drop(runner);
 }
 

@@ -92,18 +92,22 @@ async fn the_services_write_no_line_per_run_at_the_default_level() {
     }
 
     run_many(&stack, &runners, WARM_UP).await;
-    wait_until("the warm-up's log lines are stored", Duration::from_secs(60), || async {
-        stored_lines(&js).await >= WARM_UP as u64
-    })
+    wait_until(
+        "the warm-up's log lines are stored",
+        Duration::from_secs(60),
+        || async { stored_lines(&js).await >= WARM_UP as u64 },
+    )
     .await
     .unwrap();
     let before = logs(&stack);
 
     let runs = run_many(&stack, &runners, RUNS).await;
     let expected = (WARM_UP + RUNS) as u64;
-    wait_until("every run's log line is stored", Duration::from_secs(60), || async {
-        stored_lines(&js).await >= expected
-    })
+    wait_until(
+        "every run's log line is stored",
+        Duration::from_secs(60),
+        || async { stored_lines(&js).await >= expected },
+    )
     .await
     .unwrap();
     let after = logs(&stack);

@@ -19,6 +19,7 @@ mod run;
 mod serve;
 mod settings;
 mod settle;
+pub mod storage;
 pub mod worker_spans;
 
 pub use backoff::{retry_until_cancelled, Backoff};

@@ -35,6 +35,12 @@ pub const LEADERSHIP_CHANGES_TOTAL: &str = "drover_leadership_changes_total";
 /// workerID, labelled `stream`.
 pub const HOSTILE_PURGED_TOTAL: &str = "drover_hostile_messages_purged_total";
 
+/// Gauge of the bytes a stream or key-value bucket stores, labelled `stream` (a bucket is
+/// `KV_<bucket>`).
+pub const STORED_BYTES: &str = "drover_jetstream_stored_bytes";
+/// Gauge of the messages a stream or key-value bucket stores, labelled `stream`.
+pub const STORED_MESSAGES: &str = "drover_jetstream_stored_messages";
+
 /// A histogram's full name and the upper bounds of its buckets, in increasing order.
 pub type Histogram = (&'static str, &'static [f64]);
 
@@ -100,7 +106,7 @@ fn builder(histograms: &[Histogram]) -> PrometheusBuilder {
 }
 
 fn describe() {
-    use metrics::{counter, describe_counter, describe_gauge};
+    use metrics::{counter, describe_counter, describe_gauge, Unit};
     describe_counter!(NATS_EVENTS_TOTAL, "NATS connection events, by event");
     describe_counter!(
         NATS_CONNECT_FAILURES_TOTAL,
@@ -132,6 +138,15 @@ fn describe() {
     describe_counter!(
         HOSTILE_PURGED_TOTAL,
         "messages purged whose subject ends in no workerID, by stream"
+    );
+    describe_gauge!(
+        STORED_BYTES,
+        Unit::Bytes,
+        "bytes stored in a stream or key-value bucket (KV_<bucket>), by stream"
+    );
+    describe_gauge!(
+        STORED_MESSAGES,
+        "messages stored in a stream or key-value bucket (KV_<bucket>), by stream"
     );
     for event in ["connected", "disconnected"] {
         counter!(NATS_EVENTS_TOTAL, "event" => event).increment(0);

@@ -11,6 +11,7 @@ use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{encode, Accepted, RunCancel, RunSpec, WorkerRecord};
 use drover_service_kit::hostile::purge_hostile_every;
 use drover_service_kit::kv_cache::KvCache;
+use drover_service_kit::storage::{report_storage_every, stored_streams};
 use drover_service_kit::WireError;
 use drover_service_kit::{
     drain, reply, run_for_leadership, start_service, Backoff, Lease, Readiness, Requests, Settings,
@@ -110,6 +111,13 @@ impl Server {
             Duration::from_millis(self.settings.leader_lease_ms),
             metrics::LEADER,
         );
+        // Every replica reports the same figures, so none goes stale when the leader moves.
+        tasks.spawn(report_storage_every(
+            async_nats::jetstream::new(self.nats.clone()),
+            stored_streams(&self.settings),
+            Duration::from_millis(self.settings.storage_metrics_interval_ms),
+            shutdown.clone(),
+        ));
         let leader = self.clone();
         tasks.spawn(run_for_leadership(lease, shutdown.clone(), move |term| {
             leader.clone().lead(term)

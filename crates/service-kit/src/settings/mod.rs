@@ -24,7 +24,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Every [`Settings`] key as a config file spells it; `DROVER_<KEY>` in upper case sets it
 /// from the environment. Deployment checks read this list (a test keeps it equal to the
 /// keys the loader accepts).
-pub const SETTING_KEYS: [&str; 16] = [
+pub const SETTING_KEYS: [&str; 17] = [
     "nats_url",
     "admin_addr",
     "js_replicas",
@@ -40,6 +40,7 @@ pub const SETTING_KEYS: [&str; 16] = [
     "assign_ack_timeout_ms",
     "max_reassignments",
     "hostile_purge_interval_ms",
+    "storage_metrics_interval_ms",
     "instance_id",
 ];
 
@@ -118,6 +119,9 @@ pub struct Settings {
     pub max_reassignments: u32,
     /// How often the stream owners purge messages whose subject ends in no workerID.
     pub hostile_purge_interval_ms: u64,
+    /// How often the scheduler reads the stored bytes and messages of every stream and
+    /// bucket into its metrics.
+    pub storage_metrics_interval_ms: u64,
     /// Identifies this replica, e.g. in leases and connection names.
     pub instance_id: String,
 }
@@ -140,6 +144,7 @@ impl Default for Settings {
             assign_ack_timeout_ms: 5_000,
             max_reassignments: 5,
             hostile_purge_interval_ms: 60_000,
+            storage_metrics_interval_ms: 15_000,
             instance_id: default_instance_id(),
         }
     }
@@ -245,6 +250,10 @@ impl Settings {
             ("run_lease_ms", self.run_lease_ms),
             ("assign_ack_timeout_ms", self.assign_ack_timeout_ms),
             ("hostile_purge_interval_ms", self.hostile_purge_interval_ms),
+            (
+                "storage_metrics_interval_ms",
+                self.storage_metrics_interval_ms,
+            ),
         ];
         for (key, value) in durations {
             if value == 0 {
