@@ -26,8 +26,17 @@ struct Waiter {
     reply: oneshot::Sender<Placement>,
 }
 
-/// A routine's pickup strategy, resolved from the settings on first use, and the worker
-/// chosen last for it (where round-robin goes on from).
+/// The live workers that serve a routine, and how to pick among them.
+#[derive(Default)]
+struct Serving {
+    workers: HashSet<WorkerId>,
+    /// Resolved from the settings when the routine's first run asks for a slot: kept here
+    /// so that placing a run looks the routine up once.
+    pickup: Option<Pickup>,
+}
+
+/// A routine's pickup strategy, and the worker chosen last for it (where round-robin goes
+/// on from).
 struct Pickup {
     strategy: PickupStrategy,
     last: Option<WorkerId>,
@@ -51,9 +60,8 @@ struct Inner {
     strategy: PickupStrategy,
     /// The routines with one of their own.
     strategies: PickupStrategies,
-    pickups: HashMap<RoutineId, Pickup>,
     workers: HashMap<WorkerId, WorkerView>,
-    serving: HashMap<RoutineId, HashSet<WorkerId>>,
+    serving: HashMap<RoutineId, Serving>,
     /// Free slots per routine, over workers serving it.
     free: HashMap<RoutineId, usize>,
     waiting: BTreeMap<u64, Waiter>,
@@ -153,8 +161,11 @@ impl Dispatcher {
         let (reply, receiver) = oneshot::channel();
         let mut inner = self.lock();
         inner.remove_waiter(run);
-        if let Some(worker) = inner.best_worker(routine, conditions) {
-            if let Some(placement) = inner.reserve(&worker, routine, run) {
+        if let Some((worker, strategy)) = inner.best_worker(routine, conditions) {
+            if let Some(placement) = inner.reserve(&worker, run) {
+                if strategy == PickupStrategy::RoundRobin {
+                    inner.rotate(routine, &worker);
+                }
                 let _ = reply.send(placement);
                 return receiver;
             }
@@ -268,7 +279,7 @@ impl Inner {
         let routines: HashSet<RoutineId> = self
             .serving
             .iter()
-            .filter(|(_, workers)| !workers.is_empty())
+            .filter(|(_, serving)| !serving.workers.is_empty())
             .map(|(routine, _)| routine.clone())
             .collect();
         if let Some(sender) = &self.routines_tx {
@@ -286,8 +297,8 @@ impl Inner {
             if let Some(total) = self.free.get_mut(routine) {
                 *total = total.saturating_sub(free);
             }
-            if let Some(workers) = self.serving.get_mut(routine) {
-                workers.remove(&view.record.worker_id);
+            if let Some(serving) = self.serving.get_mut(routine) {
+                serving.workers.remove(&view.record.worker_id);
             }
         }
     }
@@ -301,6 +312,7 @@ impl Inner {
                 self.serving
                     .entry(routine.clone())
                     .or_default()
+                    .workers
                     .insert(worker.clone());
             }
         }
@@ -327,45 +339,47 @@ impl Inner {
         self.publish_for(&routines);
     }
 
-    /// Reserves a slot on `worker` for `run`, a run of `routine`.
-    fn reserve(
-        &mut self,
-        worker: &WorkerId,
-        routine: &RoutineId,
-        run: &RunId,
-    ) -> Option<Placement> {
+    /// Reserves a slot on `worker` for `run`; the worker moves back in the line.
+    fn reserve(&mut self, worker: &WorkerId, run: &RunId) -> Option<Placement> {
         let placement = self.workers.get(worker)?.placement();
         self.change_reservation(worker, |view| {
             view.reserved.insert(run.clone());
             view.advance();
         });
-        if let Some(pickup) = self.pickups.get_mut(routine) {
+        Some(placement)
+    }
+
+    /// The worker for a run of `routine`, and the routine's strategy.
+    fn best_worker(
+        &mut self,
+        routine: &RoutineId,
+        conditions: &Conditions,
+    ) -> Option<(WorkerId, PickupStrategy)> {
+        let serving = self.serving.get_mut(routine)?;
+        let pickup = serving.pickup.get_or_insert_with(|| Pickup {
+            strategy: self.strategies.get(routine).unwrap_or(self.strategy),
+            last: None,
+        });
+        let strategy = pickup.strategy;
+        let views = serving
+            .workers
+            .iter()
+            .filter_map(|worker| self.workers.get(worker));
+        placement::choose(views, routine, conditions, pickup.pick())
+            .map(|view| (view.record.worker_id.clone(), strategy))
+    }
+
+    /// A run of `routine` went to `worker`: round-robin goes on from there.
+    fn rotate(&mut self, routine: &RoutineId, worker: &WorkerId) {
+        let pickup = self
+            .serving
+            .get_mut(routine)
+            .and_then(|serving| serving.pickup.as_mut());
+        if let Some(pickup) = pickup {
             if pickup.strategy == PickupStrategy::RoundRobin {
                 pickup.last = Some(worker.clone());
             }
         }
-        Some(placement)
-    }
-
-    fn best_worker(&mut self, routine: &RoutineId, conditions: &Conditions) -> Option<WorkerId> {
-        let candidates = self.serving.get(routine)?;
-        if !self.pickups.contains_key(routine) {
-            let strategy = self.strategies.get(routine).unwrap_or(self.strategy);
-            let pickup = Pickup {
-                strategy,
-                last: None,
-            };
-            self.pickups.insert(routine.clone(), pickup);
-        }
-        let pick = self
-            .pickups
-            .get(routine)
-            .map_or(Pick::LeastLoaded, Pickup::pick);
-        let views = candidates
-            .iter()
-            .filter_map(|worker| self.workers.get(worker));
-        placement::choose(views, routine, conditions, pick)
-            .map(|view| view.record.worker_id.clone())
     }
 
     /// The lowest pass among the live workers that share a routine with `record`: where a
@@ -375,7 +389,7 @@ impl Inner {
             .routines
             .iter()
             .filter_map(|routine| self.serving.get(routine))
-            .flatten()
+            .flat_map(|serving| &serving.workers)
             .filter(|worker| **worker != record.worker_id)
             .filter_map(|worker| self.workers.get(worker))
             .map(|view| view.pass)
@@ -430,7 +444,8 @@ impl Inner {
             if let Some(count) = self.waiting_per_routine.get_mut(&waiter.routine) {
                 *count = count.saturating_sub(1);
             }
-            if let Some(placement) = self.reserve(worker, &waiter.routine, &waiter.run) {
+            self.rotate(&waiter.routine, worker);
+            if let Some(placement) = self.reserve(worker, &waiter.run) {
                 if let Err(placement) = waiter.reply.send(placement) {
                     // The actor stopped waiting in the meantime: give the slot back.
                     self.change_reservation(&placement.worker, |view| {
