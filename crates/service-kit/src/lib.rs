@@ -38,8 +38,8 @@ pub use run::{run_service, ServiceContext, EXIT_CONFIG, EXIT_SECOND_SIGNAL};
 pub use serve::{drain, start_service, Requests, WireError};
 pub use settings::{
     default_instance_id, load_from, load_nats_auth, load_settings, CommonArgs, ConfigError,
-    Settings, CONFIG_ENV, DEFAULT_NATS_URL, ENV_PREFIX, LOADER_ENV_VARS, NATS_AUTH_ENV_VARS,
-    NATS_URL_ENV, SETTING_KEYS, TELEMETRY_ENV_VARS,
+    PickupStrategies, PickupStrategy, Settings, CONFIG_ENV, DEFAULT_NATS_URL, ENV_PREFIX,
+    LOADER_ENV_VARS, NATS_AUTH_ENV_VARS, NATS_URL_ENV, SETTING_KEYS, TELEMETRY_ENV_VARS,
 };
 pub use settle::{settle, settle_counting, Settlement, DIRECTIVE_RETRY_DELAY};
 

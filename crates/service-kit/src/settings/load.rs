@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, FileFormat};
 
-use super::{one_line, ConfigError, Settings, CONFIG_ENV, ENV_PREFIX, NATS_URL_ENV};
+use super::{one_line, ConfigError, Settings, CONFIG_ENV, ENV_PREFIX, NATS_URL_ENV, SETTING_KEYS};
 
 /// Flags every service binary accepts (`#[command(flatten)]` them).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -85,26 +85,44 @@ pub fn load_from(
         .and_then(|b| b.set_override_option("admin_addr", args.admin_addr.clone()))
         .map_err(|error| ConfigError::Load(one_line(error)))?;
 
-    let settings: Settings =
-        builder
-            .build()
-            .and_then(Config::try_deserialize)
-            .map_err(|error| match (&file, error) {
-                (Some(path), config::ConfigError::FileParse { cause, .. }) => ConfigError::File {
-                    path: path.clone(),
-                    message: one_line(cause),
-                },
-                // Only the file can hold unknown keys: environment and flags are filtered.
-                (Some(path), error) if error.to_string().starts_with("unknown field") => {
-                    ConfigError::File {
-                        path: path.clone(),
-                        message: one_line(error),
-                    }
-                }
-                (_, error) => ConfigError::Load(one_line(error)),
-            })?;
+    let settings: Settings = builder
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(|error| load_error(file.as_deref(), error))?;
     settings.validate()?;
     Ok(settings)
+}
+
+fn load_error(file: Option<&Path>, error: config::ConfigError) -> ConfigError {
+    // A value that a setting's own parser refused (`pickup_strategies`, ...) is named by
+    // its key and variable, as `validate` names a value out of range.
+    if let config::ConfigError::At {
+        error: reason,
+        key: Some(key),
+        ..
+    } = &error
+    {
+        if let Some(key) = SETTING_KEYS
+            .into_iter()
+            .find(|known| *known == key.as_str())
+        {
+            return ConfigError::invalid(key, one_line(reason));
+        }
+    }
+    match (file, error) {
+        (Some(path), config::ConfigError::FileParse { cause, .. }) => ConfigError::File {
+            path: path.to_owned(),
+            message: one_line(cause),
+        },
+        // Only the file can hold unknown keys: environment and flags are filtered.
+        (Some(path), error) if error.to_string().starts_with("unknown field") => {
+            ConfigError::File {
+                path: path.to_owned(),
+                message: one_line(error),
+            }
+        }
+        (_, error) => ConfigError::Load(one_line(error)),
+    }
 }
 
 /// The keys the loader accepts: the fields of `defaults`.
@@ -261,6 +279,67 @@ mod tests {
         assert_eq!(settings.assign_ack_timeout_ms, 750);
         assert_eq!(settings.max_reassignments, 9);
         assert_eq!(settings.instance_id, "1234");
+    }
+
+    #[test]
+    fn pickup_strategies_in_a_file_as_a_string_or_a_table() {
+        use crate::settings::{PickupStrategies, PickupStrategy};
+        let expected =
+            PickupStrategies::parse("reports.nightly=first-fit,images.*=round-robin").unwrap();
+        let files = [
+            file(
+                "toml",
+                "pickup_strategy = \"first-fit\"\npickup_strategies = \"reports.nightly=first-fit,images.*=round-robin\"\n",
+            ),
+            file(
+                "toml",
+                "pickup_strategy = \"first-fit\"\n[pickup_strategies]\n\"reports.nightly\" = \"first-fit\"\n\"images.*\" = \"round-robin\"\n",
+            ),
+            file(
+                "yaml",
+                "pickup_strategy: first-fit\npickup_strategies:\n  reports.nightly: first-fit\n  images.*: round-robin\n",
+            ),
+            file(
+                "json",
+                r#"{"pickup_strategy": "first-fit", "pickup_strategies": {"reports.nightly": "first-fit", "images.*": "round-robin"}}"#,
+            ),
+        ];
+        for path in &files {
+            let settings = load_from(&with_config(path), env(&[])).unwrap();
+            assert_eq!(
+                settings.pickup_strategy,
+                PickupStrategy::FirstFit,
+                "{path:?}"
+            );
+            assert_eq!(settings.pickup_strategies, expected, "{path:?}");
+        }
+        // The environment's string replaces the file's table.
+        let settings = load_from(
+            &with_config(&files[1]),
+            env(&[("DROVER_PICKUP_STRATEGIES", "a=least-loaded")]),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.pickup_strategies,
+            PickupStrategies::parse("a=least-loaded").unwrap()
+        );
+
+        let bad = [
+            file("toml", "pickup_strategy = \"fastest\"\n"),
+            file("toml", "[pickup_strategies]\n\"a\" = \"fastest\"\n"),
+            file("toml", "[pickup_strategies]\n\"a.*.b\" = \"first-fit\"\n"),
+            file("yaml", "pickup_strategies: \"a=first-fit,a=first-fit\"\n"),
+        ];
+        for path in &bad {
+            let error = load_from(&with_config(path), env(&[])).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Invalid { key, .. } if key.starts_with("pickup_strateg")),
+                "{path:?}: {error:?}"
+            );
+        }
+        let nested = file("toml", "[pickup_strategies]\n\"a\" = 3\n");
+        let error = load_from(&with_config(&nested), env(&[])).unwrap_err();
+        assert!(error.to_string().contains("pickup_strategies"), "{error}");
     }
 
     #[test]

@@ -3,12 +3,15 @@
 //! flags (see `load`), then [`Settings::validate`].
 
 mod load;
+mod pickup;
 
 use std::path::PathBuf;
 
+use drover_protocol::RoutineId;
 use serde::{Deserialize, Serialize};
 
 pub use load::{load_from, load_settings, CommonArgs};
+pub use pickup::{PickupStrategies, PickupStrategy};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -24,7 +27,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Every [`Settings`] key as a config file spells it; `DROVER_<KEY>` in upper case sets it
 /// from the environment. Deployment checks read this list (a test keeps it equal to the
 /// keys the loader accepts).
-pub const SETTING_KEYS: [&str; 17] = [
+pub const SETTING_KEYS: [&str; 19] = [
     "nats_url",
     "admin_addr",
     "js_replicas",
@@ -39,6 +42,8 @@ pub const SETTING_KEYS: [&str; 17] = [
     "run_lease_ms",
     "assign_ack_timeout_ms",
     "max_reassignments",
+    "pickup_strategy",
+    "pickup_strategies",
     "hostile_purge_interval_ms",
     "storage_metrics_interval_ms",
     "instance_id",
@@ -117,6 +122,12 @@ pub struct Settings {
     pub assign_ack_timeout_ms: u64,
     /// Bound on reassignments of one run, apart from its retries.
     pub max_reassignments: u32,
+    /// How the scheduler chooses among the workers that could take a run, for every
+    /// routine without a strategy of its own in `pickup_strategies`.
+    pub pickup_strategy: PickupStrategy,
+    /// Pickup strategies of some routines: `routine=strategy` pairs, a routine written
+    /// exactly or as `prefix.*`.
+    pub pickup_strategies: PickupStrategies,
     /// How often the stream owners purge messages whose subject ends in no workerID.
     pub hostile_purge_interval_ms: u64,
     /// How often the scheduler reads the stored bytes and messages of every stream and
@@ -143,6 +154,8 @@ impl Default for Settings {
             run_lease_ms: 10_000,
             assign_ack_timeout_ms: 5_000,
             max_reassignments: 5,
+            pickup_strategy: PickupStrategy::LeastLoaded,
+            pickup_strategies: PickupStrategies::default(),
             hostile_purge_interval_ms: 60_000,
             storage_metrics_interval_ms: 15_000,
             instance_id: default_instance_id(),
@@ -300,6 +313,14 @@ impl Settings {
         Ok(())
     }
 
+    /// The pickup strategy of `routine`: its own in `pickup_strategies`, else
+    /// `pickup_strategy`.
+    pub fn pickup_strategy_for(&self, routine: &RoutineId) -> PickupStrategy {
+        self.pickup_strategies
+            .get(routine)
+            .unwrap_or(self.pickup_strategy)
+    }
+
     /// The NATS server addresses named by `nats_url`.
     pub fn server_addrs(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
         parse_server_addrs(&self.nats_url)
@@ -401,6 +422,81 @@ mod tests {
             assert!(text.contains(key) && !text.contains('\n'), "{text}");
             assert!(
                 text.contains(&format!("DROVER_{}", key.to_ascii_uppercase())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn pickup_strategies_come_from_the_environment() {
+        let routine = |id: &str| RoutineId::parse(id).unwrap();
+        let defaults = load_from(&CommonArgs::default(), env(&[])).unwrap();
+        assert_eq!(defaults.pickup_strategy, PickupStrategy::LeastLoaded);
+        assert!(defaults.pickup_strategies.is_empty());
+        assert_eq!(
+            defaults.pickup_strategy_for(&routine("any.thing")),
+            PickupStrategy::LeastLoaded
+        );
+        let settings = load_from(
+            &CommonArgs::default(),
+            env(&[
+                ("DROVER_PICKUP_STRATEGY", "round-robin"),
+                (
+                    "DROVER_PICKUP_STRATEGIES",
+                    "reports.nightly=first-fit, images.*=least-loaded",
+                ),
+            ]),
+        )
+        .unwrap();
+        let of = |id: &str| settings.pickup_strategy_for(&routine(id));
+        assert_eq!(of("reports.nightly"), PickupStrategy::FirstFit);
+        assert_eq!(of("images.resize"), PickupStrategy::LeastLoaded);
+        assert_eq!(
+            of("reports.weekly"),
+            PickupStrategy::RoundRobin,
+            "the default"
+        );
+    }
+
+    #[test]
+    fn a_bad_pickup_strategy_names_the_variable() {
+        let cases = [
+            (
+                "DROVER_PICKUP_STRATEGY",
+                "fastest",
+                "unknown pickup strategy",
+            ),
+            (
+                "DROVER_PICKUP_STRATEGIES",
+                "a=fastest",
+                "unknown pickup strategy",
+            ),
+            (
+                "DROVER_PICKUP_STRATEGIES",
+                "a.b",
+                "not a routine=strategy pair",
+            ),
+            (
+                "DROVER_PICKUP_STRATEGIES",
+                "a..b=first-fit",
+                "not a routineID",
+            ),
+            (
+                "DROVER_PICKUP_STRATEGIES",
+                "a=first-fit,a=round-robin",
+                "named twice",
+            ),
+        ];
+        for (name, value, reason) in cases {
+            let error = load_from(&CommonArgs::default(), env(&[(name, value)])).unwrap_err();
+            let key = name.trim_start_matches("DROVER_").to_ascii_lowercase();
+            assert!(
+                matches!(&error, ConfigError::Invalid { key: k, env, .. } if *k == key && env == name),
+                "{name}={value}: {error:?}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains(name) && text.contains(reason) && !text.contains('\n'),
                 "{text}"
             );
         }

@@ -2,19 +2,21 @@
 //!
 //! The dispatcher keeps the leader's view of the workers: each worker's record from the
 //! registry, plus the runs this leader has reserved on it. A run's actor asks for a slot;
-//! the request is answered at once when a matching worker is free, or waits in FIFO order
-//! until one frees up. For each routine the dispatcher publishes a *demand* (free matching
-//! slots minus runs already waiting or on their way), which sizes the pull requests on that
-//! routine's queue: no timer is involved anywhere, and one routine's backlog never takes
-//! another routine's slots.
+//! the request is answered at once when a matching worker is free, chosen by the routine's
+//! pickup strategy, or waits in FIFO order until one frees up (the slot that frees up goes
+//! to the oldest waiting run it matches, whatever the strategy). For each routine the
+//! dispatcher publishes a *demand* (free matching slots minus runs already waiting or on
+//! their way), which sizes the pull requests on that routine's queue: no timer is involved
+//! anywhere, and one routine's backlog never takes another routine's slots.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use drover_protocol::{Conditions, Incarnation, RoutineId, RunId, WorkerId, WorkerRecord};
+use drover_service_kit::{PickupStrategies, PickupStrategy};
 use tokio::sync::{oneshot, watch};
 
-use super::placement::{self, WorkerView};
+use super::placement::{self, Pick, WorkerView};
 pub use super::placement::{Gone, Placement};
 
 struct Waiter {
@@ -24,10 +26,42 @@ struct Waiter {
     reply: oneshot::Sender<Placement>,
 }
 
+/// The live workers that serve a routine, and how to pick among them.
+#[derive(Default)]
+struct Serving {
+    workers: HashSet<WorkerId>,
+    /// Resolved from the settings when the routine's first run asks for a slot: kept here
+    /// so that placing a run looks the routine up once.
+    pickup: Option<Pickup>,
+}
+
+/// A routine's pickup strategy, and the worker chosen last for it (where round-robin goes
+/// on from).
+struct Pickup {
+    strategy: PickupStrategy,
+    last: Option<WorkerId>,
+}
+
+impl Pickup {
+    fn pick(&self) -> Pick<'_> {
+        match self.strategy {
+            PickupStrategy::LeastLoaded => Pick::LeastLoaded,
+            PickupStrategy::RoundRobin => Pick::RoundRobin {
+                last: self.last.as_ref(),
+            },
+            PickupStrategy::FirstFit => Pick::FirstFit,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
+    /// The strategy of routines without one of their own.
+    strategy: PickupStrategy,
+    /// The routines with one of their own.
+    strategies: PickupStrategies,
     workers: HashMap<WorkerId, WorkerView>,
-    serving: HashMap<RoutineId, HashSet<WorkerId>>,
+    serving: HashMap<RoutineId, Serving>,
     /// Free slots per routine, over workers serving it.
     free: HashMap<RoutineId, usize>,
     waiting: BTreeMap<u64, Waiter>,
@@ -58,11 +92,19 @@ impl Default for Dispatcher {
 }
 
 impl Dispatcher {
-    /// An empty dispatcher.
+    /// An empty dispatcher that places every routine's runs on the least loaded worker.
     pub fn new() -> Self {
+        Self::with_strategies(PickupStrategy::default(), PickupStrategies::default())
+    }
+
+    /// An empty dispatcher that places runs by `strategy`, except for the routines that
+    /// `strategies` gives one of their own.
+    pub fn with_strategies(strategy: PickupStrategy, strategies: PickupStrategies) -> Self {
         let (routines_tx, routines_rx) = watch::channel(HashSet::new());
         Self {
             inner: Mutex::new(Inner {
+                strategy,
+                strategies,
                 routines_tx: Some(routines_tx),
                 ..Inner::default()
             }),
@@ -119,8 +161,11 @@ impl Dispatcher {
         let (reply, receiver) = oneshot::channel();
         let mut inner = self.lock();
         inner.remove_waiter(run);
-        if let Some(worker) = inner.best_worker(routine, conditions) {
+        if let Some((worker, strategy)) = inner.best_worker(routine, conditions) {
             if let Some(placement) = inner.reserve(&worker, run) {
+                if strategy == PickupStrategy::RoundRobin {
+                    inner.rotate(routine, &worker);
+                }
                 let _ = reply.send(placement);
                 return receiver;
             }
@@ -203,7 +248,7 @@ impl Dispatcher {
             inner.subtract(previous);
             routines.extend(previous.record.routines.iter().cloned());
         }
-        let (view, gone) = placement::renew(previous, record);
+        let (view, gone) = placement::renew(previous, record, |record| inner.lowest_pass(record));
         inner.add(&worker, view);
         inner.publish_for(&routines);
         inner.serve_waiters(&worker);
@@ -234,7 +279,7 @@ impl Inner {
         let routines: HashSet<RoutineId> = self
             .serving
             .iter()
-            .filter(|(_, workers)| !workers.is_empty())
+            .filter(|(_, serving)| !serving.workers.is_empty())
             .map(|(routine, _)| routine.clone())
             .collect();
         if let Some(sender) = &self.routines_tx {
@@ -252,8 +297,8 @@ impl Inner {
             if let Some(total) = self.free.get_mut(routine) {
                 *total = total.saturating_sub(free);
             }
-            if let Some(workers) = self.serving.get_mut(routine) {
-                workers.remove(&view.record.worker_id);
+            if let Some(serving) = self.serving.get_mut(routine) {
+                serving.workers.remove(&view.record.worker_id);
             }
         }
     }
@@ -267,6 +312,7 @@ impl Inner {
                 self.serving
                     .entry(routine.clone())
                     .or_default()
+                    .workers
                     .insert(worker.clone());
             }
         }
@@ -293,20 +339,62 @@ impl Inner {
         self.publish_for(&routines);
     }
 
+    /// Reserves a slot on `worker` for `run`; the worker moves back in the line.
     fn reserve(&mut self, worker: &WorkerId, run: &RunId) -> Option<Placement> {
         let placement = self.workers.get(worker)?.placement();
         self.change_reservation(worker, |view| {
             view.reserved.insert(run.clone());
+            view.advance();
         });
         Some(placement)
     }
 
-    fn best_worker(&self, routine: &RoutineId, conditions: &Conditions) -> Option<WorkerId> {
-        let candidates = self.serving.get(routine)?;
-        let views = candidates
+    /// The worker for a run of `routine`, and the routine's strategy.
+    fn best_worker(
+        &mut self,
+        routine: &RoutineId,
+        conditions: &Conditions,
+    ) -> Option<(WorkerId, PickupStrategy)> {
+        let serving = self.serving.get_mut(routine)?;
+        let pickup = serving.pickup.get_or_insert_with(|| Pickup {
+            strategy: self.strategies.get(routine).unwrap_or(self.strategy),
+            last: None,
+        });
+        let strategy = pickup.strategy;
+        let views = serving
+            .workers
             .iter()
             .filter_map(|worker| self.workers.get(worker));
-        placement::choose(views, routine, conditions).map(|view| view.record.worker_id.clone())
+        placement::choose(views, routine, conditions, pickup.pick())
+            .map(|view| (view.record.worker_id.clone(), strategy))
+    }
+
+    /// A run of `routine` went to `worker`: round-robin goes on from there.
+    fn rotate(&mut self, routine: &RoutineId, worker: &WorkerId) {
+        let pickup = self
+            .serving
+            .get_mut(routine)
+            .and_then(|serving| serving.pickup.as_mut());
+        if let Some(pickup) = pickup {
+            if pickup.strategy == PickupStrategy::RoundRobin {
+                pickup.last = Some(worker.clone());
+            }
+        }
+    }
+
+    /// The lowest pass among the live workers that share a routine with `record`: where a
+    /// worker new to this leader starts. 0 when it shares none.
+    fn lowest_pass(&self, record: &WorkerRecord) -> u128 {
+        record
+            .routines
+            .iter()
+            .filter_map(|routine| self.serving.get(routine))
+            .flat_map(|serving| &serving.workers)
+            .filter(|worker| **worker != record.worker_id)
+            .filter_map(|worker| self.workers.get(worker))
+            .map(|view| view.pass)
+            .min()
+            .unwrap_or(0)
     }
 
     fn remove_waiter(&mut self, run: &RunId) -> Option<RoutineId> {
@@ -356,6 +444,7 @@ impl Inner {
             if let Some(count) = self.waiting_per_routine.get_mut(&waiter.routine) {
                 *count = count.saturating_sub(1);
             }
+            self.rotate(&waiter.routine, worker);
             if let Some(placement) = self.reserve(worker, &waiter.run) {
                 if let Err(placement) = waiter.reply.send(placement) {
                     // The actor stopped waiting in the meantime: give the slot back.
@@ -377,6 +466,195 @@ mod tests {
 
     fn placed(receiver: &mut oneshot::Receiver<Placement>) -> Option<WorkerId> {
         receiver.try_recv().ok().map(|placement| placement.worker)
+    }
+
+    fn wid(id: &str) -> WorkerId {
+        WorkerId::parse(id).unwrap()
+    }
+
+    fn with(strategy: PickupStrategy) -> Dispatcher {
+        Dispatcher::with_strategies(strategy, PickupStrategies::default())
+    }
+
+    /// Places a run of `routine` and returns where it went, keeping its slot.
+    fn hold(dispatcher: &Dispatcher, routine_id: &str) -> (RunId, WorkerId) {
+        let run = RunId::generate();
+        let worker =
+            placed(&mut dispatcher.request(&run, &routine(routine_id), &Conditions::default()))
+                .expect("a free worker");
+        (run, worker)
+    }
+
+    /// Places a run of `routine`, releases it, and returns where it went.
+    fn place_once(dispatcher: &Dispatcher, routine_id: &str) -> WorkerId {
+        let (run, worker) = hold(dispatcher, routine_id);
+        dispatcher.release(&worker, &run);
+        worker
+    }
+
+    /// Runs placed one after the other, each released before the next, per worker.
+    fn shares(dispatcher: &Dispatcher, routine_id: &str, runs: usize) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..runs {
+            *counts
+                .entry(place_once(dispatcher, routine_id).to_string())
+                .or_default() += 1;
+        }
+        counts
+    }
+
+    fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+        pairs.iter().map(|(id, n)| ((*id).to_owned(), *n)).collect()
+    }
+
+    #[test]
+    fn least_loaded_shares_evenly_among_equal_idle_workers() {
+        let dispatcher = Dispatcher::new();
+        for id in ["w1", "w2", "w3", "w4"] {
+            dispatcher.on_worker(worker(id, &["a"], 8, &[]));
+        }
+        assert_eq!(
+            shares(&dispatcher, "a", 400),
+            counts(&[("w1", 100), ("w2", 100), ("w3", 100), ("w4", 100)])
+        );
+        let turns: Vec<WorkerId> = (0..4).map(|_| place_once(&dispatcher, "a")).collect();
+        assert_eq!(turns, ["w1", "w2", "w3", "w4"].map(wid), "they take turns");
+    }
+
+    #[test]
+    fn least_loaded_shares_in_proportion_to_capacity_when_idle() {
+        let dispatcher = Dispatcher::new();
+        for (id, capacity) in [("small", 2), ("medium", 4), ("large", 8)] {
+            dispatcher.on_worker(worker(id, &["a"], capacity, &[]));
+        }
+        assert_eq!(
+            shares(&dispatcher, "a", 140),
+            counts(&[("small", 20), ("medium", 40), ("large", 80)])
+        );
+    }
+
+    #[test]
+    fn least_loaded_under_load_goes_to_the_lowest_share_in_use() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("big", &["a"], 8, &[]));
+        dispatcher.on_worker(worker("small", &["a"], 2, &[]));
+        // Held runs, not released: big fills to 1/4 before small takes its first.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(hold(&dispatcher, "a").1);
+        }
+        assert_eq!(held, ["big", "small", "big"].map(wid));
+        // big 2/8, small 1/2: big until it is at 4/8 too.
+        assert_eq!(hold(&dispatcher, "a").1, "big");
+        assert_eq!(hold(&dispatcher, "a").1, "big");
+    }
+
+    #[test]
+    fn round_robin_rotates_in_workerid_order_whatever_the_load() {
+        let dispatcher = with(PickupStrategy::RoundRobin);
+        for (id, capacity) in [("w3", 4), ("w1", 4), ("w2", 2)] {
+            dispatcher.on_worker(worker(id, &["a"], capacity, &[]));
+        }
+        let order: Vec<WorkerId> = (0..7).map(|_| hold(&dispatcher, "a").1).collect();
+        assert_eq!(
+            order,
+            ["w1", "w2", "w3", "w1", "w2", "w3", "w1"].map(wid),
+            "busier and busier, still in turn"
+        );
+        // w2 is full: the rotation skips it.
+        let order: Vec<WorkerId> = (0..3).map(|_| hold(&dispatcher, "a").1).collect();
+        assert_eq!(order, ["w3", "w1", "w3"].map(wid));
+    }
+
+    #[test]
+    fn first_fit_packs_onto_the_lowest_workerid_and_overflows_to_the_next() {
+        let dispatcher = with(PickupStrategy::FirstFit);
+        for id in ["w3", "w2", "w1"] {
+            dispatcher.on_worker(worker(id, &["a"], 2, &[]));
+        }
+        assert_eq!(
+            shares(&dispatcher, "a", 50),
+            counts(&[("w1", 50)]),
+            "one run at a time: all on w1"
+        );
+        let held: Vec<(RunId, WorkerId)> = (0..5).map(|_| hold(&dispatcher, "a")).collect();
+        let workers: Vec<&WorkerId> = held.iter().map(|(_, worker)| worker).collect();
+        assert_eq!(
+            workers,
+            [&wid("w1"), &wid("w1"), &wid("w2"), &wid("w2"), &wid("w3")]
+        );
+        dispatcher.release(&held[0].1, &held[0].0);
+        assert_eq!(
+            hold(&dispatcher, "a").1,
+            "w1",
+            "back to the first with room"
+        );
+    }
+
+    #[test]
+    fn each_routine_has_its_strategy_from_the_settings() {
+        let strategies = PickupStrategies::parse("rr.*=round-robin,ff=first-fit").unwrap();
+        let dispatcher = Dispatcher::with_strategies(PickupStrategy::LeastLoaded, strategies);
+        for id in ["w1", "w2"] {
+            dispatcher.on_worker(worker(id, &["ff", "rr.x", "ll"], 4, &[]));
+        }
+        let ff: Vec<WorkerId> = (0..3).map(|_| place_once(&dispatcher, "ff")).collect();
+        assert_eq!(ff, ["w1", "w1", "w1"].map(wid));
+        let rr: Vec<WorkerId> = (0..3).map(|_| place_once(&dispatcher, "rr.x")).collect();
+        assert_eq!(rr, ["w1", "w2", "w1"].map(wid));
+        // w1 holds a run: least-loaded goes to w2 though w2's turn has passed.
+        let _busy = hold(&dispatcher, "ff");
+        assert_eq!(hold(&dispatcher, "ll").1, "w2");
+    }
+
+    #[test]
+    fn a_newcomer_starts_at_the_current_pass_and_neither_floods_nor_starves() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("w1", &["a"], 1, &[]));
+        dispatcher.on_worker(worker("w2", &["a"], 1, &[]));
+        assert_eq!(
+            shares(&dispatcher, "a", 10),
+            counts(&[("w1", 5), ("w2", 5)])
+        );
+        dispatcher.on_worker(worker("w3", &["a"], 1, &[]));
+        let turns: Vec<WorkerId> = (0..3).map(|_| place_once(&dispatcher, "a")).collect();
+        assert_eq!(turns, ["w1", "w2", "w3"].map(wid), "w3 waits its turn");
+        assert_eq!(
+            shares(&dispatcher, "a", 30),
+            counts(&[("w1", 10), ("w2", 10), ("w3", 10)])
+        );
+        // Registered again after its peers moved on: it starts level with them too.
+        assert_eq!(
+            shares(&dispatcher, "a", 6),
+            counts(&[("w1", 2), ("w2", 2), ("w3", 2)])
+        );
+        let mut again = (*worker("w2", &["a"], 1, &[])).clone();
+        again.incarnation = 2;
+        dispatcher.on_worker(Arc::new(again));
+        assert_eq!(
+            shares(&dispatcher, "a", 30),
+            counts(&[("w1", 10), ("w2", 10), ("w3", 10)])
+        );
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_the_oldest_waiting_run_whatever_the_strategy() {
+        for strategy in PickupStrategy::ALL {
+            let dispatcher = with(strategy);
+            dispatcher.on_worker(worker("w1", &["a"], 1, &[]));
+            dispatcher.on_worker(worker("w2", &["a"], 1, &[]));
+            let (first, on_first) = hold(&dispatcher, "a");
+            let (second, on_second) = hold(&dispatcher, "a");
+            let none = Conditions::default();
+            let mut older = dispatcher.request(&RunId::generate(), &routine("a"), &none);
+            let mut newer = dispatcher.request(&RunId::generate(), &routine("a"), &none);
+            assert!(placed(&mut older).is_none() && placed(&mut newer).is_none());
+            dispatcher.release(&on_second, &second);
+            assert_eq!(placed(&mut older), Some(on_second.clone()), "{strategy}");
+            assert!(placed(&mut newer).is_none(), "{strategy}");
+            dispatcher.release(&on_first, &first);
+            assert_eq!(placed(&mut newer), Some(on_first), "{strategy}");
+        }
     }
 
     #[test]

@@ -67,6 +67,10 @@ impl Engine {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let js = jetstream::new(nats.clone());
+        let dispatcher = Dispatcher::with_strategies(
+            settings.pickup_strategy,
+            settings.pickup_strategies.clone(),
+        );
         Arc::new(Self {
             registry: registry::RegistryClient::new(nats.clone()),
             outbox: Outbox::new(nats.clone()),
@@ -75,7 +79,7 @@ impl Engine {
             js,
             store,
             intake,
-            dispatcher: Dispatcher::new(),
+            dispatcher,
             queue_depth: QueueDepth::default(),
             shutdown,
             tasks: TaskTracker::new(),

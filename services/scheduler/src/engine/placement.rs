@@ -1,5 +1,6 @@
-//! Which worker gets a run, and what a worker's new record means for the runs placed on it
-//! (DESIGN §6.3 items 3 and 5): decisions on the leader's view of one worker, free of I/O.
+//! Which worker gets a run, by the routine's pickup strategy, and what a worker's new record
+//! means for the runs placed on it (DESIGN §6.3 items 3 and 5): decisions on the leader's
+//! view of the workers, free of I/O.
 //! The [`Dispatcher`](super::dispatcher::Dispatcher) keeps the views and answers the actors.
 
 use std::collections::HashSet;
@@ -29,20 +30,30 @@ pub struct Gone {
     pub reason: String,
 }
 
-/// A worker as the leader sees it: its record from the registry, and the runs this leader
-/// has reserved a slot for on it.
+/// The pass a run adds to a worker of capacity 1; one of capacity `c` advances by
+/// `STRIDE / c`. At 2^64 the quotient is exact to one part in 2^32 for any capacity, and a
+/// `u128` pass does not overflow in any lifetime.
+const STRIDE: u128 = 1 << 64;
+
+/// A worker as the leader sees it: its record from the registry, the runs this leader has
+/// reserved a slot for on it, and its pass.
 #[derive(Debug, Clone)]
 pub(super) struct WorkerView {
     pub(super) record: Arc<WorkerRecord>,
     pub(super) reserved: HashSet<RunId>,
+    /// Stride scheduling's pass: it grows by `STRIDE / capacity` with each run placed here,
+    /// and among equally loaded workers the lowest pass goes first. So equal workers take
+    /// turns, and unequal ones get runs in proportion to their capacity even when idle.
+    pub(super) pass: u128,
 }
 
 impl WorkerView {
-    /// A worker with no reservations.
-    pub(super) fn new(record: Arc<WorkerRecord>) -> Self {
+    /// A worker with no reservations, starting at `pass`.
+    pub(super) fn new(record: Arc<WorkerRecord>, pass: u128) -> Self {
         Self {
             record,
             reserved: HashSet::new(),
+            pass,
         }
     }
 
@@ -60,10 +71,16 @@ impl WorkerView {
 
     /// Slots free for new runs: none unless the worker is ready and responsive.
     pub(super) fn free(&self) -> usize {
+        self.load().1
+    }
+
+    /// Slots taken and free, counted once.
+    fn load(&self) -> (usize, usize) {
+        let used = self.used();
         if !self.record.accepts_work() {
-            return 0;
+            return (used, 0);
         }
-        (self.record.capacity as usize).saturating_sub(self.used())
+        (used, (self.record.capacity as usize).saturating_sub(used))
     }
 
     /// True when the worker serves `routine` and meets `conditions`.
@@ -84,38 +101,77 @@ impl WorkerView {
             incarnation: self.record.incarnation,
         }
     }
+
+    /// A run was placed here: the worker moves back in the line of equally loaded ones.
+    pub(super) fn advance(&mut self) {
+        let capacity = u128::from(self.record.capacity.max(1));
+        self.pass = self.pass.saturating_add(STRIDE / capacity);
+    }
+
+    fn id(&self) -> &WorkerId {
+        &self.record.worker_id
+    }
 }
 
-/// The worker a run of `routine` goes to: one that matches and has a free slot. The most
-/// free slots first; among equals the least busy, then the lowest workerID, so that the
-/// choice is stable.
+/// How to choose for one routine: its strategy, with what that strategy remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pick<'a> {
+    /// The lowest share of capacity in use (`used / capacity`, compared exactly), then the
+    /// lowest pass, then the lowest workerID.
+    LeastLoaded,
+    /// The first worker in workerID order after `last`, the one chosen last for the
+    /// routine, wrapping around; load plays no part.
+    RoundRobin {
+        /// The worker chosen last, if any.
+        last: Option<&'a WorkerId>,
+    },
+    /// The lowest workerID.
+    FirstFit,
+}
+
+impl Pick<'_> {
+    /// True when `view` (with `used` slots taken) goes before `best` (with `best_used`).
+    fn before(self, view: &WorkerView, used: usize, best: &WorkerView, best_used: usize) -> bool {
+        match self {
+            Pick::LeastLoaded => {
+                // used / capacity < best_used / best_capacity, without division.
+                let share = used as u128 * u128::from(best.record.capacity);
+                let best_share = best_used as u128 * u128::from(view.record.capacity);
+                (share, view.pass, view.id()) < (best_share, best.pass, best.id())
+            }
+            Pick::RoundRobin { last } => {
+                // Workers after `last` come first, in order; then the rest, from the lowest.
+                let wrapped = |view: &WorkerView| last.is_some_and(|last| view.id() <= last);
+                (wrapped(view), view.id()) < (wrapped(best), best.id())
+            }
+            Pick::FirstFit => view.id() < best.id(),
+        }
+    }
+}
+
+/// The worker a run of `routine` goes to: one that matches and has a free slot, as `pick`
+/// prefers. One pass over the candidates, allocating nothing.
 pub(super) fn choose<'a>(
     candidates: impl IntoIterator<Item = &'a WorkerView>,
     routine: &RoutineId,
     conditions: &Conditions,
+    pick: Pick<'_>,
 ) -> Option<&'a WorkerView> {
-    let mut best: Option<(&WorkerView, usize, usize)> = None;
+    let mut best: Option<(&WorkerView, usize)> = None;
     for view in candidates {
-        let free = view.free();
+        let (used, free) = view.load();
         if free == 0 || !view.matches(routine, conditions) {
             continue;
         }
-        let used = view.used();
         let better = match best {
             None => true,
-            Some((current, best_free, best_used)) => {
-                free > best_free
-                    || (free == best_free && used < best_used)
-                    || (free == best_free
-                        && used == best_used
-                        && view.record.worker_id < current.record.worker_id)
-            }
+            Some((current, current_used)) => pick.before(view, used, current, current_used),
         };
         if better {
-            best = Some((view, free, used));
+            best = Some((view, used));
         }
     }
-    best.map(|(view, _, _)| view)
+    best.map(|(view, _)| view)
 }
 
 /// True when `record` is older than the view already held, and must be ignored.
@@ -125,17 +181,22 @@ pub(super) fn outdated(known: Option<&WorkerView>, record: &WorkerRecord) -> boo
 
 /// The view after a new record of a worker, and the reserved runs it ends: all of them
 /// when the worker is LOST or OFFLINE or registered again, none when it merely changed.
+/// A worker new to the leader, or registered again, starts at the pass `start` gives, so
+/// that it neither floods nor starves; one that merely changed keeps its pass.
 pub(super) fn renew(
     previous: Option<WorkerView>,
     record: Arc<WorkerRecord>,
+    start: impl FnOnce(&WorkerRecord) -> u128,
 ) -> (WorkerView, Vec<Gone>) {
     let Some(previous) = previous else {
-        return (WorkerView::new(record), Vec::new());
+        let pass = start(&record);
+        return (WorkerView::new(record, pass), Vec::new());
     };
     if previous.record.incarnation == record.incarnation && record.is_live() {
         let view = WorkerView {
             record,
             reserved: previous.reserved,
+            pass: previous.pass,
         };
         return (view, Vec::new());
     }
@@ -155,7 +216,8 @@ pub(super) fn renew(
             reason: reason.clone(),
         })
         .collect();
-    (WorkerView::new(record), gone)
+    let pass = start(&record);
+    (WorkerView::new(record, pass), gone)
 }
 
 #[cfg(test)]
@@ -165,7 +227,7 @@ mod tests {
     use drover_protocol::{HeldRun, Timestamp, WorkerPhase};
 
     fn view(record: Arc<WorkerRecord>) -> WorkerView {
-        WorkerView::new(record)
+        WorkerView::new(record, 0)
     }
 
     fn reserving(record: Arc<WorkerRecord>, runs: &[&RunId]) -> WorkerView {
@@ -178,11 +240,15 @@ mod tests {
     fn renewed(runs: &[&RunId], change: impl FnOnce(&mut WorkerRecord)) -> (WorkerView, Vec<Gone>) {
         let before = reserving(worker("w1", &["a"], 2, &[]), runs);
         let record = changed(&before.record, change);
-        renew(Some(before), record)
+        renew(Some(before), record, |_| 0)
     }
 
     fn chosen(views: &[WorkerView], conditions: &Conditions) -> Option<WorkerId> {
-        choose(views, &routine("a"), conditions).map(|view| view.record.worker_id.clone())
+        picked(views, conditions, Pick::LeastLoaded)
+    }
+
+    fn picked(views: &[WorkerView], conditions: &Conditions, pick: Pick<'_>) -> Option<WorkerId> {
+        choose(views, &routine("a"), conditions, pick).map(|view| view.record.worker_id.clone())
     }
 
     fn labels(pairs: &[(&str, &str)]) -> Conditions {
@@ -206,6 +272,129 @@ mod tests {
         }
     }
 
+    fn loaded(id: &str, capacity: u32, used: usize, pass: u128) -> WorkerView {
+        let mut view = WorkerView::new(worker(id, &["a"], capacity, &[]), pass);
+        view.reserved
+            .extend(std::iter::repeat_with(RunId::generate).take(used));
+        view
+    }
+
+    #[test]
+    fn least_loaded_prefers_the_lowest_share_of_capacity_in_use() {
+        let views = [
+            loaded("w1", 8, 3, 0),
+            loaded("w2", 2, 1, 0),
+            loaded("w3", 4, 1, 9),
+        ];
+        assert_eq!(
+            chosen(&views, &Conditions::default()),
+            Some(w("w3")),
+            "1/4 before 3/8 and 1/2, whatever the passes"
+        );
+        // 1/3 and 2/6 are equal (no rounding): the lower pass wins, then the lower ID.
+        let equal = [loaded("w1", 3, 1, 5), loaded("w2", 6, 2, 3)];
+        assert_eq!(chosen(&equal, &Conditions::default()), Some(w("w2")));
+        let same_pass = [loaded("w2", 6, 2, 3), loaded("w1", 3, 1, 3)];
+        assert_eq!(chosen(&same_pass, &Conditions::default()), Some(w("w1")));
+        // A bigger worker with more runs can still be the less loaded one.
+        let big = [loaded("small", 2, 1, 0), loaded("big", 16, 4, 0)];
+        assert_eq!(chosen(&big, &Conditions::default()), Some(w("big")));
+    }
+
+    #[test]
+    fn a_placed_run_advances_the_pass_by_stride_over_capacity() {
+        let mut view = loaded("w1", 4, 0, 7);
+        view.advance();
+        assert_eq!(view.pass, 7 + STRIDE / 4);
+        let mut huge = loaded("w2", u32::MAX, 0, 0);
+        huge.advance();
+        assert!(huge.pass > 0, "every capacity advances");
+    }
+
+    #[test]
+    fn round_robin_goes_on_after_the_last_worker_whatever_the_load() {
+        let views = [
+            loaded("w3", 4, 0, 0),
+            loaded("w1", 4, 0, 0),
+            loaded("w2", 4, 3, 0),
+        ];
+        let none = Conditions::default();
+        let after = |last: Option<&str>| {
+            let last = last.map(w);
+            picked(
+                &views,
+                &none,
+                Pick::RoundRobin {
+                    last: last.as_ref(),
+                },
+            )
+        };
+        assert_eq!(after(None), Some(w("w1")));
+        assert_eq!(after(Some("w1")), Some(w("w2")), "busier, but next");
+        assert_eq!(after(Some("w2")), Some(w("w3")));
+        assert_eq!(after(Some("w3")), Some(w("w1")), "wraps around");
+        assert_eq!(after(Some("w15")), Some(w("w2")), "a worker gone since");
+        let full = [
+            loaded("w1", 1, 0, 0),
+            loaded("w2", 1, 1, 0),
+            loaded("w3", 1, 0, 0),
+        ];
+        let last = w("w1");
+        assert_eq!(
+            picked(&full, &none, Pick::RoundRobin { last: Some(&last) }),
+            Some(w("w3")),
+            "a full worker is skipped"
+        );
+    }
+
+    #[test]
+    fn first_fit_packs_and_overflows_in_workerid_order() {
+        let none = Conditions::default();
+        let views = [loaded("w2", 4, 0, 0), loaded("w1", 4, 3, 9)];
+        assert_eq!(picked(&views, &none, Pick::FirstFit), Some(w("w1")));
+        let full = [
+            loaded("w3", 4, 0, 0),
+            loaded("w2", 4, 2, 0),
+            loaded("w1", 4, 4, 0),
+        ];
+        assert_eq!(picked(&full, &none, Pick::FirstFit), Some(w("w2")));
+    }
+
+    #[test]
+    fn every_strategy_keeps_to_the_conditions() {
+        let views = [
+            view(worker("w1", &["a"], 4, &[("gpu", "false")])),
+            view(worker("w2", &["a"], 4, &[("gpu", "true")])),
+        ];
+        let last = w("w2");
+        for pick in [
+            Pick::LeastLoaded,
+            Pick::FirstFit,
+            Pick::RoundRobin { last: None },
+            Pick::RoundRobin { last: Some(&last) },
+        ] {
+            assert_eq!(
+                picked(&views, &labels(&[("gpu", "true")]), pick),
+                Some(w("w2"))
+            );
+            assert_eq!(picked(&views, &labels(&[("gpu", "x")]), pick), None);
+        }
+    }
+
+    #[test]
+    fn a_new_or_registered_again_worker_starts_where_it_is_told() {
+        let (fresh, _) = renew(None, worker("w1", &["a"], 2, &[]), |_| 42);
+        assert_eq!(fresh.pass, 42);
+        let mut before = view(worker("w1", &["a"], 2, &[]));
+        before.pass = 7;
+        let same = changed(&before.record, |record| record.capacity = 4);
+        let (kept, _) = renew(Some(before.clone()), same, |_| 42);
+        assert_eq!(kept.pass, 7, "the same registration keeps its pass");
+        let again = changed(&before.record, |record| record.incarnation = 2);
+        let (renewed, _) = renew(Some(before), again, |_| 42);
+        assert_eq!(renewed.pass, 42);
+    }
+
     #[test]
     fn the_worker_with_most_free_slots_wins() {
         let run = RunId::generate();
@@ -217,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn among_equal_free_slots_the_least_busy_then_the_lowest_id() {
+    fn among_equal_free_slots_the_least_busy_then_the_lowest_pass() {
         let run = RunId::generate();
         let busy = reserving(worker("a1", &["a"], 3, &[]), &[&run]);
         let idle = view(worker("z9", &["a"], 2, &[]));
@@ -230,7 +419,19 @@ mod tests {
             view(worker("w2", &["a"], 1, &[])),
             view(worker("w1", &["a"], 1, &[])),
         ];
-        assert_eq!(chosen(&ties, &Conditions::default()), Some(w("w1")));
+        assert_eq!(
+            chosen(&ties, &Conditions::default()),
+            Some(w("w1")),
+            "equal passes: the lowest workerID"
+        );
+        let mut behind = view(worker("w1", &["a"], 1, &[]));
+        behind.advance();
+        let ties = [view(worker("w2", &["a"], 1, &[])), behind];
+        assert_eq!(
+            chosen(&ties, &Conditions::default()),
+            Some(w("w2")),
+            "w1 had its turn"
+        );
     }
 
     #[test]
@@ -290,7 +491,13 @@ mod tests {
         assert_eq!(view.free(), 1);
         let full = reserving(worker("w2", &["a"], 1, &[]), &[&RunId::generate()]);
         assert_eq!(full.free(), 0);
-        assert!(choose([&full], &routine("a"), &Conditions::default()).is_none());
+        assert!(choose(
+            [&full],
+            &routine("a"),
+            &Conditions::default(),
+            Pick::LeastLoaded
+        )
+        .is_none());
     }
 
     #[test]
