@@ -270,6 +270,35 @@ async fn least_loaded_shares_follow_capacity_among_idle_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_shares_follow_capacity_under_steady_load() {
+    let stack = stack(&[]).await;
+    let (tally, mut finished) = Tally::new();
+    let workers = [("small", 2), ("medium", 4), ("large", 8)];
+    // Runs long enough that the slots they hold, not the round trips, set each worker's
+    // pace; half the 14 slots busy, so that the choice, not a full fleet, decides.
+    let _fleet = fleet(
+        &stack,
+        &workers,
+        &["work"],
+        &tally,
+        Duration::from_millis(40),
+        None,
+    )
+    .await;
+    visit_each(&stack, "work", &workers).await;
+    for _ in &workers {
+        finished.recv().await.unwrap();
+    }
+    tally.ran.lock().unwrap().clear();
+
+    steady_load(&stack, "work", 280, 7, &mut finished).await;
+    let counts = tally.per_worker();
+    eprintln!("runs per worker: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 280, "{counts:?}");
+    assert_shares_follow_capacity(&workers, &counts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_set_for_a_routine_visits_the_workers_in_turn() {
     let stack = stack(&[("DROVER_PICKUP_STRATEGIES", "rotate.*=round-robin")]).await;
     let (tally, _finished) = Tally::new();
