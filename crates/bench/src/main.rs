@@ -8,6 +8,9 @@
 //! 5. A peer: the same workload on Celery with Redis (bench/peers/celery/run.sh).
 //! 6. The cost of tracing: the end-to-end scenario with span export off and on, alternating.
 //!
+//! `drover-bench soak` is apart: a steady rate of runs for minutes (10 by default), and what
+//! piles up meanwhile: service logs, memory, JetStream storage per run (see `soak.rs`).
+//!
 //! Results go to `bench/results/` as JSON, Markdown and an SVG plot. Build in release
 //! (`cargo build --release --bins`) so that the services measured are the optimised ones.
 
@@ -15,6 +18,7 @@ mod baseline;
 mod end_to_end;
 mod report;
 mod scale;
+mod soak;
 mod stats;
 mod trace_overhead;
 
@@ -96,6 +100,8 @@ enum Command {
         #[arg(long)]
         capacity: u32,
     },
+    /// A soak: runs at a steady rate for minutes; logs, memory and storage per run.
+    Soak(soak::SoakArgs),
 }
 
 fn machine(nats_server: &str) -> Machine {
@@ -172,8 +178,26 @@ async fn celery(runs: usize, in_flight: &[usize]) -> anyhow::Result<Vec<stats::T
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Worker { workers, capacity }) = args.command {
-        return end_to_end::serve_workers(workers, capacity).await;
+    match args.command {
+        Some(Command::Worker { workers, capacity }) => {
+            return end_to_end::serve_workers(workers, capacity).await;
+        }
+        Some(Command::Soak(soak)) => {
+            eprintln!(
+                "== soak: {} runs/s for {}, {} workers × capacity {}",
+                soak.rate, soak.duration, soak.workers, soak.capacity
+            );
+            let report = soak::run(&soak).await?;
+            let stem = format!("soak-{}", report.at.replace(':', "-"));
+            report.write(&soak.out, &stem)?;
+            println!("{}", report.markdown());
+            eprintln!(
+                "results written to {}",
+                soak.out.join(format!("{stem}.{{json,md}}")).display()
+            );
+            return Ok(());
+        }
+        None => {}
     }
     let wanted = |stage: Stage| args.only.is_empty() || args.only.contains(&stage);
     let mut results = Results {
