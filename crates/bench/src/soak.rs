@@ -87,7 +87,11 @@ pub struct SoakArgs {
     /// Log lines each run writes through the worker's log API.
     #[arg(long, default_value_t = 1)]
     pub log_lines: u32,
-    /// Passed to the services as `DROVER_RUN_RETENTION_MS` (their default, 7 days, when
+    /// Submits each run with an idempotency key of its own (`soak-<n>`), so that the run
+    /// keys bucket is measured too.
+    #[arg(long)]
+    pub idempotency_keys: bool,
+    /// Passed to the services as `DROVER_RUN_RETENTION_MS` (their default, one day, when
     /// not given).
     #[arg(long)]
     pub run_retention: Option<humantime::Duration>,
@@ -221,6 +225,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<SoakReport> {
             workers: args.workers,
             capacity: args.capacity,
             log_lines: args.log_lines,
+            idempotency_keys: args.idempotency_keys,
             run_retention_ms: args
                 .run_retention
                 .map(|retention| u64::try_from(retention.as_millis()).unwrap_or(u64::MAX)),
@@ -341,9 +346,16 @@ async fn submit(
     args: &SoakArgs,
     tracker: &Arc<Tracker>,
 ) -> anyhow::Result<Timing> {
-    let spec = encode(&RunSpec::new(
-        RoutineId::parse(ROUTINE).map_err(|error| anyhow::anyhow!(error))?,
-    ));
+    let routine = RoutineId::parse(ROUTINE).map_err(|error| anyhow::anyhow!(error))?;
+    let plain = encode(&RunSpec::new(routine.clone()));
+    let spec_of = |n: u64| {
+        if !args.idempotency_keys {
+            return plain.clone();
+        }
+        let mut spec = RunSpec::new(routine.clone());
+        spec.idempotency_key = Some(format!("soak-{n}"));
+        encode(&spec)
+    };
     let total = (args.rate * Duration::from(args.duration).as_secs_f64()).round() as u64;
     let period = Duration::from_secs_f64(1.0 / args.rate);
     let started = Instant::now();
@@ -360,7 +372,7 @@ async fn submit(
             Ordering::Relaxed,
         );
         tracker.submitted.fetch_add(1, Ordering::Relaxed);
-        let (client, spec, tracker) = (client.clone(), spec.clone(), Arc::clone(tracker));
+        let (client, spec, tracker) = (client.clone(), spec_of(n), Arc::clone(tracker));
         answers.spawn(async move {
             let accepted = match client.request(keys::REQUEST_START, spec).await {
                 Ok(reply) => decode_reply::<Accepted>(&reply.payload)

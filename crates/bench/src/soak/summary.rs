@@ -55,6 +55,9 @@ pub struct Settings {
     pub capacity: u32,
     /// Log lines each run writes.
     pub log_lines: u32,
+    /// Whether each run had an idempotency key of its own.
+    #[serde(default)]
+    pub idempotency_keys: bool,
     /// `DROVER_RUN_RETENTION_MS` given to the services (their default when absent).
     pub run_retention_ms: Option<u64>,
     /// Seconds between samples.
@@ -288,9 +291,14 @@ impl SoakReport {
             || "the services' default".to_owned(),
             |ms| format!("{ms} ms"),
         );
+        let keys = if s.idempotency_keys {
+            ", each with an idempotency key"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "{:.0} runs/s for {:.0} s (open loop), {} workers × capacity {}, {} log line(s) per run; \
+            "{:.0} runs/s for {:.0} s (open loop), {} workers × capacity {}, {} log line(s) per run{keys}; \
              services at their default log level (`RUST_LOG` blank), heartbeat {} ms, run retention {retention}; \
              a sample every {:.0} s.\n",
             s.rate, s.duration_seconds, s.workers, s.capacity, s.log_lines,
