@@ -108,7 +108,7 @@ pub struct Settings {
     pub heartbeat_interval_ms: u64,
     /// Silence after which a worker is declared lost.
     pub lost_after_ms: u64,
-    /// TTL of terminal run records and run keys.
+    /// TTL of terminal run records and run keys (docs/operations.md sizes it).
     pub run_retention_ms: u64,
     /// Age limit of stored log records.
     pub logs_max_age_ms: u64,
@@ -147,8 +147,8 @@ impl Default for Settings {
             max_payload_bytes: drover_protocol::DEFAULT_MAX_PAYLOAD_BYTES,
             heartbeat_interval_ms: 5_000,
             lost_after_ms: 15_000,
-            run_retention_ms: 7 * DAY_MS,
-            logs_max_age_ms: 7 * DAY_MS,
+            run_retention_ms: DAY_MS,
+            logs_max_age_ms: DAY_MS,
             logs_max_bytes: 1 << 30,
             leader_lease_ms: 3_000,
             run_lease_ms: 10_000,
@@ -379,7 +379,7 @@ mod tests {
         assert_eq!(settings.js_replicas, 1);
         assert_eq!(settings.heartbeat_interval_ms, 5_000);
         assert_eq!(settings.lost_after_ms, 15_000);
-        assert_eq!(settings.run_retention_ms, 7 * DAY_MS);
+        assert_eq!(settings.run_retention_ms, DAY_MS);
         assert_eq!(settings.logs_max_bytes, 1 << 30);
         assert_eq!(
             settings.max_payload_bytes,
