@@ -191,30 +191,36 @@ async fn one_at_a_time(stack: &Stack, routine: &str, runs: usize) -> Vec<String>
     workers
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn least_loaded_spreads_a_steady_load_evenly_over_equal_workers() {
-    let stack = stack(&[]).await;
+/// Runs `total` runs that take `work` each on `workers` with `in_flight` of them running
+/// at any time, after one run on each worker by name; returns the runs each worker ran of
+/// the `total`.
+async fn steady_shares(
+    stack: &Stack,
+    workers: &[(&str, u32)],
+    work: Duration,
+    total: usize,
+    in_flight: usize,
+) -> BTreeMap<String, usize> {
     let (tally, mut finished) = Tally::new();
-    let workers = [("w1", 8), ("w2", 8), ("w3", 8), ("w4", 8)];
-    let _fleet = fleet(
-        &stack,
-        &workers,
-        &["work"],
-        &tally,
-        Duration::from_millis(3),
-        None,
-    )
-    .await;
-    visit_each(&stack, "work", &workers).await;
-    for _ in &workers {
+    let _fleet = fleet(stack, workers, &["work"], &tally, work, None).await;
+    visit_each(stack, "work", workers).await;
+    for _ in workers {
         finished.recv().await.unwrap();
     }
     tally.ran.lock().unwrap().clear();
 
-    steady_load(&stack, "work", 400, 8, &mut finished).await;
+    steady_load(stack, "work", total, in_flight, &mut finished).await;
     let counts = tally.per_worker();
     eprintln!("runs per worker: {counts:?}");
-    assert_eq!(counts.values().sum::<usize>(), 400, "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), total, "{counts:?}");
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_loaded_spreads_a_steady_load_evenly_over_equal_workers() {
+    let stack = stack(&[]).await;
+    let workers = [("w1", 8), ("w2", 8), ("w3", 8), ("w4", 8)];
+    let counts = steady_shares(&stack, &workers, Duration::from_millis(3), 400, 8).await;
     let shares = shares(&counts);
     assert_eq!(shares.len(), 4, "every worker got runs: {counts:?}");
     for (worker, share) in &shares {
@@ -272,29 +278,10 @@ async fn least_loaded_shares_follow_capacity_among_idle_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_loaded_shares_follow_capacity_under_steady_load() {
     let stack = stack(&[]).await;
-    let (tally, mut finished) = Tally::new();
     let workers = [("small", 2), ("medium", 4), ("large", 8)];
     // Runs long enough that the slots they hold, not the round trips, set each worker's
     // pace; half the 14 slots busy, so that the choice, not a full fleet, decides.
-    let _fleet = fleet(
-        &stack,
-        &workers,
-        &["work"],
-        &tally,
-        Duration::from_millis(40),
-        None,
-    )
-    .await;
-    visit_each(&stack, "work", &workers).await;
-    for _ in &workers {
-        finished.recv().await.unwrap();
-    }
-    tally.ran.lock().unwrap().clear();
-
-    steady_load(&stack, "work", 280, 7, &mut finished).await;
-    let counts = tally.per_worker();
-    eprintln!("runs per worker: {counts:?}");
-    assert_eq!(counts.values().sum::<usize>(), 280, "{counts:?}");
+    let counts = steady_shares(&stack, &workers, Duration::from_millis(40), 280, 7).await;
     assert_shares_follow_capacity(&workers, &counts);
 }
 

@@ -104,12 +104,7 @@ impl Results {
 
     /// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(
-            dir.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(self)?,
-        )?;
-        std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
+        write_json_and_markdown(dir, stem, self, &self.markdown())?;
         self.plot(&dir.join(format!("{stem}.svg")))?;
         Ok(())
     }
@@ -350,4 +345,20 @@ impl Results {
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
+}
+
+/// Writes `value` as `<stem>.json` and `markdown` as `<stem>.md` into `dir`, creating it.
+pub fn write_json_and_markdown(
+    dir: &Path,
+    stem: &str,
+    value: &impl Serialize,
+    markdown: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(value)?,
+    )?;
+    std::fs::write(dir.join(format!("{stem}.md")), markdown)?;
+    Ok(())
 }

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::report::Machine;
@@ -267,13 +266,7 @@ fn mib(bytes: f64) -> f64 {
 impl SoakReport {
     /// Writes `<stem>.json` and `<stem>.md` into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(
-            dir.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(self)?,
-        )?;
-        std::fs::write(dir.join(format!("{stem}.md")), self.markdown())?;
-        Ok(())
+        crate::report::write_json_and_markdown(dir, stem, self, &self.markdown())
     }
 
     /// The report as Markdown tables.
