@@ -10,17 +10,49 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
-from drover_harness import wait_for, wait_until
-from standin_images import compose_command
+from drover_harness import REPO, free_port, request_failed, wait_for, wait_until
+from standin_images import compose_command, ensure_all
 
 PROJECT_LABEL = "com.docker.compose.project"
+
+#: The Drover services of ``docker-compose.yml``.
+SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector")
+#: The variables that move each port ``docker-compose.yml`` publishes.
+PORTS = (
+    "NATS_PORT",
+    "NATS_MONITOR_PORT",
+    "JAEGER_UI_PORT",
+    "OTLP_GRPC_PORT",
+    "OTLP_HTTP_PORT",
+    "REGISTRY_ADMIN_PORT",
+    "HEARTBEAT_MONITOR_ADMIN_PORT",
+    "SCHEDULER_ADMIN_PORT",
+    "LOG_COLLECTOR_ADMIN_PORT",
+)
+#: A runID as the CLI prints it.
+RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+
+
+def user_stack(request: Any, files: Iterable[Path], prefix: str) -> Iterator["ComposeProject"]:
+    """For a fixture: the compose ``files`` as a user runs them, with the stand-in images
+    and every published port moved to a free one (``project.ports``); dumped when the test
+    failed, and taken down with its volumes afterwards."""
+    images = ensure_all()
+    ports = {name: str(free_port()) for name in PORTS}
+    project = ComposeProject(files, prefix, {**images.env(), **ports}, REPO)
+    project.ports = {name: int(port) for name, port in ports.items()}
+    yield project
+    if request_failed(request):
+        project.dump()
+    project.down()
 
 
 class ComposeProject:

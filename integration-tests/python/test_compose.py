@@ -12,29 +12,15 @@ saying why, where Docker is absent.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 
 import pytest
 
-from compose_project import ComposeProject
-from drover_harness import REPO, bin_dir, free_port, request_failed, wait_for, wait_until
+from compose_project import RUN_ID, SERVICES, ComposeProject, user_stack
+from drover_harness import REPO, bin_dir, wait_for, wait_until
 from otlp_receiver import OtlpReceiver
-from standin_images import docker_missing, ensure_all, received_requests
+from standin_images import docker_missing, received_requests
 
-SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector")
-PORTS = (
-    "NATS_PORT",
-    "NATS_MONITOR_PORT",
-    "JAEGER_UI_PORT",
-    "OTLP_GRPC_PORT",
-    "OTLP_HTTP_PORT",
-    "REGISTRY_ADMIN_PORT",
-    "HEARTBEAT_MONITOR_ADMIN_PORT",
-    "SCHEDULER_ADMIN_PORT",
-    "LOG_COLLECTOR_ADMIN_PORT",
-)
-RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 pytestmark = [
     pytest.mark.skipif(docker_missing() is not None, reason=f"container tests: {docker_missing()}"),
@@ -45,14 +31,7 @@ pytestmark = [
 
 @pytest.fixture
 def project(request):
-    images = ensure_all()
-    ports = {name: str(free_port()) for name in PORTS}
-    project = ComposeProject([REPO / "docker-compose.yml"], "drover-compose-test", {**images.env(), **ports}, REPO)
-    project.ports = {name: int(port) for name, port in ports.items()}
-    yield project
-    if request_failed(request):
-        project.dump()
-    project.down()
+    yield from user_stack(request, [REPO / "docker-compose.yml"], "drover-compose-test")
 
 
 def drover(project: ComposeProject, *args: str) -> subprocess.CompletedProcess:

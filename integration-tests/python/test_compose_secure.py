@@ -21,25 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from compose_project import ComposeProject
-from drover_harness import REPO, bin_dir, free_port, request_failed, wait_for
-from standin_images import docker_missing, ensure_all
+from compose_project import RUN_ID, SERVICES, ComposeProject, user_stack
+from drover_harness import REPO, bin_dir, wait_for
+from standin_images import docker_missing
 
-SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector")
 ONE_SHOTS = ("keys", "pool-credential", "demo-credential", "demo")
-PORTS = (
-    "NATS_PORT",
-    "NATS_MONITOR_PORT",
-    "JAEGER_UI_PORT",
-    "OTLP_GRPC_PORT",
-    "OTLP_HTTP_PORT",
-    "REGISTRY_ADMIN_PORT",
-    "HEARTBEAT_MONITOR_ADMIN_PORT",
-    "SCHEDULER_ADMIN_PORT",
-    "LOG_COLLECTOR_ADMIN_PORT",
-)
 POOLED = ("compose-example-1", "compose-example-2")
-RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
 
 pytestmark = [
     pytest.mark.skipif(docker_missing() is not None, reason=f"container tests: {docker_missing()}"),
@@ -50,15 +37,8 @@ pytestmark = [
 
 @pytest.fixture
 def project(request):
-    images = ensure_all()
-    ports = {name: str(free_port()) for name in PORTS}
     files = [REPO / "docker-compose.yml", REPO / "docker-compose.secure.yml"]
-    project = ComposeProject(files, "drover-compose-secure-test", {**images.env(), **ports}, REPO)
-    project.ports = {name: int(port) for name, port in ports.items()}
-    yield project
-    if request_failed(request):
-        project.dump()
-    project.down()
+    yield from user_stack(request, files, "drover-compose-secure-test")
 
 
 def host_drover(project: ComposeProject, *args: str, tls: dict[str, Path], nkey: Path | None = None):

@@ -82,3 +82,24 @@ pub fn start_dev_with(state: &std::path::Path, port: u16, extra: &[&str]) -> tok
         .spawn()
         .unwrap()
 }
+
+/// Everything a stream of lines printed so far (a child's stdout, say), collected in the
+/// background.
+pub fn collect(
+    reader: impl tokio::io::AsyncBufRead + Unpin + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use tokio::io::AsyncBufReadExt as _;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&text);
+    tokio::spawn(async move {
+        let mut lines = reader.lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut text = sink
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}

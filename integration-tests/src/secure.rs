@@ -7,7 +7,7 @@ use async_nats::ConnectOptions;
 use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
 use drover_auth::setup;
 use drover_nats_connect::{NatsAuth, NkeySource};
-use drover_protocol::{grants, Timestamp, WorkerId};
+use drover_protocol::{grants, WorkerId};
 use drover_testkit::{NatsOptions, Observed, Stack, TestPki};
 use nkeys::KeyPair;
 use tempfile::TempDir;
@@ -105,13 +105,7 @@ impl SecureStack {
 
     async fn store(&self, name: &str, scope: Scope, proof: Proof) -> anyhow::Result<()> {
         self.store
-            .create(&Credential {
-                name: name.to_owned(),
-                scope,
-                proof,
-                created_at: Timestamp::now(),
-                revoked_at: None,
-            })
+            .create(&Credential::new(name, scope, proof))
             .await?;
         Ok(())
     }

@@ -4,17 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Output;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, processes_mentioning, start_dev, stdout};
+use drover_integration_tests::cli::{collect, drover, processes_mentioning, start_dev, stdout};
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::worker::WorkerSpec;
 use drover_integration_tests::{Act, Runner};
 use drover_protocol::RunStatus;
 use drover_testkit::{free_port, wait_until, Stack};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -185,18 +184,7 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     let url = format!("nats://127.0.0.1:{port}");
     let mut dev = start_dev(state.path(), port);
     // What it prints, as a new user would see it.
-    let printed = Arc::new(Mutex::new(String::new()));
-    {
-        let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
-        let printed = Arc::clone(&printed);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut text = printed.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-    }
+    let printed = collect(BufReader::new(dev.stdout.take().unwrap()));
     wait_until("the stack is healthy", Duration::from_secs(60), || async {
         drover(&url, &["status"]).await.status.success()
     })

@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover, processes_mentioning, start_dev, stdout};
+use drover_integration_tests::cli::{collect, drover, processes_mentioning, start_dev, stdout};
 use drover_testkit::{free_port, http_get, wait_for, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 
 /// How long `drover dev --demo` may take to start everything and run the demo workflow.
 const STARTED: Duration = Duration::from_secs(90);
@@ -19,21 +18,6 @@ const STARTED: Duration = Duration::from_secs(90);
 const RESTARTED: Duration = Duration::from_secs(30);
 /// How long `drover dev` may take to stop everything after Ctrl-C.
 const STOPPED: Duration = Duration::from_secs(30);
-
-/// Everything a stream of lines printed so far, collected in the background.
-fn collect(reader: impl AsyncBufRead + Unpin + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    tokio::spawn(async move {
-        let mut lines = reader.lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut text = sink.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
-    text
-}
 
 /// The word after `after` on the first line that contains both `key` and `after`.
 fn field(text: &str, key: &str, after: &str) -> Option<String> {

@@ -4,30 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use drover_integration_tests::cli::{drover_binary, start_dev_with};
+use drover_integration_tests::cli::{collect, drover_binary, start_dev_with};
 use drover_testkit::{free_port, wait_until};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drover_dev_secure_runs_the_demo_with_credentials_and_refuses_strangers() {
     let state = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut dev = start_dev_with(state.path(), port, &["--secure"]);
-    let printed = Arc::new(Mutex::new(String::new()));
-    {
-        let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
-        let printed = Arc::clone(&printed);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut text = printed.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-    }
+    let printed = collect(BufReader::new(dev.stdout.take().unwrap()));
     wait_until(
         "the demo workflow succeeds",
         Duration::from_secs(90),

@@ -40,10 +40,7 @@ async fn errors_of(client: &async_nats::Client, worker: &WorkerId) -> Arc<Mutex<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_written_before_registering_is_stored_in_order_and_never_refused() {
     let stack = Stack::builder()
-        .with_registry()
-        .with_monitor()
-        .with_scheduler()
-        .with_log_collector()
+        .with_all_services()
         .start()
         .await
         .expect("the stack starts");

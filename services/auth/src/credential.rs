@@ -98,6 +98,17 @@ pub struct Credential {
 }
 
 impl Credential {
+    /// A credential created now, not revoked.
+    pub fn new(name: impl Into<String>, scope: Scope, proof: Proof) -> Self {
+        Self {
+            name: name.into(),
+            scope,
+            proof,
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        }
+    }
+
     /// The permissions of a connection made with this credential. `connection_name` picks
     /// the worker among a pool's processes; any other name is the pool itself.
     pub fn grants(&self, connection_name: Option<&str>) -> Grants {

@@ -8,7 +8,7 @@ use async_nats::ConnectOptions;
 use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
 use drover_auth::setup::server_config;
 use drover_auth::AuthConfig;
-use drover_protocol::{PoolId, Timestamp, WorkerId};
+use drover_protocol::{PoolId, WorkerId};
 use drover_service_kit::{Readiness, Settings};
 use drover_testkit::{patient, NatsOptions, NatsServer, Observed};
 use nkeys::KeyPair;
@@ -55,13 +55,7 @@ impl Secured {
 
     async fn add(&self, name: &str, scope: Scope, proof: Proof) {
         self.store
-            .create(&Credential {
-                name: name.to_owned(),
-                scope,
-                proof,
-                created_at: Timestamp::now(),
-                revoked_at: None,
-            })
+            .create(&Credential::new(name, scope, proof))
             .await
             .unwrap();
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
 use drover_auth::setup::{self, DEFAULT_ACCOUNT};
-use drover_protocol::{PoolId, Timestamp, WorkerId};
+use drover_protocol::{PoolId, WorkerId};
 use nkeys::KeyPair;
 
 use crate::client::Drover;
@@ -352,13 +352,7 @@ impl Create {
                 out.display()
             )));
         }
-        let credential = Credential {
-            name,
-            scope,
-            proof,
-            created_at: Timestamp::now(),
-            revoked_at: None,
-        };
+        let credential = Credential::new(name, scope, proof);
         Ok(New {
             credential,
             secret,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use drover_auth::credential::{ClientRole, Credential, Proof, Scope, Store};
 use drover_auth::setup::{self, DEFAULT_ACCOUNT};
 use drover_nats_connect::{pki, NatsAuth, NkeySource};
-use drover_protocol::{PoolId, Timestamp};
+use drover_protocol::PoolId;
 use nkeys::KeyPair;
 
 use crate::error::CliError;
@@ -122,15 +122,10 @@ impl Secure {
             return Ok(seed_file);
         }
         let key = KeyPair::new_user();
-        let credential = Credential {
-            name: name.to_owned(),
-            scope,
-            proof: Proof::Nkey {
-                public_key: key.public_key(),
-            },
-            created_at: Timestamp::now(),
-            revoked_at: None,
+        let proof = Proof::Nkey {
+            public_key: key.public_key(),
         };
+        let credential = Credential::new(name, scope, proof);
         store
             .create(&credential)
             .await
