@@ -56,6 +56,13 @@ pub async fn registry_record(client: &Client, worker: &str) -> Option<WorkerReco
     .ok()
 }
 
+/// The status the registry has for `worker`, if it knows the worker.
+pub async fn worker_status(client: &Client, worker: &str) -> Option<WorkerStatus> {
+    registry_record(client, worker)
+        .await
+        .map(|record| record.status)
+}
+
 /// Waits until the registry has `worker` in `status`.
 pub async fn wait_registry_status(
     client: &Client,

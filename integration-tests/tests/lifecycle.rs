@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{registry_record, Recorder};
+use drover_integration_tests::{registry_record, worker_status as status, Recorder};
 use drover_protocol::subject::keys;
 use drover_protocol::{
     ErrorCode, GivePulse, RegistryList, RoutineId, WorkerId, WorkerList, WorkerStatus,
@@ -24,12 +24,6 @@ async fn stack() -> Stack {
         .start()
         .await
         .expect("stack starts")
-}
-
-async fn status(client: &async_nats::Client, worker: &str) -> Option<WorkerStatus> {
-    registry_record(client, worker)
-        .await
-        .map(|record| record.status)
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use async_nats::Client;
 use bytes::Bytes;
 use drover_integration_tests::runs::{spec, submit, wait_terminal};
 use drover_integration_tests::worker::WorkerSpec;
-use drover_integration_tests::{Act, Runner};
+use drover_integration_tests::{worker_status, Act, Runner};
 use drover_protocol::envelope::encode_internal;
 use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{
@@ -201,11 +201,30 @@ async fn every_documented_metric_is_exposed_described_and_of_its_type() {
         .await;
     let id = worker.id.clone();
     let runner = Runner::start(worker, |assignment| {
-        Act::Succeed(json!({"echo": assignment.params}))
+        let echo = Act::Succeed(json!({"echo": assignment.params}));
+        if assignment.params == json!("hold") {
+            Act::After(Duration::from_secs(1), Box::new(echo))
+        } else {
+            echo
+        }
     });
 
     let run = submit(&client, &spec("metrics.echo")).await;
     let record = wait_terminal(&client, &run, Duration::from_secs(10)).await;
+    assert_eq!(record.status, RunStatus::Succeeded);
+    // A run held long enough for the scheduler's holdings to reach the registry (a run
+    // placed and ended within one batch never does), so that its batch size shows.
+    let mut held = spec("metrics.echo");
+    held.params = json!("hold");
+    let held = submit(&client, &held).await;
+    wait_until(
+        "the registry sees the worker WORKING",
+        Duration::from_secs(10),
+        || async { worker_status(&client, id.as_str()).await == Some(WorkerStatus::Working) },
+    )
+    .await
+    .unwrap();
+    let record = wait_terminal(&client, &held, Duration::from_secs(10)).await;
     assert_eq!(record.status, RunStatus::Succeeded);
     let line = LogLine {
         level: LogLevel::Info,
@@ -277,13 +296,13 @@ async fn every_documented_metric_is_exposed_described_and_of_its_type() {
             name == "drover_scheduler_runs_ended_total" && sorted_labels(labels) == ended
         })
         .map(|(_, _, value)| *value);
-    assert_eq!(ended_count, Some(1.0), "{:?}", scheduler.samples);
+    assert_eq!(ended_count, Some(2.0), "{:?}", scheduler.samples);
     assert_eq!(
         scheduler.value(
             "drover_scheduler_runs_submitted_total",
             r#"routine="metrics.echo""#
         ),
-        Some(1.0)
+        Some(2.0)
     );
     // The run's record is in its bucket, and every stream and bucket is reported.
     let runs = r#"stream="KV_DROVER_RUNS""#;

@@ -4,15 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use drover_integration_tests::runs::{spec, submit, wait_status};
 use drover_integration_tests::wait_registry_status;
-use drover_protocol::{Conditions, RunId, RunStatus, WorkerId, WorkerStatus};
+use drover_protocol::envelope::decode;
+use drover_protocol::subject::all_run_events;
+use drover_protocol::{Conditions, RunEvent, RunId, RunStatus, WorkerId, WorkerStatus};
 use drover_testkit::{bin_dir, free_port, patient, wait_until, Stack, SCHEDULER};
 use drover_worker::{CancellationToken, Context, RoutineError, Worker};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -135,29 +138,35 @@ async fn visit_each(stack: &Stack, routine: &str, workers: &[(&str, u32)]) {
     }
 }
 
-/// Submits `total` runs of `routine`, keeping `in_flight` of them running: a new one as
-/// soon as a handler finishes. Returns when every handler has finished.
-async fn steady_load(
-    stack: &Stack,
-    routine: &str,
-    total: usize,
-    in_flight: usize,
-    finished: &mut mpsc::UnboundedReceiver<RunId>,
-) {
+/// Submits `total` runs of `routine`, keeping `in_flight` of them unfinished: a new one as
+/// soon as one has ended as the scheduler sees it (its terminal event). Waiting for the
+/// event, not for the handler to return, keeps the load the scheduler places under steady:
+/// a run submitted the instant a handler returns could be placed before the scheduler has
+/// heard of that end, and find its worker still busy. Returns when every run has ended.
+async fn steady_load(stack: &Stack, routine: &str, total: usize, in_flight: usize) {
     let client = stack.client().await;
-    let mut submitted = 0;
-    while submitted < in_flight.min(total) {
-        submit(&client, &spec(routine)).await;
-        submitted += 1;
+    let mut events = client
+        .subscribe(all_run_events())
+        .await
+        .expect("subscribes to run events");
+    let mut mine = HashSet::new();
+    while mine.len() < in_flight.min(total) {
+        mine.insert(submit(&client, &spec(routine)).await);
     }
     for _ in 0..total {
-        tokio::time::timeout(patient(PATIENCE), finished.recv())
-            .await
-            .expect("runs keep finishing")
-            .expect("the workers run");
-        if submitted < total {
-            submit(&client, &spec(routine)).await;
-            submitted += 1;
+        loop {
+            let message = tokio::time::timeout(patient(PATIENCE), events.next())
+                .await
+                .expect("runs keep ending")
+                .expect("the subscription lasts");
+            let event: RunEvent = decode(&message.payload, usize::MAX).expect("a run event");
+            if event.status.is_terminal() && mine.contains(&event.run_id) {
+                assert_eq!(event.status, RunStatus::Succeeded, "{event:?}");
+                break;
+            }
+        }
+        if mine.len() < total {
+            mine.insert(submit(&client, &spec(routine)).await);
         }
     }
 }
@@ -209,7 +218,7 @@ async fn steady_shares(
     }
     tally.ran.lock().unwrap().clear();
 
-    steady_load(stack, "work", total, in_flight, &mut finished).await;
+    steady_load(stack, "work", total, in_flight).await;
     let counts = tally.per_worker();
     eprintln!("runs per worker: {counts:?}");
     assert_eq!(counts.values().sum::<usize>(), total, "{counts:?}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::Client;
 use drover_integration_tests::worker::{SimWorker, WorkerSpec};
-use drover_integration_tests::{registry_record, Recorder};
+use drover_integration_tests::{worker_status as status, Recorder};
 use drover_protocol::subject::keys;
 use drover_protocol::{
     Ready, RegistryGet, RegistryList, WorkerId, WorkerList, WorkerRecord, WorkerStatus,
@@ -35,12 +35,6 @@ async fn workers(client: &Client) -> Vec<WorkerRecord> {
         .await
         .map(|list| list.workers)
         .unwrap_or_default()
-}
-
-async fn status(client: &Client, worker: &str) -> Option<WorkerStatus> {
-    registry_record(client, worker)
-        .await
-        .map(|record| record.status)
 }
 
 async fn start_workers(client: &Client, count: usize) -> Vec<SimWorker> {

@@ -388,6 +388,8 @@ pub mod internal {
     pub const REGISTRY_RELEASE: &str = "drover.internal.registry.release";
     /// Scheduler tells the registry whether a held run waits on children.
     pub const REGISTRY_WAITING: &str = "drover.internal.registry.waiting";
+    /// Scheduler tells the registry, in batches, which runs workers hold.
+    pub const REGISTRY_HOLDINGS: &str = "drover.internal.registry.holdings";
     /// Heartbeat-monitor reports what it concluded about a worker's liveness.
     pub const REGISTRY_LIVENESS: &str = "drover.internal.registry.liveness";
     /// Followers forward run mutations to the scheduler leader here.

@@ -12,7 +12,8 @@ use drover_service_kit::metrics::{Histogram, ServiceMetrics};
 pub const REQUESTS: &str = "drover_registry_requests_total";
 /// Compare-and-set conflicts on worker records (another writer got there first).
 pub const WRITE_CONFLICTS: &str = "drover_registry_write_conflicts_total";
-/// Slot claims and releases applied by one worker-record write.
+/// Changes to the runs a worker holds (from the scheduler's holdings) applied by one
+/// worker-record write.
 pub const BATCH_SIZE: &str = "drover_registry_batch_size";
 /// Worker status changes, by the new `status`.
 pub const STATUS_CHANGES: &str = "drover_registry_status_changes_total";
@@ -38,7 +39,10 @@ fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(REQUESTS, "requests handled, by endpoint and outcome");
     describe_counter!(WRITE_CONFLICTS, "worker record compare-and-set conflicts");
-    describe_histogram!(BATCH_SIZE, "slot claims and releases applied per write");
+    describe_histogram!(
+        BATCH_SIZE,
+        "changes to the runs a worker holds applied per write"
+    );
     describe_counter!(STATUS_CHANGES, "worker status changes, by new status");
     describe_gauge!(WORKERS, "known workers, by status");
     describe_counter!(WORKERS_LOST, "workers declared LOST");

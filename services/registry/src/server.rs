@@ -9,8 +9,9 @@ use bytes::Bytes;
 use drover_protocol::envelope::{decode, decode_internal, decode_query, encode_internal};
 use drover_protocol::subject::{self, internal, keys, resources};
 use drover_protocol::{
-    Claim, InternalReply, LivenessReport, Ready, Register, Registered, RegistryGet, RegistryList,
-    Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList, WorkerRecord,
+    Claim, Holding, Holdings, InternalReply, LivenessReport, Ready, Register, Registered,
+    RegistryGet, RegistryList, Release, Terminating, Timestamp, Waiting, WorkerId, WorkerList,
+    WorkerRecord,
 };
 use drover_service_kit::kv_cache::Change;
 use drover_service_kit::{
@@ -91,6 +92,7 @@ impl Server {
             internal::REGISTRY_CLAIM,
             internal::REGISTRY_RELEASE,
             internal::REGISTRY_WAITING,
+            internal::REGISTRY_HOLDINGS,
             internal::REGISTRY_LIVENESS,
         ];
         let mut internal_subs = Vec::new();
@@ -332,7 +334,7 @@ impl Server {
         let applied = match subject {
             internal::REGISTRY_CLAIM => {
                 let claim: Claim = decode_internal(body)?;
-                self.batched(claim.worker_id.clone(), claim, transitions::claim)
+                self.batched(claim.worker_id.clone(), claim, 1, transitions::claim)
                     .await
             }
             internal::REGISTRY_RELEASE => {
@@ -340,7 +342,7 @@ impl Server {
                 let change = |existing: Option<&WorkerRecord>, release: &Release, _| {
                     Ok(transitions::release(existing, release))
                 };
-                self.batched(release.worker_id.clone(), release, change)
+                self.batched(release.worker_id.clone(), release, 1, change)
                     .await
             }
             internal::REGISTRY_WAITING => {
@@ -350,6 +352,10 @@ impl Server {
                         Ok(transitions::waiting(existing, &report))
                     })
                     .await
+            }
+            internal::REGISTRY_HOLDINGS => {
+                let holdings: Holdings = decode_internal(body)?;
+                return self.holdings(holdings).await;
             }
             internal::REGISTRY_LIVENESS => {
                 let report: LivenessReport = decode_internal(body)?;
@@ -371,18 +377,49 @@ impl Server {
         Ok(applied?)
     }
 
+    /// Applies a batch of holdings: each worker's changes, in order, in one write (batched
+    /// further with whatever else arrives for that worker meanwhile); the workers at once.
+    async fn holdings(&self, holdings: Holdings) -> Result<Applied, RegistryError> {
+        let mut per_worker: Vec<(WorkerId, Vec<Holding>)> = Vec::new();
+        for change in holdings.changes {
+            match per_worker
+                .iter_mut()
+                .find(|(worker, _)| worker == change.worker_id())
+            {
+                Some((_, changes)) => changes.push(change),
+                None => per_worker.push((change.worker_id().clone(), vec![change])),
+            }
+        }
+        let writes = per_worker.into_iter().map(|(worker, changes)| async move {
+            let change = |existing: Option<&WorkerRecord>, changes: &Vec<Holding>, now| {
+                Ok(transitions::holdings(existing, changes, now))
+            };
+            let weight = changes.len();
+            self.batched(worker, changes, weight, change).await
+        });
+        let mut last = Applied {
+            record: None,
+            written: false,
+        };
+        for applied in futures::future::join_all(writes).await {
+            last = applied?;
+        }
+        Ok(last)
+    }
+
     /// Applies `change` for `request` to the record of `worker`, together with the other
     /// claims and releases that arrive for it meanwhile.
     async fn batched<T: Send + 'static>(
         &self,
         worker: WorkerId,
         request: T,
+        weight: usize,
         change: fn(Option<&WorkerRecord>, &T, Timestamp) -> Result<Outcome, Rejection>,
     ) -> Result<Applied, MutateError> {
         let now = Timestamp::now();
         let change =
             Box::new(move |existing: Option<&WorkerRecord>| change(existing, &request, now));
-        self.store.mutate_batched(&worker, change).await
+        self.store.mutate_batched(&worker, change, weight).await
     }
 
     async fn answer_internal(&self, reply_to: Subject, answer: &InternalReply) {

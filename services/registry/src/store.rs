@@ -39,6 +39,8 @@ pub type Change = Box<dyn FnMut(Option<&WorkerRecord>) -> Result<Outcome, Reject
 /// A batched change waiting for the worker's next write, and where its answer goes.
 struct Pending {
     change: Change,
+    /// How many changes to the worker's runs it carries (for the batch-size histogram).
+    weight: usize,
     reply: oneshot::Sender<Result<Applied, MutateError>>,
 }
 
@@ -127,13 +129,18 @@ impl WorkerStore {
         &self,
         worker: &WorkerId,
         change: Change,
+        weight: usize,
     ) -> Result<Applied, MutateError> {
         let slot = self.slot_for(worker);
         let (reply, answer) = oneshot::channel();
         slot.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(Pending { change, reply });
+            .push(Pending {
+                change,
+                weight,
+                reply,
+            });
         {
             let _guard = slot.lock.lock().await;
             let batch = std::mem::take(
@@ -144,7 +151,8 @@ impl WorkerStore {
             );
             // Empty when the previous holder of the lock took this change along.
             if !batch.is_empty() {
-                ::metrics::histogram!(metrics::BATCH_SIZE).record(batch.len() as f64);
+                let weight: usize = batch.iter().map(|pending| pending.weight).sum();
+                ::metrics::histogram!(metrics::BATCH_SIZE).record(weight as f64);
                 self.apply_batch(worker, batch).await;
             }
         }

@@ -4,8 +4,8 @@
 //! for one request (after a conflict) and must depend only on its inputs.
 
 use drover_protocol::{
-    Claim, ErrorCode, HeldRun, Incarnation, Liveness, LivenessReport, Register, Release, Timestamp,
-    Waiting, WorkerPhase, WorkerRecord,
+    Claim, ErrorCode, HeldRun, Holding, Incarnation, Liveness, LivenessReport, Register, Release,
+    Timestamp, Waiting, WorkerPhase, WorkerRecord,
 };
 use serde_json::{json, Value};
 
@@ -230,6 +230,60 @@ pub fn release(existing: Option<&WorkerRecord>, release: &Release) -> Outcome {
     Outcome::Write(Box::new(next))
 }
 
+/// The scheduler leader's changes to the runs one worker holds, applied in order.
+///
+/// The leader decided each placement from its own view of the worker's slots, so a hold is
+/// recorded whatever the capacity and the phase say now (a worker that turned TERMINATING
+/// still finishes what it was given). A hold for another incarnation, or for a worker that
+/// is no longer live, changes nothing: the scheduler takes such runs back when it sees the
+/// record.
+pub fn holdings(existing: Option<&WorkerRecord>, changes: &[Holding], now: Timestamp) -> Outcome {
+    let Some(mut working) = existing.cloned() else {
+        return Outcome::Unchanged;
+    };
+    let mut changed = false;
+    for change in changes {
+        let outcome = match change {
+            Holding::Hold(claim) => hold(&working, claim, now),
+            Holding::Release(release) => self::release(Some(&working), release),
+            Holding::Waiting(report) => waiting(Some(&working), report),
+        };
+        if let Outcome::Write(next) = outcome {
+            working = *next;
+            changed = true;
+        }
+    }
+    if changed {
+        Outcome::Write(Box::new(working))
+    } else {
+        Outcome::Unchanged
+    }
+}
+
+/// Records that the live incarnation `claim` names holds its run, unless it holds a later
+/// attempt already.
+fn hold(record: &WorkerRecord, claim: &Claim, now: Timestamp) -> Outcome {
+    if record.incarnation != claim.incarnation || !record.is_live() {
+        return Outcome::Unchanged;
+    }
+    if let Some(held) = record.runs.iter().find(|run| run.run_id == claim.run_id) {
+        if held.attempt >= claim.attempt {
+            return Outcome::Unchanged;
+        }
+    }
+    let mut next = record.clone();
+    next.runs.retain(|run| run.run_id != claim.run_id);
+    next.runs.push(HeldRun {
+        run_id: claim.run_id.clone(),
+        attempt: claim.attempt,
+        waiting: false,
+        waiting_version: 0,
+        since: now,
+        traceparent: claim.traceparent.clone(),
+    });
+    Outcome::Write(Box::new(next))
+}
+
 /// A held run starts or stops waiting on its children.
 pub fn waiting(existing: Option<&WorkerRecord>, report: &Waiting) -> Outcome {
     let Some(record) = existing else {
@@ -430,6 +484,63 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(refused.code, ErrorCode::Unavailable);
+    }
+
+    #[test]
+    fn holdings_apply_in_order_without_a_capacity_check() {
+        let record = ready_record(1);
+        let (first, second) = (RunId::generate(), RunId::generate());
+        let release = |run: &RunId, attempt| {
+            Holding::Release(Release {
+                worker_id: WorkerId::parse("w1").unwrap(),
+                run_id: run.clone(),
+                attempt,
+            })
+        };
+        let changes = [
+            Holding::Hold(claim_of(&first, 1)),
+            Holding::Hold(claim_of(&second, 1)),
+            release(&first, 1),
+        ];
+        let after = written(holdings(Some(&record), &changes, Timestamp::now()));
+        let held: Vec<_> = after.runs.iter().map(|run| run.run_id.clone()).collect();
+        assert_eq!(held, vec![second.clone()], "the leader placed it: kept");
+        assert_eq!(after.derive_status(), WorkerStatus::Working);
+        let again = holdings(
+            Some(&after),
+            &[Holding::Hold(claim_of(&second, 1))],
+            Timestamp::now(),
+        );
+        assert_eq!(again, Outcome::Unchanged, "a repeated hold changes nothing");
+        let emptied = written(holdings(
+            Some(&after),
+            &[release(&second, 1)],
+            Timestamp::now(),
+        ));
+        assert_eq!(emptied.derive_status(), WorkerStatus::Idle);
+    }
+
+    #[test]
+    fn holdings_for_another_incarnation_or_a_gone_worker_change_nothing() {
+        let record = ready_record(2);
+        let mut stale = claim_of(&RunId::generate(), 1);
+        stale.incarnation = 2;
+        let change = [Holding::Hold(stale)];
+        assert_eq!(
+            holdings(Some(&record), &change, Timestamp::now()),
+            Outcome::Unchanged
+        );
+        let mut lost = record.clone();
+        lost.phase = WorkerPhase::Lost;
+        let change = [Holding::Hold(claim_of(&RunId::generate(), 1))];
+        assert_eq!(
+            holdings(Some(&lost), &change, Timestamp::now()),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            holdings(None, &change, Timestamp::now()),
+            Outcome::Unchanged
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! twice), then the record is created. Idempotency keys and child memo keys live in
 //! `DROVER_RUN_KEYS` and outlive the dedup window.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, HeaderValue};
@@ -18,6 +19,7 @@ use drover_protocol::{
     Accepted, RunId, RunRecord, RunSpec, RunStatus, Timestamp, Transition, WorkerId,
 };
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
 use tracing::{debug, Instrument};
 
 use crate::error::{SpecError, SubmitError};
@@ -109,6 +111,26 @@ pub struct Submitted {
     pub existed: bool,
 }
 
+/// The leader's engine, as the intake sees it: it places a run the moment the run is
+/// queued, when a matching worker has a free slot, so that the run's first write is its
+/// assignment and no queue round trip comes between submission and worker.
+pub trait Placer: Send + Sync {
+    /// A slot for `record` (PENDING, not yet queued), if a worker is free right now and no
+    /// older run of its routine waits.
+    fn reserve(&self, record: &RunRecord) -> Option<Box<dyn Reservation>>;
+}
+
+/// A slot held for a run being submitted. Dropped without [`Reservation::assign`], it is
+/// given back.
+pub trait Reservation: Send {
+    /// Writes `record` (queued) as ASSIGNED to the reserved worker, then sends it there. The
+    /// answer says whether the record was created, with its revision.
+    fn assign(self: Box<Self>, record: RunRecord) -> oneshot::Receiver<Result<u64, StoreError>>;
+}
+
+/// The placer of this process while it leads.
+type PlacerSlot = Arc<RwLock<Option<Arc<dyn Placer>>>>;
+
 /// Stores and queues runs.
 #[derive(Clone)]
 pub struct Intake {
@@ -120,6 +142,8 @@ pub struct Intake {
     /// from here instead of reading it back (or waiting for it, when the queue message
     /// arrived first).
     stored: tokio::sync::broadcast::Sender<Stored>,
+    /// The engine, while this process leads.
+    placer: PlacerSlot,
 }
 
 impl std::fmt::Debug for Intake {
@@ -271,7 +295,24 @@ impl Intake {
             keys,
             key_ttl,
             stored: tokio::sync::broadcast::channel(1024).0,
+            placer: PlacerSlot::default(),
         })
+    }
+
+    /// Places runs at intake through `placer` from now on (this process leads), or no
+    /// longer (`None`: leadership ended).
+    pub fn set_placer(&self, placer: Option<Arc<dyn Placer>>) {
+        *self
+            .placer
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = placer;
+    }
+
+    fn placer(&self) -> Option<Arc<dyn Placer>> {
+        self.placer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Runs stored from now on, with their revision.
@@ -346,35 +387,30 @@ impl Intake {
             }
         }
         tracing::Span::current().record("drover.run_id", tracing::field::display(&run_id));
-        let record = new_record(run_id.clone(), spec, &origin, trace, Timestamp::now());
-        if let Some(due) = wait_deadline(&record) {
-            self.schedule_max_wait(&record.run_id, due)
-                .await
-                .map_err(SubmitError::NotStored)?;
-        }
+        let mut record = new_record(run_id.clone(), spec, &origin, trace, Timestamp::now());
+        // The slot first: once queued, the run is fetched at once by a leader with room.
+        let reservation = self.placer().and_then(|placer| placer.reserve(&record));
         let seq = self
             .enqueue(&record.run_id, &record)
             .await
             .map_err(SubmitError::NotStored)?;
-        let mut record = record;
         record.queue_seq = Some(seq);
-        let revision = match self.store.create(&record).await {
-            Ok(revision) => {
-                crate::metrics::submitted(&record);
-                Some(revision)
+        let placed = match reservation {
+            // The engine writes the record as ASSIGNED and announces it.
+            Some(reservation) => match reservation.assign(record.clone()).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(StoreError::Exists)) => false,
+                Ok(Err(error)) => return Err(not_stored(error)),
+                Err(_) => return Err(not_stored("leadership ended while placing the run")),
+            },
+            None => {
+                self.store_pending(&record).await?;
+                false
             }
-            Err(StoreError::Exists) => None,
-            Err(error) => return Err(not_stored(error)),
         };
-        debug!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
-        self.store.announce(None, &record).await;
-        // After the PENDING event, so that the ASSIGNED one cannot overtake it.
-        if let Some(revision) = revision.filter(|_| self.stored.receiver_count() > 0) {
-            // A lagging or absent engine reads the record itself: nothing is lost.
-            let _ = self.stored.send(Stored {
-                record: record.clone(),
-                revision,
-            });
+        if placed {
+            crate::metrics::submitted(&record);
+            debug!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted and placed");
         }
         Ok(Submitted {
             accepted: Accepted {
@@ -384,6 +420,35 @@ impl Intake {
             record,
             existed: false,
         })
+    }
+
+    /// Stores a queued run that was not placed at once as PENDING, with its `maxWaitTimeMs`
+    /// timer, and hands it to this process's engine, if it leads.
+    async fn store_pending(&self, record: &RunRecord) -> Result<(), SubmitError> {
+        if let Some(due) = wait_deadline(record) {
+            self.schedule_max_wait(&record.run_id, due)
+                .await
+                .map_err(SubmitError::NotStored)?;
+        }
+        let revision = match self.store.create(record).await {
+            Ok(revision) => {
+                crate::metrics::submitted(record);
+                Some(revision)
+            }
+            Err(StoreError::Exists) => None,
+            Err(error) => return Err(not_stored(error)),
+        };
+        debug!(run = %record.run_id, routine = %record.routine_id, parent = ?record.parent_run_id, "run accepted");
+        self.store.announce(None, record).await;
+        // After the PENDING event, so that the ASSIGNED one cannot overtake it.
+        if let Some(revision) = revision.filter(|_| self.stored.receiver_count() > 0) {
+            // A lagging or absent engine reads the record itself: nothing is lost.
+            let _ = self.stored.send(Stored {
+                record: record.clone(),
+                revision,
+            });
+        }
+        Ok(())
     }
 
     async fn enqueue(&self, run: &RunId, record: &RunRecord) -> Result<u64, BoxError> {
@@ -438,7 +503,10 @@ impl Intake {
 
     /// Removes a run's queue message (for a run that ends without being held).
     pub async fn drop_queue_message(&self, seq: u64) {
-        match self.js.get_stream(resources::QUEUE_STREAM).await {
+        // Without reading the stream's info first: a run placed at intake that ends before
+        // its queue message was fetched comes here, so this is on a busy path.
+        let stream = self.js.get_stream_no_info(resources::QUEUE_STREAM).await;
+        match stream {
             Ok(stream) => {
                 if let Err(error) = stream.delete_message(seq).await {
                     debug!(seq, %error, "could not delete a queue message");

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::engine::{Engine, Event};
+use crate::engine::{Engine, Event, IntakePlacer};
 use crate::error::{Error, RouteError, SpecError};
 use crate::intake::{Intake, Origin, TraceContext};
 use crate::metrics;
@@ -199,6 +199,8 @@ impl Server {
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&engine));
+        self.intake
+            .set_placer(Some(Arc::new(IntakePlacer::new(&engine))));
         let forwarded = match self.nats.subscribe(internal::SCHEDULER_LEADER).await {
             Ok(subscriber) => Some(subscriber),
             Err(error) => {
@@ -221,6 +223,7 @@ impl Server {
             warn!(%error, "the engine stopped");
         }
         term.cancel();
+        self.intake.set_placer(None);
         if let Some(forwarding) = forwarding {
             let _ = forwarding.await;
         }

@@ -292,11 +292,30 @@ impl RunStore {
         &self,
         run: &RunId,
         cached: &mut Option<Stored>,
-        mut change: F,
+        change: F,
     ) -> Result<Mutated, MutateError<E>>
     where
         F: FnMut(&RunRecord) -> Result<Decision, E>,
     {
+        self.mutate_then(run, cached, change, |_, _| {}).await
+    }
+
+    /// Like [`RunStore::mutate`], with `written` called on the record before and after a
+    /// write once it is stored and before it is announced: what must be true by the time
+    /// watchers hear of the change (a slot freed before a client sees its run end and
+    /// submits the next) goes there.
+    pub async fn mutate_then<E, F, W>(
+        &self,
+        run: &RunId,
+        cached: &mut Option<Stored>,
+        mut change: F,
+        written: W,
+    ) -> Result<Mutated, MutateError<E>>
+    where
+        F: FnMut(&RunRecord) -> Result<Decision, E>,
+        W: FnOnce(&RunRecord, &RunRecord),
+    {
+        let mut written = Some(written);
         let mut fresh = false;
         if cached.is_none() {
             *cached = self.get(run).await?;
@@ -327,6 +346,9 @@ impl RunStore {
             };
             match self.update(&next, current.revision).await {
                 Ok(revision) => {
+                    if let Some(written) = written.take() {
+                        written(&current.record, &next);
+                    }
                     let previous = current.record.status;
                     let previous = match &via {
                         Some(via) => {

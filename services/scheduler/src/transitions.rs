@@ -97,16 +97,6 @@ pub fn assign(
     next
 }
 
-/// ASSIGNED → PENDING when the slot could not be claimed: the attempt never reached a worker.
-pub fn unassign(record: &RunRecord, now: Timestamp, reason: &str) -> RunRecord {
-    let mut next = record.clone();
-    next.worker_id = None;
-    next.incarnation = None;
-    next.assigned_at = None;
-    push(&mut next, RunStatus::Pending, now, Some(reason.to_owned()));
-    next
-}
-
 /// Checks that a `starting` or `completed` from `worker` is about the current attempt.
 ///
 /// `current_incarnation` is the worker's incarnation as the registry has it now.

@@ -58,6 +58,49 @@ pub struct Waiting {
     pub version: u64,
 }
 
+/// One change to the runs a worker holds, as the scheduler leader decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Holding {
+    /// The worker now holds the run. Unlike a [`Claim`], capacity is not checked: the
+    /// leader placed the run from its own view of the worker's slots.
+    Hold(Claim),
+    /// The worker no longer holds the run.
+    Release(Release),
+    /// A held run starts or stops waiting on its children.
+    Waiting(Waiting),
+}
+
+impl Holding {
+    /// The worker the change is about.
+    pub fn worker_id(&self) -> &WorkerId {
+        match self {
+            Holding::Hold(claim) => &claim.worker_id,
+            Holding::Release(release) => &release.worker_id,
+            Holding::Waiting(waiting) => &waiting.worker_id,
+        }
+    }
+
+    /// The run the change is about.
+    pub fn run_id(&self) -> &RunId {
+        match self {
+            Holding::Hold(claim) => &claim.run_id,
+            Holding::Release(release) => &release.run_id,
+            Holding::Waiting(waiting) => &waiting.run_id,
+        }
+    }
+}
+
+/// Scheduler to registry: changes to the runs workers hold, in the order they happened,
+/// sent in batches off the runs' critical path. The registry applies each worker's share in
+/// one write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Holdings {
+    /// The changes, oldest first.
+    pub changes: Vec<Holding>,
+}
+
 /// What the heartbeat-monitor concluded about a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -161,14 +161,9 @@ impl Dispatcher {
         let (reply, receiver) = oneshot::channel();
         let mut inner = self.lock();
         inner.remove_waiter(run);
-        if let Some((worker, strategy)) = inner.best_worker(routine, conditions) {
-            if let Some(placement) = inner.reserve(&worker, run) {
-                if strategy == PickupStrategy::RoundRobin {
-                    inner.rotate(routine, &worker);
-                }
-                let _ = reply.send(placement);
-                return receiver;
-            }
+        if let Some(placement) = inner.place(run, routine, conditions) {
+            let _ = reply.send(placement);
+            return receiver;
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
@@ -190,6 +185,24 @@ impl Dispatcher {
         receiver
     }
 
+    /// A slot for a run just submitted, if one is free and no run of `routine` is already
+    /// waiting or on its way (those are older and go first). The run then holds a
+    /// reservation, as with [`Self::request`].
+    pub fn place_now(
+        &self,
+        run: &RunId,
+        routine: &RoutineId,
+        conditions: &Conditions,
+    ) -> Option<Placement> {
+        let mut inner = self.lock();
+        let queued = inner.waiting_per_routine.get(routine).copied().unwrap_or(0)
+            + inner.incoming.get(routine).copied().unwrap_or(0);
+        if queued > 0 {
+            return None;
+        }
+        inner.place(run, routine, conditions)
+    }
+
     /// Withdraws a waiting request (the run was cancelled or expired).
     pub fn withdraw(&self, run: &RunId) {
         let mut inner = self.lock();
@@ -209,9 +222,7 @@ impl Dispatcher {
         if view.record.incarnation != incarnation || !view.record.is_live() {
             return false;
         }
-        inner.change_reservation(worker, |view| {
-            view.reserved.insert(run.clone());
-        });
+        inner.change_reservation(worker, |view| view.reserve(run));
         true
     }
 
@@ -221,9 +232,8 @@ impl Dispatcher {
         if !inner.workers.contains_key(worker) {
             return;
         }
-        inner.change_reservation(worker, |view| {
-            view.reserved.remove(run);
-        });
+        let now = std::time::Instant::now();
+        inner.change_reservation(worker, |view| view.release(run, now));
         inner.serve_waiters(worker);
     }
 
@@ -248,7 +258,9 @@ impl Dispatcher {
             inner.subtract(previous);
             routines.extend(previous.record.routines.iter().cloned());
         }
-        let (view, gone) = placement::renew(previous, record, |record| inner.lowest_pass(record));
+        let now = std::time::Instant::now();
+        let (view, gone) =
+            placement::renew(previous, record, |record| inner.lowest_pass(record), now);
         inner.add(&worker, view);
         inner.publish_for(&routines);
         inner.serve_waiters(&worker);
@@ -343,9 +355,24 @@ impl Inner {
     fn reserve(&mut self, worker: &WorkerId, run: &RunId) -> Option<Placement> {
         let placement = self.workers.get(worker)?.placement();
         self.change_reservation(worker, |view| {
-            view.reserved.insert(run.clone());
+            view.reserve(run);
             view.advance();
         });
+        Some(placement)
+    }
+
+    /// Reserves a slot for `run` on the worker the routine's strategy picks, if one is free.
+    fn place(
+        &mut self,
+        run: &RunId,
+        routine: &RoutineId,
+        conditions: &Conditions,
+    ) -> Option<Placement> {
+        let (worker, strategy) = self.best_worker(routine, conditions)?;
+        let placement = self.reserve(&worker, run)?;
+        if strategy == PickupStrategy::RoundRobin {
+            self.rotate(routine, &worker);
+        }
         Some(placement)
     }
 

@@ -10,30 +10,30 @@ pub mod dispatcher;
 mod fetch;
 #[cfg(test)]
 pub(crate) mod fixtures;
+mod holdings;
 mod placement;
 mod queue_depth;
-mod registry;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_nats::jetstream;
 use async_nats::Client;
-use drover_protocol::{RunId, WorkerRecord};
+use drover_protocol::{RunId, RunRecord, Timestamp, WorkerRecord};
 use drover_service_kit::kv_cache::{Change, KvCache};
 use drover_service_kit::Settings;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use actor::outbox::Outbox;
 pub use actor::Event;
-use dispatcher::Dispatcher;
+use dispatcher::{Dispatcher, Placement};
 
-use crate::intake::Intake;
+use crate::intake::{Intake, Placer, Reservation};
 use crate::metrics::QueueDepth;
-use crate::store::RunStore;
+use crate::store::{RunStore, StoreError};
 
 /// Shared state of the leader's engine.
 pub struct Engine {
@@ -43,7 +43,7 @@ pub struct Engine {
     pub(crate) store: RunStore,
     pub(crate) intake: Intake,
     pub(crate) dispatcher: Dispatcher,
-    pub(crate) registry: registry::RegistryClient,
+    pub(crate) holdings: holdings::HoldingsReporter,
     pub(crate) outbox: Outbox,
     pub(crate) queue_depth: QueueDepth,
     pub(crate) shutdown: CancellationToken,
@@ -72,7 +72,7 @@ impl Engine {
             settings.pickup_strategies.clone(),
         );
         Arc::new(Self {
-            registry: registry::RegistryClient::new(nats.clone()),
+            holdings: holdings::HoldingsReporter::new(nats.clone()),
             outbox: Outbox::new(nats.clone()),
             settings,
             nats,
@@ -158,6 +158,11 @@ impl Engine {
         for record in workers.values() {
             self.on_worker(record);
         }
+        {
+            let engine = Arc::clone(&self);
+            self.tasks
+                .spawn(async move { engine.holdings.run(engine.shutdown.clone()).await });
+        }
         self.tasks.spawn(fetch::fetch_queues(Arc::clone(&self)));
         self.tasks.spawn(fetch::read_directives(Arc::clone(&self)));
         self.tasks.spawn(fetch::read_timers(Arc::clone(&self)));
@@ -192,6 +197,77 @@ impl Engine {
     fn on_worker(self: &Arc<Self>, record: Arc<WorkerRecord>) {
         for gone in self.dispatcher.on_worker(record) {
             self.deliver(gone.run.clone(), Event::WorkerGone(gone));
+        }
+    }
+}
+
+/// Places runs at intake while an engine leads (see [`Placer`]). It holds the engine weakly:
+/// the engine holds the intake.
+#[derive(Debug)]
+pub struct IntakePlacer(Weak<Engine>);
+
+impl IntakePlacer {
+    /// A placer for `engine`'s term.
+    pub fn new(engine: &Arc<Engine>) -> Self {
+        Self(Arc::downgrade(engine))
+    }
+}
+
+impl Placer for IntakePlacer {
+    fn reserve(&self, record: &RunRecord) -> Option<Box<dyn Reservation>> {
+        let engine = self.0.upgrade()?;
+        if engine.shutdown.is_cancelled() {
+            return None;
+        }
+        let placement =
+            engine
+                .dispatcher
+                .place_now(&record.run_id, &record.routine_id, &record.conditions)?;
+        Some(Box::new(Reserved {
+            engine,
+            run: record.run_id.clone(),
+            placement: Some(placement),
+        }))
+    }
+}
+
+/// A slot reserved at intake; given back if dropped unassigned.
+struct Reserved {
+    engine: Arc<Engine>,
+    run: RunId,
+    placement: Option<Placement>,
+}
+
+impl Reservation for Reserved {
+    fn assign(
+        mut self: Box<Self>,
+        record: RunRecord,
+    ) -> oneshot::Receiver<Result<u64, StoreError>> {
+        let (done, answer) = oneshot::channel();
+        if let Some(placement) = self.placement.take() {
+            let assigned = crate::transitions::assign(
+                &record,
+                &placement.worker,
+                placement.incarnation,
+                Timestamp::now(),
+            );
+            self.engine.deliver(
+                self.run.clone(),
+                Event::PlaceAtIntake {
+                    pending: Box::new(record),
+                    assigned: Box::new(assigned),
+                    done,
+                },
+            );
+        }
+        answer
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(placement) = self.placement.take() {
+            self.engine.dispatcher.release(&placement.worker, &self.run);
         }
     }
 }

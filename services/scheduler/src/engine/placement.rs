@@ -3,8 +3,9 @@
 //! view of the workers, free of I/O.
 //! The [`Dispatcher`](super::dispatcher::Dispatcher) keeps the views and answers the actors.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use drover_protocol::{Conditions, Incarnation, RoutineId, RunId, WorkerId, WorkerRecord};
 
@@ -35,12 +36,27 @@ pub struct Gone {
 /// `u128` pass does not overflow in any lifetime.
 const STRIDE: u128 = 1 << 64;
 
+/// How long a run this leader released is remembered while the registry's record of the
+/// worker does not show it: long enough for the release, or the hold it cancelled, to have
+/// reached the registry (see [`holdings`](super::holdings)).
+const REMEMBER_RELEASED: Duration = Duration::from_secs(2);
+
 /// A worker as the leader sees it: its record from the registry, the runs this leader has
 /// reserved a slot for on it, and its pass.
+///
+/// The leader's reservations are the truth about the worker's slots: the registry learns of
+/// them in batches, later. The record's runs count only where the leader knows nothing of
+/// them: runs a previous leader placed, until this one adopts them. Runs this leader
+/// released are remembered for a while, so that a record that still shows them (the release
+/// is on its way) does not count them as taken.
 #[derive(Debug, Clone)]
 pub(super) struct WorkerView {
     pub(super) record: Arc<WorkerRecord>,
     pub(super) reserved: HashSet<RunId>,
+    /// Runs released here, and when.
+    released: HashMap<RunId, Instant>,
+    /// When `released` was last cleared of what the registry has caught up with.
+    pruned: Option<Instant>,
     /// Stride scheduling's pass: it grows by `STRIDE / capacity` with each run placed here,
     /// and among equally loaded workers the lowest pass goes first. So equal workers take
     /// turns, and unequal ones get runs in proportion to their capacity even when idle.
@@ -53,20 +69,53 @@ impl WorkerView {
         Self {
             record,
             reserved: HashSet::new(),
+            released: HashMap::new(),
+            pruned: None,
             pass,
         }
     }
 
     /// Slots taken: this leader's reservations, and the runs the registry says the worker
-    /// holds besides.
+    /// holds besides (placed by a previous leader, and neither adopted nor released here).
     pub(super) fn used(&self) -> usize {
         let mut used = self.reserved.len();
         for held in &self.record.runs {
-            if !self.reserved.contains(&held.run_id) {
+            if !self.reserved.contains(&held.run_id) && !self.released.contains_key(&held.run_id) {
                 used += 1;
             }
         }
         used
+    }
+
+    /// `run` holds a slot here (placed or adopted by this leader).
+    pub(super) fn reserve(&mut self, run: &RunId) {
+        self.released.remove(run);
+        self.reserved.insert(run.clone());
+    }
+
+    /// `run` no longer holds its slot here, as of `now`.
+    pub(super) fn release(&mut self, run: &RunId, now: Instant) {
+        if self.reserved.remove(run) {
+            self.released.insert(run.clone(), now);
+        }
+    }
+
+    /// Takes in a newer record of the same registration. Released runs it does not show
+    /// are forgotten once [`REMEMBER_RELEASED`] has passed (at most once a second, so that
+    /// a busy worker's records cost little); those it still shows are kept, since to the
+    /// leader they are free.
+    fn update(&mut self, record: Arc<WorkerRecord>, now: Instant) {
+        self.record = record;
+        let due = self
+            .pruned
+            .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+        if due && !self.released.is_empty() {
+            let shown: HashSet<&RunId> = self.record.runs.iter().map(|run| &run.run_id).collect();
+            self.released.retain(|run, at| {
+                shown.contains(run) || now.saturating_duration_since(*at) < REMEMBER_RELEASED
+            });
+            self.pruned = Some(now);
+        }
     }
 
     /// Slots free for new runs: none unless the worker is ready and responsive.
@@ -187,18 +236,15 @@ pub(super) fn renew(
     previous: Option<WorkerView>,
     record: Arc<WorkerRecord>,
     start: impl FnOnce(&WorkerRecord) -> u128,
+    now: Instant,
 ) -> (WorkerView, Vec<Gone>) {
-    let Some(previous) = previous else {
+    let Some(mut previous) = previous else {
         let pass = start(&record);
         return (WorkerView::new(record, pass), Vec::new());
     };
     if previous.record.incarnation == record.incarnation && record.is_live() {
-        let view = WorkerView {
-            record,
-            reserved: previous.reserved,
-            pass: previous.pass,
-        };
-        return (view, Vec::new());
+        previous.update(record, now);
+        return (previous, Vec::new());
     }
     let worker = &record.worker_id;
     let reason = if record.is_live() {
@@ -240,7 +286,7 @@ mod tests {
     fn renewed(runs: &[&RunId], change: impl FnOnce(&mut WorkerRecord)) -> (WorkerView, Vec<Gone>) {
         let before = reserving(worker("w1", &["a"], 2, &[]), runs);
         let record = changed(&before.record, change);
-        renew(Some(before), record, |_| 0)
+        renew(Some(before), record, |_| 0, Instant::now())
     }
 
     fn chosen(views: &[WorkerView], conditions: &Conditions) -> Option<WorkerId> {
@@ -383,15 +429,15 @@ mod tests {
 
     #[test]
     fn a_new_or_registered_again_worker_starts_where_it_is_told() {
-        let (fresh, _) = renew(None, worker("w1", &["a"], 2, &[]), |_| 42);
+        let (fresh, _) = renew(None, worker("w1", &["a"], 2, &[]), |_| 42, Instant::now());
         assert_eq!(fresh.pass, 42);
         let mut before = view(worker("w1", &["a"], 2, &[]));
         before.pass = 7;
         let same = changed(&before.record, |record| record.capacity = 4);
-        let (kept, _) = renew(Some(before.clone()), same, |_| 42);
+        let (kept, _) = renew(Some(before.clone()), same, |_| 42, Instant::now());
         assert_eq!(kept.pass, 7, "the same registration keeps its pass");
         let again = changed(&before.record, |record| record.incarnation = 2);
-        let (renewed, _) = renew(Some(before), again, |_| 42);
+        let (renewed, _) = renew(Some(before), again, |_| 42, Instant::now());
         assert_eq!(renewed.pass, 42);
     }
 
@@ -498,6 +544,55 @@ mod tests {
             Pick::LeastLoaded
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_released_run_the_record_still_shows_is_free_until_forgotten() {
+        let (mine, earlier) = (RunId::generate(), RunId::generate());
+        let start = Instant::now();
+        let mut view = reserving(worker("w1", &["a"], 2, &[]), &[&mine]);
+        // The registry has the hold of `mine` and, from a previous leader, `earlier`.
+        let shows_both = changed(&view.record, |record| {
+            record.runs = vec![held(&mine), held(&earlier)];
+        });
+        view.update(shows_both.clone(), start);
+        assert_eq!(view.used(), 2);
+        view.release(&mine, start);
+        assert_eq!(
+            view.used(),
+            1,
+            "released here: free although the record shows it"
+        );
+        assert_eq!(view.free(), 1);
+        // Still shown after the memory: the release never landed; to the leader it is free.
+        view.update(shows_both, start + REMEMBER_RELEASED * 2);
+        assert_eq!(view.used(), 1);
+        // Once the record no longer shows it, it is forgotten after the memory.
+        let shows_earlier = changed(&view.record, |record| record.runs = vec![held(&earlier)]);
+        view.update(Arc::clone(&shows_earlier), start + REMEMBER_RELEASED * 4);
+        assert!(view.released.is_empty());
+        assert_eq!(view.used(), 1, "the previous leader's run still counts");
+        // A run placed again here is the leader's again.
+        view.release(&mine, start);
+        view.reserve(&mine);
+        assert_eq!(view.used(), 2);
+    }
+
+    #[test]
+    fn released_runs_are_pruned_at_most_once_a_second() {
+        let run = RunId::generate();
+        let start = Instant::now();
+        let mut view = reserving(worker("w1", &["a"], 2, &[]), &[&run]);
+        view.update(Arc::clone(&view.record), start);
+        view.release(&run, start);
+        let record = Arc::clone(&view.record);
+        view.update(Arc::clone(&record), start + REMEMBER_RELEASED / 4);
+        assert_eq!(view.released.len(), 1, "not old enough");
+        view.update(
+            Arc::clone(&record),
+            start + REMEMBER_RELEASED + Duration::from_millis(1),
+        );
+        assert!(view.released.is_empty());
     }
 
     #[test]

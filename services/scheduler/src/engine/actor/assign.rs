@@ -1,20 +1,21 @@
-//! Placing the run: asking the dispatcher for a slot, recording the assignment, claiming the
-//! slot at the registry, and sending the assignment (docs/architecture.md, "Placement").
+//! Placing the run: asking the dispatcher for a slot, recording the assignment, and sending
+//! it (docs/architecture.md, "Placement"). The registry learns that the worker holds the run
+//! later, in a batch (see [`holdings`](crate::engine::holdings)).
 
-use drover_protocol::{Attempt, Claim, Release, RunRecord, RunStatus, Timestamp, WorkerId};
+use drover_protocol::{Claim, Release, RunRecord, RunStatus, Timestamp, WorkerId};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, trace, warn};
 
 use super::outbox::Letter;
 use super::Actor;
 use crate::engine::dispatcher::Placement;
-use crate::engine::registry::RegistryError;
 use crate::metrics;
-use crate::store::{Decision, MutateError};
+use crate::store::{Decision, MutateError, StoreError, Stored};
 use crate::transitions;
 
-/// Pause before asking again after the registry refused a slot.
-const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pause before placing again after the assignment could not be recorded.
+const PLACE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The run is no longer waiting for a worker (it ended, or is on one already).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,15 +38,6 @@ pub(super) fn assign(
     )))
 }
 
-/// Undoes assignment `attempt` that never reached its worker (the slot was refused), unless
-/// the run has moved on since.
-pub(super) fn unassign(record: &RunRecord, attempt: Attempt, now: Timestamp) -> Decision {
-    if record.status != RunStatus::Assigned || record.attempt != attempt {
-        return Decision::Keep;
-    }
-    Decision::write(transitions::unassign(record, now, "slot not granted"))
-}
-
 impl Actor {
     pub(super) fn request_placement(&mut self) {
         let Some(record) = self.record() else {
@@ -61,9 +53,8 @@ impl Actor {
     pub(super) async fn placed(&mut self, placement: Placement) {
         trace!(worker = %placement.worker, "placement granted");
         self.reserved = Some(placement.worker.clone());
-        // The record first, then the slot: a leader that dies in between leaves an
-        // ASSIGNED record that its successor adopts and, unacknowledged, takes back. The
-        // other order could leave a claimed slot that no record points to.
+        // The record first, then the worker: a leader that dies in between leaves an
+        // ASSIGNED record that its successor adopts and, unacknowledged, takes back.
         let now = Timestamp::now();
         let assigned = match self.mutate(|record| assign(record, &placement, now)).await {
             Ok(mutated) => mutated.after,
@@ -81,43 +72,10 @@ impl Actor {
             Err(MutateError::Store(error)) => {
                 warn!(%error, "could not record the assignment");
                 self.give_back_slot(&placement.worker);
-                self.deadlines.replace = Some(Instant::now() + CLAIM_RETRY);
+                self.deadlines.replace = Some(Instant::now() + PLACE_RETRY);
                 return;
             }
         };
-        let claim = Claim {
-            worker_id: placement.worker.clone(),
-            incarnation: placement.incarnation,
-            run_id: self.run.clone(),
-            attempt: assigned.attempt,
-            traceparent: assigned
-                .attempt_span(assigned.attempt)
-                .map(|span| span.to_string()),
-        };
-        if let Err(error) = self.engine.registry.claim(&claim).await {
-            debug!(worker = %placement.worker, %error, "slot not granted");
-            if matches!(error, RegistryError::Unreachable(_)) {
-                // The claim may have landed: undo it, harmlessly if it did not.
-                self.release_at_registry(&placement.worker, assigned.attempt);
-            }
-            self.give_back_slot(&placement.worker);
-            let now = Timestamp::now();
-            match self
-                .mutate(|record| {
-                    Ok::<_, std::convert::Infallible>(unassign(record, assigned.attempt, now))
-                })
-                .await
-            {
-                Ok(mutated) if mutated.written => {
-                    self.deadlines.replace = Some(Instant::now() + CLAIM_RETRY);
-                }
-                _ => self.take_in_hand().await,
-            }
-            return;
-        }
-        metrics::assigned(&self.engine.queue_depth, &assigned);
-        self.send(Letter::assignment(&assigned)).await;
-        self.arm_attempt(&assigned);
         if assigned.attempt == 1 && assigned.max_wait_time_ms.is_some() {
             let intake = self.engine.intake.clone();
             let run = self.run.clone();
@@ -125,7 +83,73 @@ impl Actor {
                 .tasks
                 .spawn(async move { intake.cancel_max_wait(&run).await });
         }
-        debug!(worker = %placement.worker, attempt = assigned.attempt, "run assigned");
+        self.dispatch(&assigned).await;
+    }
+
+    /// The intake queued the run and reserved a slot on `assigned`'s worker: the record is
+    /// created as ASSIGNED (the run's first write), the intake is answered, and the
+    /// assignment goes out. No `maxWaitTimeMs` timer was set for it: it never waited.
+    pub(super) async fn on_place_at_intake(
+        &mut self,
+        pending: RunRecord,
+        assigned: RunRecord,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    ) {
+        let Some(worker) = assigned.worker_id.clone() else {
+            let _ = done.send(Err(StoreError::unavailable(
+                "an assignment without a worker",
+            )));
+            return;
+        };
+        self.reserved = Some(worker.clone());
+        match self.engine.store.create(&assigned).await {
+            Ok(revision) => {
+                self.current = Some(Stored {
+                    record: assigned.clone(),
+                    revision,
+                });
+                self.deadlines.reload = None;
+                self.unleased = self.lease.is_none();
+                let _ = done.send(Ok(revision));
+                self.engine.store.announce(None, &pending).await;
+                self.engine
+                    .store
+                    .announce(Some(RunStatus::Pending), &assigned)
+                    .await;
+                self.dispatch(&assigned).await;
+            }
+            Err(error) => {
+                self.give_back_slot(&worker);
+                let _ = done.send(Err(error));
+            }
+        }
+    }
+
+    /// The assignment is recorded: tell the registry (in a batch) and the worker, and time
+    /// the attempt.
+    async fn dispatch(&mut self, assigned: &RunRecord) {
+        self.report_held(assigned);
+        metrics::assigned(&self.engine.queue_depth, assigned);
+        self.send(Letter::assignment(assigned)).await;
+        self.arm_attempt(assigned);
+        debug!(worker = ?assigned.worker_id, attempt = assigned.attempt, "run assigned");
+    }
+
+    /// Tells the registry, with the next batch, that the worker `record` names holds the
+    /// attempt.
+    pub(super) fn report_held(&self, record: &RunRecord) {
+        let (Some(worker), Some(incarnation)) = (&record.worker_id, record.incarnation) else {
+            return;
+        };
+        self.engine.holdings.hold(Claim {
+            worker_id: worker.clone(),
+            incarnation,
+            run_id: self.run.clone(),
+            attempt: record.attempt,
+            traceparent: record
+                .attempt_span(record.attempt)
+                .map(|span| span.to_string()),
+        });
     }
 
     pub(super) fn give_back_slot(&mut self, worker: &WorkerId) {
@@ -135,29 +159,16 @@ impl Actor {
         }
     }
 
-    fn release_at_registry(&self, worker: &WorkerId, attempt: Attempt) {
-        let release = self.release(worker, attempt);
-        let registry = self.engine.registry.clone();
-        self.engine
-            .tasks
-            .spawn(async move { registry.release(&release).await });
-    }
-
-    fn release(&self, worker: &WorkerId, attempt: Attempt) -> Release {
-        Release {
-            worker_id: worker.clone(),
-            run_id: self.run.clone(),
-            attempt,
-        }
-    }
-
     /// The attempt `record` names is over: free its worker's slot everywhere.
-    pub(super) async fn free_slot(&mut self, record: &RunRecord) {
+    pub(super) fn free_slot(&mut self, record: &RunRecord) {
         let Some(worker) = &record.worker_id else {
             return;
         };
-        let release = self.release(worker, record.attempt);
-        self.engine.registry.release(&release).await;
+        self.engine.holdings.release(Release {
+            worker_id: worker.clone(),
+            run_id: self.run.clone(),
+            attempt: record.attempt,
+        });
         self.give_back_slot(worker);
     }
 }
@@ -191,27 +202,5 @@ mod tests {
             assign(&assigned, &on("w2", 1), at(2)),
             Err(NotPending(RunStatus::Assigned))
         );
-    }
-
-    #[test]
-    fn a_refused_slot_undoes_the_assignment_without_spending_a_reassignment() {
-        let assigned = transitions::assign(&pending(0), &w("w1"), 1, at(1));
-        let back = written(unassign(&assigned, 1, at(2)));
-        assert_eq!(back.status, RunStatus::Pending);
-        assert_eq!(back.worker_id, None);
-        assert_eq!(back.reassignments, 0);
-        assert_eq!(back.retries, 0);
-    }
-
-    #[test]
-    fn a_run_that_moved_on_is_not_undone() {
-        let assigned = transitions::assign(&pending(0), &w("w1"), 1, at(1));
-        assert_eq!(
-            unassign(&assigned, 2, at(2)),
-            Decision::Keep,
-            "other attempt"
-        );
-        let running = transitions::start(&assigned, at(2)).expect("assigned");
-        assert_eq!(unassign(&running, 1, at(3)), Decision::Keep, "it started");
     }
 }

@@ -55,6 +55,11 @@ pub(super) fn relays_on_end(record: &RunRecord) -> Vec<Relay> {
 }
 
 /// True when the attempt in `record` is the one placed on the registration that is gone.
+/// True when the write from `before` to `after` ends the attempt `before` holds on a worker.
+pub(super) fn ended(before: &RunRecord, after: &RunRecord) -> bool {
+    held(before) && !(held(after) && after.attempt == before.attempt)
+}
+
 pub(super) fn held_by(record: &RunRecord, gone: &Gone) -> bool {
     held(record)
         && record.worker_id.as_ref() == Some(&gone.worker)
@@ -142,7 +147,7 @@ impl Actor {
             if let Some(reason) = cancel {
                 self.send(Letter::cancel(&mutated.before, reason)).await;
             }
-            self.free_slot(&mutated.before).await;
+            self.free_slot(&mutated.before);
         }
         self.after_attempt(&mutated.after).await;
     }
@@ -152,8 +157,8 @@ impl Actor {
         self.deadlines.clear_attempt();
         match next_step(record, Timestamp::now()) {
             Step::Ended => self.ended(record).await,
-            Step::Defer(wait) if self.lease.is_some() => self.defer(wait).await,
-            Step::Place if self.lease.is_some() => self.request_placement(),
+            Step::Defer(wait) if self.in_hand() => self.defer(wait).await,
+            Step::Place if self.in_hand() => self.request_placement(),
             Step::Defer(_) | Step::Place | Step::Held => {}
         }
     }
@@ -258,6 +263,24 @@ mod tests {
             incarnation,
             reason: format!("worker {worker} is LOST"),
         }
+    }
+
+    #[test]
+    fn an_attempt_ends_when_the_write_leaves_it_no_longer_held() {
+        let assigned = transitions::assign(&pending(1), &w("a"), 3, at(0));
+        let started = running(1);
+        assert!(!ended(&assigned, &started), "starting keeps the attempt");
+        assert!(!ended(&pending(1), &assigned), "placing starts one");
+        let retry = transitions::fail_attempt(
+            &started,
+            AttemptFailure::Error(drover_protocol::RunError::new("E", "e")),
+            at(5),
+        );
+        assert!(ended(&started, &retry), "a failed attempt back to PENDING");
+        let reassigned = transitions::assign(&retry, &w("b"), 1, at(20));
+        assert!(!ended(&retry, &reassigned));
+        let lost = transitions::reassign(&reassigned, "worker b is LOST", 3, at(30));
+        assert!(ended(&reassigned, &lost), "taken back from a lost worker");
     }
 
     #[test]

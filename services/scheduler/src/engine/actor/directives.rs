@@ -16,6 +16,10 @@ use crate::metrics;
 use crate::store::{Decision, MutateError, StoreError};
 use crate::transitions::{self, AttemptFailure, StaleAttempt};
 
+/// How long a `starting` waits for its run's `completed` to arrive before RUNNING is written
+/// alone (see [`Actor::await_completion`]).
+const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// A `starting` or `completed` from a worker, read from `DROVER_DIRECTIVES`.
 pub enum DirectiveBody {
     /// The worker started an attempt.
@@ -128,7 +132,10 @@ impl Actor {
             .worker(worker)
             .map(|record| record.incarnation);
         let completion = match body {
-            DirectiveBody::Starting(_) => self.take_next_completion(worker, body.attempt()),
+            DirectiveBody::Starting(_) => match self.take_next_completion(worker, body.attempt()) {
+                Some(completion) => Some(completion),
+                None => self.await_completion(worker, body.attempt()).await,
+            },
             DirectiveBody::Completed(_) => None,
         };
         let now = Timestamp::now();
@@ -178,7 +185,7 @@ impl Actor {
 
     /// The attempt is RUNNING: time it, and tell the parent.
     fn after_started(&mut self, next: &RunRecord) {
-        if self.lease.is_some() {
+        if self.in_hand() {
             self.arm_attempt(next);
         }
         self.tell_parent_started(next);
@@ -221,6 +228,27 @@ impl Actor {
             }) => Some((worker, completed, message)),
             _ => None,
         }
+    }
+
+    /// The completion of `worker`'s `attempt` if it is the next event to arrive within
+    /// [`COALESCE_WINDOW`]: a short run's `completed` follows its `starting` closely, and
+    /// then RUNNING and the outcome take one write instead of two. A longer run shows
+    /// RUNNING that much later; nothing else waits.
+    async fn await_completion(
+        &mut self,
+        worker: &WorkerId,
+        attempt: Attempt,
+    ) -> Option<QueuedCompletion> {
+        if !self.stash.is_empty() {
+            // Something else came first: it must not be overtaken.
+            return None;
+        }
+        let next = tokio::time::timeout(COALESCE_WINDOW, self.receiver.recv()).await;
+        let Ok(Some(event)) = next else {
+            return None;
+        };
+        self.stash.push_back(event);
+        self.take_next_completion(worker, attempt)
     }
 
     /// Returns an unused completion to the front of the mailbox, to be handled on its own.

@@ -92,6 +92,13 @@ impl Actor {
         }
         self.lease = Some(message);
         self.deadlines.progress = Some(Instant::now() + self.progress_period());
+        if self.unleased {
+            // Placed at intake by this leader, which has moved the run on its own since:
+            // the record it holds is current.
+            trace!("lease joins a run placed at intake");
+            self.unleased = false;
+            return;
+        }
         // Always read afresh: the record may have moved while nobody held the run.
         match self.reload().await {
             Ok(Some(_)) => {
@@ -156,6 +163,8 @@ impl Actor {
             return;
         }
         self.reserved = Some(worker.clone());
+        // The previous leader may have stopped before the registry heard of it.
+        self.report_held(record);
         self.arm_attempt(record);
         debug!(worker = %worker, attempt = record.attempt, status = %record.status, "run adopted");
     }
@@ -182,8 +191,11 @@ impl Actor {
     }
 
     /// Gives the queue message back until `delay` has passed (a retry's backoff).
+    /// A run placed at intake that was never leased lets go: its queue message brings it
+    /// back once fetched, and is deferred then.
     pub(super) async fn defer(&mut self, delay: Duration) {
         self.deadlines = Deadlines::default();
+        self.unleased = false;
         if let Some(message) = self.lease.take() {
             if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
                 warn!(%error, "could not defer the run's queue message");
@@ -194,6 +206,7 @@ impl Actor {
     /// The run is over: remove its queue message for good.
     pub(super) async fn finish_lease(&mut self) {
         self.deadlines = Deadlines::default();
+        self.unleased = false;
         if let Some(message) = self.lease.take() {
             if let Err(error) = message.double_ack().await {
                 debug!(%error, "could not acknowledge the run's queue message");

@@ -85,6 +85,16 @@ pub enum Event {
     WorkerGone(Gone),
     /// This process's intake has just stored the run.
     Stored(Box<Stored>),
+    /// This process's intake queued the run and reserved a slot for it: create the record
+    /// as ASSIGNED, answer `done`, and send the assignment.
+    PlaceAtIntake {
+        /// The run as queued.
+        pending: Box<RunRecord>,
+        /// The run assigned to the reserved slot.
+        assigned: Box<RunRecord>,
+        /// Whether the record was created, and its revision.
+        done: oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 pub(super) struct Actor {
@@ -92,6 +102,9 @@ pub(super) struct Actor {
     run: RunId,
     receiver: mpsc::UnboundedReceiver<Event>,
     lease: Option<jetstream::Message>,
+    /// The run was placed at intake and is in this actor's hands before its queue message
+    /// (the lease) arrived; the message may arrive later, or never if the run ends first.
+    unleased: bool,
     current: Option<Stored>,
     placement: Option<oneshot::Receiver<Placement>>,
     reserved: Option<WorkerId>,
@@ -114,6 +127,7 @@ impl Actor {
             run,
             receiver,
             lease: None,
+            unleased: false,
             current: None,
             placement: None,
             reserved: None,
@@ -163,9 +177,15 @@ impl Actor {
         .await
     }
 
-    /// Nothing left to do: no lease to keep, no slot awaited, nothing to load.
+    /// Nothing left to do: no run in hand, no slot awaited, nothing to load.
     fn idle(&self) -> bool {
-        self.lease.is_none() && self.placement.is_none() && self.deadlines.reload.is_none()
+        !self.in_hand() && self.placement.is_none() && self.deadlines.reload.is_none()
+    }
+
+    /// True while this actor holds the run: by its queue message, or since it placed it at
+    /// intake.
+    fn in_hand(&self) -> bool {
+        self.lease.is_some() || self.unleased
     }
 
     async fn handle(&mut self, event: Event) {
@@ -196,6 +216,11 @@ impl Actor {
             Event::ChildEnded(child) => self.on_child_ended(&child).await,
             Event::WorkerGone(gone) => self.on_worker_gone(gone).await,
             Event::Stored(stored) => self.on_stored(*stored).await,
+            Event::PlaceAtIntake {
+                pending,
+                assigned,
+                done,
+            } => self.on_place_at_intake(*pending, *assigned, done).await,
         }
     }
 
@@ -222,10 +247,17 @@ impl Actor {
         &mut self,
         change: impl FnMut(&RunRecord) -> Result<Decision, E>,
     ) -> Result<Mutated, MutateError<E>> {
+        let dispatcher = &self.engine.dispatcher;
+        let run = &self.run;
         let mutated = self
             .engine
             .store
-            .mutate(&self.run, &mut self.current, change)
+            .mutate_then(run, &mut self.current, change, |before, after| {
+                // The worker's slot is free before anyone hears that the attempt ended.
+                if let (true, Some(worker)) = (attempt::ended(before, after), &before.worker_id) {
+                    dispatcher.release(worker, run);
+                }
+            })
             .await?;
         if mutated.written {
             crate::spans::record(&mutated.before, &mutated.after);

@@ -111,15 +111,15 @@ impl Actor {
             .mutate(|record| Ok::<_, Infallible>(open_child(record, child)))
             .await;
         match opened {
-            Ok(mutated) if mutated.written => self.report_waiting().await,
+            Ok(mutated) if mutated.written => self.report_waiting(),
             Ok(_) | Err(MutateError::Missing) => {}
             Err(error) => warn!(%error, child = %child, "could not record a child"),
         }
     }
 
-    async fn report_waiting(&self) {
+    fn report_waiting(&self) {
         if let Some(report) = self.current.as_ref().and_then(waiting_report) {
-            self.engine.registry.waiting(&report).await;
+            self.engine.holdings.waiting(report);
         }
     }
 
@@ -138,7 +138,7 @@ impl Actor {
         let parent = match closed {
             Ok(mutated) => {
                 if mutated.written {
-                    self.report_waiting().await;
+                    self.report_waiting();
                 }
                 mutated.after
             }
