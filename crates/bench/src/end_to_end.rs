@@ -3,6 +3,10 @@
 //! Each of `in_flight` lanes submits a run, waits for its SUCCEEDED event, and submits the
 //! next. Submit→starting is measured to the moment the worker's handler starts (when the
 //! workers run in this process); submit→completion to the moment the client sees the run end.
+//! Each measurement also takes the JetStream writes per run from stream sequence numbers; a
+//! phase of its own at the same concurrency counts the NATS messages per run
+//! (`traffic.rs`). A drain submits a whole backlog at once and times it until every run
+//! has SUCCEEDED.
 //!
 //! The workers run in this process, or in a child process of their own
 //! (`drover-bench worker`), which has its own telemetry set from its environment.
@@ -20,16 +24,26 @@ use drover_protocol::subject::keys;
 use drover_protocol::{encode, Accepted, RoutineId, RunId, RunSpec};
 use drover_testkit::{ProcStats, Stack};
 use drover_worker::{Worker, WorkerBuilder};
-use futures::StreamExt;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::{Latency, Throughput};
+use crate::stats::{Drain, Latency, Throughput};
+use crate::traffic::{self, Messages, Spy, Writes};
 
 /// The routine every benchmark run calls.
 const ROUTINE: &str = "bench.noop";
+/// What every benchmark worker's ID starts with.
+const WORKER_PREFIX: &str = "bench-";
+
+/// A run of the no-op routine.
+fn noop_spec() -> anyhow::Result<RunSpec> {
+    Ok(RunSpec::new(
+        RoutineId::parse(ROUTINE).map_err(|e| anyhow::anyhow!(e))?,
+    ))
+}
 
 /// What one service cost during a measurement.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +63,45 @@ pub struct DroverFigures {
     pub starting: Latency,
     /// Cost of each service.
     pub services: HashMap<String, ServiceCost>,
+    /// JetStream writes per run.
+    #[serde(default)]
+    pub writes: Writes,
+    /// NATS messages per run, counted in a phase of their own at the same concurrency.
+    #[serde(default)]
+    pub messages: Option<Messages>,
+}
+
+/// A backlog of runs submitted at once and drained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DroverDrain {
+    /// How long submitting and draining took.
+    pub drain: Drain,
+    /// Submissions awaiting their replies at a time.
+    pub submitters: usize,
+    /// JetStream writes per run.
+    pub writes: Writes,
+    /// Cost of each service.
+    pub services: HashMap<String, ServiceCost>,
+}
+
+/// How a submitter learns when its run ended.
+enum Ending {
+    /// The SUCCEEDED event came before the reply to the submission.
+    Ended(Instant),
+    /// Not yet.
+    Waiting(oneshot::Receiver<Instant>),
+}
+
+impl Ending {
+    async fn wait(self) -> anyhow::Result<Instant> {
+        match self {
+            Self::Ended(at) => Ok(at),
+            Self::Waiting(finished) => tokio::time::timeout(Duration::from_secs(60), finished)
+                .await
+                .context("a run did not end within a minute")?
+                .context("the event listener stopped"),
+        }
+    }
 }
 
 /// Runs that started (handler entered), with when.
@@ -69,6 +122,7 @@ pub enum Workers {
 pub struct Bench {
     stack: Stack,
     client: Client,
+    js: async_nats::jetstream::Context,
     started: Started,
     waiters: Waiters,
     early: Arc<Mutex<HashMap<RunId, Instant>>>,
@@ -159,6 +213,7 @@ impl Bench {
             });
         }
         let bench = Self {
+            js: stack.jetstream().await,
             stack,
             client,
             started,
@@ -223,7 +278,8 @@ impl Bench {
             .collect()
     }
 
-    async fn submit_and_wait(&self, spec: &RunSpec) -> anyhow::Result<(Instant, RunId, Instant)> {
+    /// Submits one run and returns when, its ID, and how to learn when it ended.
+    async fn submit(&self, spec: &RunSpec) -> anyhow::Result<(Instant, RunId, Ending)> {
         let at = Instant::now();
         let reply = self
             .client
@@ -232,41 +288,120 @@ impl Bench {
         let accepted: Accepted = decode_reply(&reply.payload)?
             .map_err(|error| anyhow::anyhow!("submission refused: {error}"))?;
         let (done, finished) = oneshot::channel();
-        {
-            let mut waiters = self
-                .waiters
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let early = self
-                .early
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&accepted.run_id);
-            match early {
-                Some(ended) => return Ok((at, accepted.run_id, ended)),
-                None => {
-                    waiters.insert(accepted.run_id.clone(), done);
-                }
+        let mut waiters = self
+            .waiters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&accepted.run_id);
+        let ending = match early {
+            Some(ended) => Ending::Ended(ended),
+            None => {
+                waiters.insert(accepted.run_id.clone(), done);
+                Ending::Waiting(finished)
             }
-        }
-        let ended = tokio::time::timeout(Duration::from_secs(60), finished)
-            .await
-            .context("a run did not end within a minute")??;
-        Ok((at, accepted.run_id, ended))
+        };
+        Ok((at, accepted.run_id, ending))
     }
 
-    /// Runs `count` no-op runs with `in_flight` lanes.
+    async fn submit_and_wait(&self, spec: &RunSpec) -> anyhow::Result<(Instant, RunId, Instant)> {
+        let (at, run, ending) = self.submit(spec).await?;
+        Ok((at, run, ending.wait().await?))
+    }
+
+    /// CPU and memory of each measured process now, to be compared after `count` runs.
+    fn costs_before(&self) -> Vec<(String, ProcStats)> {
+        self.service_pids()
+            .into_iter()
+            .filter_map(|(name, pid)| ProcStats::of(pid).ok().map(|stats| (name, stats)))
+            .collect()
+    }
+
+    /// What each process spent since `before`, per 1,000 of `count` runs.
+    fn costs_since(
+        &self,
+        before: &[(String, ProcStats)],
+        count: usize,
+    ) -> HashMap<String, ServiceCost> {
+        let mut services = HashMap::new();
+        for (name, pid) in self.service_pids() {
+            let Some((_, old)) = before.iter().find(|(known, _)| *known == name) else {
+                continue;
+            };
+            let Ok(now) = ProcStats::of(pid) else {
+                continue;
+            };
+            services.insert(
+                name,
+                ServiceCost {
+                    cpu_seconds_per_1000_runs: (now.cpu - old.cpu).as_secs_f64() * 1000.0
+                        / count as f64,
+                    peak_rss_mib: now.peak_rss_bytes as f64 / f64::from(1 << 20),
+                },
+            );
+        }
+        services
+    }
+
+    /// Runs `count` no-op runs with `in_flight` lanes: throughput, latency, each process's
+    /// cost, and the JetStream writes per run.
     pub async fn measure(
         self: &Arc<Self>,
         in_flight: usize,
         count: usize,
     ) -> anyhow::Result<DroverFigures> {
-        let spec = RunSpec::new(RoutineId::parse(ROUTINE).map_err(|e| anyhow::anyhow!(e))?);
-        let before: Vec<(String, ProcStats)> = self
-            .service_pids()
-            .into_iter()
-            .filter_map(|(name, pid)| ProcStats::of(pid).ok().map(|stats| (name, stats)))
-            .collect();
+        let before = self.costs_before();
+        let sequences = traffic::sequences(&self.js).await?;
+        let (results, wall) = self.lanes(in_flight, count).await?;
+        let writes = Writes::between(&sequences, &traffic::sequences(&self.js).await?, count);
+        let services = self.costs_since(&before, count);
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut completion = Vec::with_capacity(results.len());
+        let mut starting = Vec::with_capacity(results.len());
+        for (submitted, run, ended) in &results {
+            completion.push(ended.saturating_duration_since(*submitted));
+            if let Some(began) = started.get(run) {
+                starting.push(began.saturating_duration_since(*submitted));
+            }
+        }
+        Ok(DroverFigures {
+            completion: Throughput::of(in_flight, completion, wall),
+            starting: Latency::of(&mut starting),
+            services,
+            writes,
+            messages: None,
+        })
+    }
+
+    /// Runs `count` no-op runs with `in_flight` lanes while a `>` subscription counts every
+    /// NATS message, apart from [`Bench::measure`] because the counting slows the runs.
+    pub async fn count_messages(
+        self: &Arc<Self>,
+        in_flight: usize,
+        count: usize,
+    ) -> anyhow::Result<Messages> {
+        let spy = Spy::start(&self.stack.nats_url(), WORKER_PREFIX).await?;
+        let (_, wall) = self.lanes(in_flight, count).await?;
+        let mut messages = spy.finish(count).await?;
+        messages.per_second = count as f64 / wall.as_secs_f64().max(1e-9);
+        Ok(messages)
+    }
+
+    /// Keeps `in_flight` runs going until `count` have ended; each run's submission, ID
+    /// and end, and the wall time.
+    async fn lanes(
+        self: &Arc<Self>,
+        in_flight: usize,
+        count: usize,
+    ) -> anyhow::Result<(Vec<(Instant, RunId, Instant)>, Duration)> {
+        let spec = noop_spec()?;
         let next = Arc::new(AtomicUsize::new(0));
         let wall = Instant::now();
         let lanes: Vec<_> = (0..in_flight)
@@ -287,41 +422,36 @@ impl Bench {
         for lane in lanes {
             results.extend(lane.await??);
         }
-        let wall = wall.elapsed();
-        let started = self
-            .started
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let mut completion = Vec::with_capacity(results.len());
-        let mut starting = Vec::with_capacity(results.len());
-        for (submitted, run, ended) in &results {
-            completion.push(ended.saturating_duration_since(*submitted));
-            if let Some(began) = started.get(run) {
-                starting.push(began.saturating_duration_since(*submitted));
-            }
+        Ok((results, wall.elapsed()))
+    }
+
+    /// Submits `count` runs at once, `submitters` submissions awaiting their replies at a
+    /// time, and times from the first submission until every run has SUCCEEDED.
+    pub async fn drain(
+        self: &Arc<Self>,
+        count: usize,
+        submitters: usize,
+    ) -> anyhow::Result<DroverDrain> {
+        let spec = noop_spec()?;
+        let before = self.costs_before();
+        let sequences = traffic::sequences(&self.js).await?;
+        let first = Instant::now();
+        let endings: Vec<(Instant, RunId, Ending)> = futures::stream::iter(0..count)
+            .map(|_| self.submit(&spec))
+            .buffer_unordered(submitters.max(1))
+            .try_collect()
+            .await?;
+        let submitted = first.elapsed();
+        let mut last = first;
+        for (_, _, ending) in endings {
+            last = last.max(ending.wait().await?);
         }
-        let mut services = HashMap::new();
-        for (name, pid) in self.service_pids() {
-            let Some((_, old)) = before.iter().find(|(known, _)| *known == name) else {
-                continue;
-            };
-            let Ok(now) = ProcStats::of(pid) else {
-                continue;
-            };
-            services.insert(
-                name,
-                ServiceCost {
-                    cpu_seconds_per_1000_runs: (now.cpu - old.cpu).as_secs_f64() * 1000.0
-                        / count as f64,
-                    peak_rss_mib: now.peak_rss_bytes as f64 / f64::from(1 << 20),
-                },
-            );
-        }
-        Ok(DroverFigures {
-            completion: Throughput::of(in_flight, completion, wall),
-            starting: Latency::of(&mut starting),
-            services,
+        let writes = Writes::between(&sequences, &traffic::sequences(&self.js).await?, count);
+        Ok(DroverDrain {
+            drain: Drain::of(count, submitted, last.saturating_duration_since(first)),
+            submitters,
+            writes,
+            services: self.costs_since(&before, count),
         })
     }
 
@@ -333,7 +463,7 @@ impl Bench {
 
 /// A worker of `capacity` whose routine does nothing but note when it started.
 pub fn noop_worker(index: usize, capacity: u32, started: Started) -> WorkerBuilder {
-    Worker::builder(format!("bench-{index}"))
+    Worker::builder(format!("{WORKER_PREFIX}{index}"))
         .capacity(capacity)
         .routine(ROUTINE, move |ctx, _params| {
             let started = Arc::clone(&started);

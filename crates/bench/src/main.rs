@@ -5,8 +5,11 @@
 //!    same concurrencies, with each service's CPU and memory.
 //! 3. Every Drover figure as a ratio to the baseline measured in the same run.
 //! 4. Scale: many simulated workers pulsing every second.
-//! 5. A peer: the same workload on Celery with Redis (bench/peers/celery/run.sh).
-//! 6. The cost of tracing: the end-to-end scenario with span export off and on, alternating.
+//! 5. Drover draining a backlog submitted at once, and what a run costs the broker
+//!    (JetStream writes and NATS messages per run).
+//! 6. Peers: the same workload on Dramatiq and on Celery, each with Redis
+//!    (bench/peers/*/run.sh), with client lanes and draining a backlog.
+//! 7. The cost of tracing: the end-to-end scenario with span export off and on, alternating.
 //!
 //! `drover-bench soak` is apart: a steady rate of runs for minutes (10 by default), and what
 //! piles up meanwhile: service logs, memory, JetStream storage per run (see `soak.rs`).
@@ -16,21 +19,23 @@
 
 mod baseline;
 mod end_to_end;
+mod peers;
 mod report;
 mod scale;
 mod soak;
 mod stats;
 mod trace_overhead;
+mod traffic;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use drover_testkit::NatsServer;
 
-use crate::report::{Machine, Results};
+use crate::peers::{Peer, Workload};
+use crate::report::{Drains, Machine, Results};
 
 /// Drover's benchmark.
 #[derive(Debug, Parser)]
@@ -59,9 +64,24 @@ struct Args {
     /// How many of them to kill at once.
     #[arg(long, default_value_t = 500)]
     scale_killed: usize,
+    /// Runs (jobs for the peers) in the backlog each system drains (0 skips the drains).
+    #[arg(long, default_value_t = 5000)]
+    drain: usize,
+    /// Drover's submissions of the backlog awaiting their replies at a time.
+    #[arg(long, default_value_t = 256)]
+    drain_submitters: usize,
+    /// The peers' threads submitting the backlog (Python clients; more only contend).
+    #[arg(long, default_value_t = 16)]
+    peer_drain_threads: usize,
+    /// Runs of each phase that counts NATS messages, one per concurrency (0 skips them).
+    #[arg(long, default_value_t = 1000)]
+    count_runs: usize,
     /// Skip the Celery peer.
     #[arg(long)]
     skip_celery: bool,
+    /// Skip the Dramatiq peer.
+    #[arg(long)]
+    skip_dramatiq: bool,
     /// Pairs of tracing phases (export off, then on) to measure (0 skips them).
     #[arg(long, default_value_t = 2)]
     tracing_rounds: usize,
@@ -78,10 +98,14 @@ struct Args {
 enum Stage {
     /// The raw JetStream job cycle.
     Baseline,
-    /// Drover end to end.
+    /// Drover end to end, with writes and messages per run.
     Drover,
+    /// Drover draining a backlog.
+    DroverDrain,
     /// Many simulated workers pulsing.
     Scale,
+    /// The Dramatiq peer.
+    Dramatiq,
     /// The Celery peer.
     Celery,
     /// Span export off against on.
@@ -148,33 +172,6 @@ fn nats_server_version() -> String {
         .unwrap_or_default()
 }
 
-async fn celery(runs: usize, in_flight: &[usize]) -> anyhow::Result<Vec<stats::Throughput>> {
-    let script = drover_testkit::workspace_root().join("bench/peers/celery/run.sh");
-    let concurrencies: Vec<String> = in_flight.iter().map(ToString::to_string).collect();
-    let output = tokio::process::Command::new("bash")
-        .arg(&script)
-        .args([
-            "--tasks",
-            &runs.to_string(),
-            "--in-flight",
-            &concurrencies.join(","),
-        ])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .with_context(|| format!("running {}", script.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "the Celery peer failed ({})",
-        output.status
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str(line).context("reading a Celery result"))
-        .collect()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -210,6 +207,9 @@ async fn main() -> anyhow::Result<()> {
         scale: None,
         celery: Vec::new(),
         drover_over_celery: Default::default(),
+        dramatiq: Vec::new(),
+        drover_over_dramatiq: Default::default(),
+        drain: Drains::default(),
         tracing: None,
     };
     eprintln!("machine: {:?}", results.machine);
@@ -237,14 +237,40 @@ async fn main() -> anyhow::Result<()> {
         let bench = Arc::new(end_to_end::Bench::start(args.workers, args.capacity).await?);
         bench.measure(16, 1000).await?;
         for &in_flight in &args.in_flight {
-            let figures = bench.measure(in_flight, args.runs).await?;
+            let mut figures = bench.measure(in_flight, args.runs).await?;
             let c = &figures.completion;
             eprintln!(
-                "  {in_flight:>3} in flight: {:.0} runs/s, completion p50 {:.2} ms p99 {:.2} ms, starting p50 {:.2} ms",
-                c.per_second, c.latency.p50_ms, c.latency.p99_ms, figures.starting.p50_ms
+                "  {in_flight:>3} in flight: {:.0} runs/s, completion p50 {:.2} ms p99 {:.2} ms, starting p50 {:.2} ms, {:.2} writes per run",
+                c.per_second, c.latency.p50_ms, c.latency.p99_ms, figures.starting.p50_ms, figures.writes.per_run
             );
+            if args.count_runs > 0 {
+                let messages = bench.count_messages(in_flight, args.count_runs).await?;
+                eprintln!(
+                    "      counting messages: {:.1} per run over {} runs ({:.0} runs/s while counting)",
+                    messages.per_run, messages.runs, messages.per_second
+                );
+                figures.messages = Some(messages);
+            }
             results.drover.push(figures);
         }
+        bench.stop();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    if wanted(Stage::DroverDrain) && args.drain > 0 {
+        eprintln!(
+            "== Drover draining a backlog of {} ({} workers × capacity {})",
+            args.drain, args.workers, args.capacity
+        );
+        let bench = Arc::new(end_to_end::Bench::start(args.workers, args.capacity).await?);
+        bench.measure(16, 1000).await?;
+        let figures = bench.drain(args.drain, args.drain_submitters).await?;
+        let d = &figures.drain;
+        eprintln!(
+            "  all submitted after {:.2} s, all SUCCEEDED after {:.2} s: {:.0} runs/s, {:.2} writes per run",
+            d.submit_seconds, d.seconds, d.per_second, figures.writes.per_run
+        );
+        results.drain.drover = Some(figures);
         bench.stop();
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -267,10 +293,34 @@ async fn main() -> anyhow::Result<()> {
         results.scale = Some(figures);
     }
 
+    let workload = Workload {
+        tasks: args.runs.min(5000),
+        in_flight: args.in_flight.clone(),
+        drain: args.drain,
+        submitters: args.peer_drain_threads,
+    };
+    if wanted(Stage::Dramatiq) && !args.skip_dramatiq {
+        eprintln!("== peer: Dramatiq + Redis, 2 processes × 8 threads, Results middleware");
+        match peers::measure(Peer::Dramatiq, &workload).await {
+            Ok(figures) => {
+                figures.print();
+                results.dramatiq = figures.lanes;
+                results.drain.dramatiq = figures.drain;
+                results.drain.peer_threads = workload.submitters;
+            }
+            Err(error) => eprintln!("  skipped: {error:#}"),
+        }
+    }
+
     if wanted(Stage::Celery) && !args.skip_celery {
         eprintln!("== peer: Celery + Redis, acks_late");
-        match celery(args.runs.min(5000), &args.in_flight).await {
-            Ok(figures) => results.celery = figures,
+        match peers::measure(Peer::Celery, &workload).await {
+            Ok(figures) => {
+                figures.print();
+                results.celery = figures.lanes;
+                results.drain.celery = figures.drain;
+                results.drain.peer_threads = workload.submitters;
+            }
             Err(error) => eprintln!("  skipped: {error:#}"),
         }
     }

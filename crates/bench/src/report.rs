@@ -1,16 +1,17 @@
 //! Writing results: JSON (everything), Markdown (the tables), SVG (throughput vs latency).
 
+mod markdown;
+
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::end_to_end::DroverFigures;
+use crate::end_to_end::{DroverDrain, DroverFigures};
 use crate::scale::ScaleFigures;
-use crate::stats::Throughput;
+use crate::stats::{Drain, Throughput};
 use crate::trace_overhead::TracingFigures;
 
 /// The machine the figures come from.
@@ -41,6 +42,24 @@ pub struct Ratio {
     pub p99_latency: f64,
 }
 
+/// Each system draining a backlog submitted at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Drains {
+    /// Drover, with the same workers as end to end.
+    pub drover: Option<DroverDrain>,
+    /// Dramatiq with Redis.
+    pub dramatiq: Option<Drain>,
+    /// Celery with Redis.
+    pub celery: Option<Drain>,
+    /// The peers' client threads, each submitting its share and then waiting for it.
+    #[serde(default)]
+    pub peer_threads: usize,
+    /// Drover runs/s over Dramatiq's jobs/s.
+    pub drover_over_dramatiq: Option<f64>,
+    /// Drover runs/s over Celery's tasks/s.
+    pub drover_over_celery: Option<f64>,
+}
+
 /// Everything one benchmark run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -62,6 +81,15 @@ pub struct Results {
     pub celery: Vec<Throughput>,
     /// Drover runs/s over Celery tasks/s, by concurrency.
     pub drover_over_celery: BTreeMap<usize, f64>,
+    /// Dramatiq with Redis and its Results middleware, 2 processes × 8 threads.
+    #[serde(default)]
+    pub dramatiq: Vec<Throughput>,
+    /// Drover runs/s over Dramatiq jobs/s, by concurrency.
+    #[serde(default)]
+    pub drover_over_dramatiq: BTreeMap<usize, f64>,
+    /// Backlogs submitted at once and drained.
+    #[serde(default)]
+    pub drain: Drains,
     /// Span export off against on.
     #[serde(default)]
     pub tracing: Option<TracingFigures>,
@@ -86,20 +114,12 @@ impl Results {
                 })
             })
             .collect();
-        self.drover_over_celery = self
-            .drover
-            .iter()
-            .filter_map(|drover| {
-                let celery = self
-                    .celery
-                    .iter()
-                    .find(|c| c.in_flight == drover.completion.in_flight)?;
-                Some((
-                    celery.in_flight,
-                    drover.completion.per_second / celery.per_second,
-                ))
-            })
-            .collect();
+        self.drover_over_celery = over(&self.drover, &self.celery);
+        self.drover_over_dramatiq = over(&self.drover, &self.dramatiq);
+        let drover = self.drain.drover.as_ref().map(|d| d.drain.per_second);
+        let ratio = |peer: Option<Drain>| Some(drover? / peer?.per_second);
+        self.drain.drover_over_dramatiq = ratio(self.drain.dramatiq);
+        self.drain.drover_over_celery = ratio(self.drain.celery);
     }
 
     /// Writes `<stem>.json`, `<stem>.md` and `<stem>.svg` into `dir`.
@@ -107,151 +127,6 @@ impl Results {
         write_json_and_markdown(dir, stem, self, &self.markdown())?;
         self.plot(&dir.join(format!("{stem}.svg")))?;
         Ok(())
-    }
-
-    /// The results as Markdown tables.
-    pub fn markdown(&self) -> String {
-        let mut out = String::new();
-        let m = &self.machine;
-        let _ = writeln!(out, "# Drover benchmark, {}\n", self.at);
-        let _ = writeln!(
-            out,
-            "Machine: {} ({} cores, {:.0} GiB), nats-server {}, load average at start {}. {} runs per Drover measurement.\n",
-            m.cpu, m.cores, m.memory_gib, m.nats_server, m.load_average, self.runs
-        );
-        let measured =
-            !(self.baseline.is_empty() && self.drover.is_empty() && self.celery.is_empty());
-        if measured {
-            self.throughput_tables(&mut out);
-        }
-        if let Some(scale) = &self.scale {
-            Self::scale_table(&mut out, scale);
-        }
-        if let Some(tracing) = &self.tracing {
-            Self::tracing_table(&mut out, tracing);
-        }
-        out
-    }
-
-    fn throughput_tables(&self, out: &mut String) {
-        let _ = writeln!(out, "## Throughput and latency\n");
-        let _ = writeln!(out, "| system | in flight | per second | p50 ms | p99 ms | p99.9 ms | submit→starting p50 / p99 / p99.9 ms |");
-        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-        let row = |out: &mut String, name: &str, t: &Throughput, starting: &str| {
-            let _ = writeln!(
-                out,
-                "| {name} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {starting} |",
-                t.in_flight, t.per_second, t.latency.p50_ms, t.latency.p99_ms, t.latency.p999_ms
-            );
-        };
-        for base in &self.baseline {
-            row(out, "JetStream job cycle (baseline)", base, "-");
-        }
-        for drover in &self.drover {
-            let s = drover.starting;
-            row(
-                out,
-                "Drover end to end",
-                &drover.completion,
-                &format!("{:.2} / {:.2} / {:.2}", s.p50_ms, s.p99_ms, s.p999_ms),
-            );
-        }
-        for celery in &self.celery {
-            row(out, "Celery + Redis (acks_late)", celery, "-");
-        }
-        let _ = writeln!(
-            out,
-            "\nLatencies are submit→completion as the client sees it, except the last column.\n"
-        );
-        let _ = writeln!(out, "## Drover against the baseline (same run)\n");
-        let _ = writeln!(out, "| in flight | throughput ratio | p50 latency ratio | p99 latency ratio | Drover / Celery |");
-        let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
-        for ratio in &self.ratios {
-            let celery = self
-                .drover_over_celery
-                .get(&ratio.in_flight)
-                .map_or_else(|| "-".to_owned(), |r| format!("{r:.1}×"));
-            let _ = writeln!(
-                out,
-                "| {} | {:.2} | {:.2} | {:.2} | {celery} |",
-                ratio.in_flight, ratio.throughput, ratio.p50_latency, ratio.p99_latency
-            );
-        }
-        let _ = writeln!(out, "\n## Cost per service\n");
-        let _ = writeln!(
-            out,
-            "| in flight | service | CPU s per 1,000 runs | peak RSS MiB |"
-        );
-        let _ = writeln!(out, "|---:|---|---:|---:|");
-        for drover in &self.drover {
-            let mut services: Vec<_> = drover.services.iter().collect();
-            services.sort_by(|a, b| a.0.cmp(b.0));
-            for (name, cost) in services {
-                let _ = writeln!(
-                    out,
-                    "| {} | {name} | {:.3} | {:.1} |",
-                    drover.completion.in_flight, cost.cpu_seconds_per_1000_runs, cost.peak_rss_mib
-                );
-            }
-        }
-    }
-
-    fn scale_table(out: &mut String, scale: &ScaleFigures) {
-        let _ = writeln!(
-            out,
-            "\n## Scale: {} workers pulsing every second\n",
-            scale.workers
-        );
-        let _ = writeln!(out, "| service | cores | RSS MiB | peak RSS MiB |");
-        let _ = writeln!(out, "|---|---:|---:|---:|");
-        for (name, cost) in [
-            ("heartbeat-monitor", &scale.monitor),
-            ("registry", &scale.registry),
-        ] {
-            let _ = writeln!(
-                out,
-                "| {name} | {:.3} | {:.1} | {:.1} |",
-                cost.cores, cost.rss_mib, cost.peak_rss_mib
-            );
-        }
-        let _ = writeln!(
-            out,
-            "\nRegistered and IDLE in {:.1} s. {} killed at once were all LOST after {:.2} s (lostAfterMs {:.0} s, heartbeat 1 s). Wrongly lost: {}.",
-            scale.register_seconds, scale.killed, scale.detect_seconds, scale.lost_after_seconds, scale.false_losses
-        );
-    }
-
-    fn tracing_table(out: &mut String, tracing: &TracingFigures) {
-        let _ = writeln!(
-            out,
-            "\n## Tracing: span export off against on, {} in flight\n",
-            tracing.in_flight
-        );
-        let _ = writeln!(
-            out,
-            "| phase | export | runs/s | p50 ms | p99 ms | export requests | KiB exported | bytes per run |"
-        );
-        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|");
-        for (index, phase) in tracing.phases.iter().enumerate() {
-            let c = &phase.completion;
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} |",
-                index + 1,
-                if phase.export { "on" } else { "off" },
-                c.per_second,
-                c.latency.p50_ms,
-                c.latency.p99_ms,
-                phase.sink_requests,
-                phase.sink_bytes as f64 / 1024.0,
-                phase.sink_bytes as f64 / c.count.max(1) as f64
-            );
-        }
-        let _ = writeln!(
-            out,
-            "\nMean of each: off {:.0} runs/s, on {:.0} runs/s; **on / off {:.3}** ({} runs per phase).",
-            tracing.off_per_second, tracing.on_per_second, tracing.ratio, tracing.runs
-        );
     }
 
     /// Throughput (x) against p99 latency (y, log scale), one line per system.
@@ -266,6 +141,11 @@ impl Results {
                 RGBColor(90, 90, 90),
             ),
             ("Drover end to end", drover, RGBColor(200, 60, 30)),
+            (
+                "Dramatiq + Redis, 2 × 8 threads",
+                self.dramatiq.iter().collect(),
+                RGBColor(40, 150, 80),
+            ),
             (
                 "Celery + Redis, acks_late",
                 self.celery.iter().collect(),
@@ -345,6 +225,22 @@ impl Results {
         root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
+}
+
+/// Drover runs/s over `peer`'s jobs/s at each concurrency both measured.
+fn over(drover: &[DroverFigures], peer: &[Throughput]) -> BTreeMap<usize, f64> {
+    drover
+        .iter()
+        .filter_map(|drover| {
+            let peer = peer
+                .iter()
+                .find(|p| p.in_flight == drover.completion.in_flight)?;
+            Some((
+                peer.in_flight,
+                drover.completion.per_second / peer.per_second,
+            ))
+        })
+        .collect()
 }
 
 /// Writes `value` as `<stem>.json` and `markdown` as `<stem>.md` into `dir`, creating it.

@@ -63,6 +63,31 @@ impl Throughput {
     }
 }
 
+/// A backlog submitted at once and drained.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Jobs or runs in the backlog (those that ended).
+    pub count: usize,
+    /// From the first submission until the last was accepted, in seconds.
+    pub submit_seconds: f64,
+    /// From the first submission until every one had ended, in seconds.
+    pub seconds: f64,
+    /// Ended per second over `seconds`.
+    pub per_second: f64,
+}
+
+impl Drain {
+    /// Figures for `count` ended, the submissions taking `submitted` and the whole `wall`.
+    pub fn of(count: usize, submitted: Duration, wall: Duration) -> Self {
+        Self {
+            count,
+            submit_seconds: submitted.as_secs_f64(),
+            seconds: wall.as_secs_f64(),
+            per_second: count as f64 / wall.as_secs_f64().max(1e-9),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
