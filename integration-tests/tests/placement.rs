@@ -289,8 +289,10 @@ async fn least_loaded_shares_follow_capacity_under_steady_load() {
     let stack = stack(&[]).await;
     let workers = [("small", 2), ("medium", 4), ("large", 8)];
     // Runs long enough that the slots they hold, not the round trips, set each worker's
-    // pace; half the 14 slots busy, so that the choice, not a full fleet, decides.
-    let counts = steady_shares(&stack, &workers, Duration::from_millis(40), 280, 7).await;
+    // pace, and that the moment between a run's end and the next submission, which grows
+    // when the machine is busy, leaves about 7 in flight; half the 14 slots busy, so that
+    // the choice, not a full fleet, decides.
+    let counts = steady_shares(&stack, &workers, Duration::from_millis(120), 280, 7).await;
     assert_shares_follow_capacity(&workers, &counts);
 }
 
