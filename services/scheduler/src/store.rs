@@ -11,14 +11,15 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use async_nats::header::{self, HeaderMap, HeaderValue};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::kv::{self, CreateErrorKind};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self};
 use async_nats::Client;
 use bytes::Bytes;
+use drover_protocol::envelope::{encode_as, Payload as _};
 use drover_protocol::subject::{self, resources};
-use drover_protocol::{encode, RunEvent, RunId, RunRecord, RunStatus, Timestamp};
+use drover_protocol::{RunEvent, RunEventRef, RunId, RunRecord, RunStatus, Timestamp};
 use tracing::warn;
 
 use crate::metrics;
@@ -249,6 +250,34 @@ impl RunStore {
             })
     }
 
+    /// Sends the creation of a run record without waiting for JetStream's answer, so that
+    /// something else can go out meanwhile; [`RunStore::created`] awaits the answer, which
+    /// is [`StoreError::Exists`] if there is a record already.
+    pub async fn send_create(&self, record: &RunRecord) -> Result<PublishAckFuture, StoreError> {
+        let body = serialize(record)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            HeaderValue::from(0u64),
+        );
+        let subject = subject::kv_put_subject(resources::RUNS_BUCKET, record.run_id.as_str());
+        self.js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(StoreError::unavailable)
+    }
+
+    /// The answer to [`RunStore::send_create`]: the new record's revision.
+    pub async fn created(ack: PublishAckFuture) -> Result<u64, StoreError> {
+        match ack.await {
+            Ok(ack) => Ok(ack.sequence),
+            Err(error) if error.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(StoreError::Exists)
+            }
+            Err(error) => Err(StoreError::unavailable(error)),
+        }
+    }
+
     /// Replaces the record at `revision` with `record` (compare-and-set).
     pub async fn update(&self, record: &RunRecord, revision: u64) -> Result<u64, StoreError> {
         let body = serialize(record)?;
@@ -385,8 +414,8 @@ impl RunStore {
             return;
         }
         metrics::transition(previous, record);
-        let event = RunEvent {
-            run_id: record.run_id.clone(),
+        let event = RunEventRef {
+            run_id: &record.run_id,
             status: record.status,
             previous_status: previous,
             attempt: record.attempt,
@@ -394,11 +423,14 @@ impl RunStore {
                 .transitions
                 .last()
                 .map_or_else(Timestamp::now, |transition| transition.at),
-            run: record.clone(),
+            run: record,
         };
         if let Err(error) = self
             .client
-            .publish(subject::run_events(&record.run_id), encode(&event))
+            .publish(
+                subject::run_events(&record.run_id),
+                encode_as(RunEvent::KEY, &event),
+            )
             .await
         {
             warn!(run = %record.run_id, %error, "could not publish a run event");

@@ -413,6 +413,27 @@ pub struct RunEvent {
     pub run: RunRecord,
 }
 
+/// A [`RunEvent`] that borrows its record, for the scheduler to announce a change without
+/// copying the record: the same JSON, field for field.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunEventRef<'a> {
+    /// The run.
+    #[serde(rename = "runID")]
+    pub run_id: &'a RunId,
+    /// The state it entered.
+    pub status: RunStatus,
+    /// The state it left.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<RunStatus>,
+    /// The attempt at the time.
+    pub attempt: Attempt,
+    /// When.
+    pub at: Timestamp,
+    /// The record after the change.
+    pub run: &'a RunRecord,
+}
+
 /// A `v1.registry.events.<workerID>` payload: a worker changed status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -157,3 +157,21 @@ fn every_payload_schema_has_one_type() {
         );
     }
 }
+
+#[test]
+fn a_run_event_borrowing_its_record_encodes_as_the_owned_one() {
+    for event in [RunEvent::full(), RunEvent::minimal()] {
+        let borrowed = RunEventRef {
+            run_id: &event.run_id,
+            status: event.status,
+            previous_status: event.previous_status,
+            attempt: event.attempt,
+            at: event.at,
+            run: &event.run,
+        };
+        assert_eq!(
+            envelope::encode_as(RunEvent::KEY, &borrowed),
+            envelope::encode(&event)
+        );
+    }
+}

@@ -5,7 +5,9 @@
 //! from the runs a worker holds. So a placement, a release or a waiting report is queued
 //! here and sent a little later, together with everything else that happened meanwhile: one
 //! request, and one write per worker at the registry, instead of two writes per run. A run
-//! placed and released within one batch never reaches the registry at all.
+//! placed and released within one batch never reaches the registry at all, unless it went
+//! to an idle worker: that hold is sent at once, on its own, so that the worker shows
+//! WORKING (and a `v1.registry.events` of it) however short the run.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,8 +33,18 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct HoldingsReporter {
     nats: Client,
-    queued: Mutex<Vec<Holding>>,
+    queued: Mutex<Queued>,
+    /// Something was queued.
     wake: Notify,
+    /// A hold that must go at once was queued.
+    hurry: Notify,
+}
+
+/// Changes not sent yet, and the last one that must go at once.
+#[derive(Debug, Default)]
+struct Queued {
+    changes: Vec<Holding>,
+    urgent_upto: Option<usize>,
 }
 
 impl HoldingsReporter {
@@ -40,44 +52,64 @@ impl HoldingsReporter {
     pub fn new(nats: Client) -> Self {
         Self {
             nats,
-            queued: Mutex::new(Vec::new()),
+            queued: Mutex::new(Queued::default()),
             wake: Notify::new(),
+            hurry: Notify::new(),
         }
     }
 
-    fn push(&self, change: Holding) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
         self.queued
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(change);
-        self.wake.notify_one();
     }
 
-    /// The worker now holds the run.
-    pub fn hold(&self, claim: Claim) {
-        self.push(Holding::Hold(claim));
+    fn push(&self, change: Holding, urgent: bool) {
+        {
+            let mut queued = self.lock();
+            queued.changes.push(change);
+            if urgent {
+                queued.urgent_upto = Some(queued.changes.len() - 1);
+            }
+        }
+        self.wake.notify_one();
+        if urgent {
+            self.hurry.notify_one();
+        }
+    }
+
+    /// The worker now holds the run; `at_once` when it held nothing before.
+    pub fn hold(&self, claim: Claim, at_once: bool) {
+        self.push(Holding::Hold(claim), at_once);
     }
 
     /// The worker no longer holds the run.
     pub fn release(&self, release: Release) {
-        self.push(Holding::Release(release));
+        self.push(Holding::Release(release), false);
     }
 
     /// A held run starts or stops waiting on its children.
     pub fn waiting(&self, report: Waiting) {
-        self.push(Holding::Waiting(report));
+        self.push(Holding::Waiting(report), false);
     }
 
-    fn take(&self) -> Vec<Holding> {
-        std::mem::take(
-            &mut *self
-                .queued
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The queued changes, and the index of the last that must go at once.
+    fn take(&self) -> (Vec<Holding>, Option<usize>) {
+        let mut queued = self.lock();
+        let urgent_upto = queued.urgent_upto.take();
+        (std::mem::take(&mut queued.changes), urgent_upto)
+    }
+
+    fn urgent(&self) -> bool {
+        self.lock().urgent_upto.is_some()
     }
 
     /// Sends batches until `shutdown`, then what is left, once.
+    ///
+    /// A batch waits [`LINGER`] for more changes, unless it holds an urgent hold: then
+    /// everything up to that hold goes at once, uncompressed, in a request (and so a
+    /// worker-record write) of its own, and the rest waits for the next batch, so that a
+    /// release of the same run cannot share its write.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut unsent: Vec<Holding> = Vec::new();
@@ -87,19 +119,31 @@ impl HoldingsReporter {
                     () = shutdown.cancelled() => break,
                     () = self.wake.notified() => {}
                 }
+            }
+            if !self.urgent() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(LINGER) => {}
+                    () = self.hurry.notified() => {}
                 }
             }
-            unsent.extend(self.take());
-            let batch = compress(std::mem::take(&mut unsent));
+            let (changes, urgent_upto) = self.take();
+            let base = unsent.len();
+            unsent.extend(changes);
+            let batch = match urgent_upto {
+                Some(last) => {
+                    let rest = unsent.split_off(base + last + 1);
+                    std::mem::replace(&mut unsent, rest)
+                }
+                None => compress(std::mem::take(&mut unsent)),
+            };
             if batch.is_empty() {
                 continue;
             }
             if let Err(error) = self.send(&batch).await {
                 debug!(%error, changes = batch.len(), "holdings not delivered, will retry");
-                unsent = batch;
+                let rest = std::mem::replace(&mut unsent, batch);
+                unsent.extend(rest);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff.next_delay()) => {}
@@ -108,7 +152,7 @@ impl HoldingsReporter {
                 backoff.reset();
             }
         }
-        unsent.extend(self.take());
+        unsent.extend(self.take().0);
         let batch = compress(unsent);
         if !batch.is_empty() {
             if let Err(error) = self.send(&batch).await {

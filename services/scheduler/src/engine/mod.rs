@@ -14,7 +14,7 @@ mod holdings;
 mod placement;
 mod queue_depth;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use async_nats::jetstream;
@@ -49,6 +49,9 @@ pub struct Engine {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     actors: Mutex<HashMap<RunId, mpsc::UnboundedSender<Event>>>,
+    /// Runs the intake has reserved a slot for and is queueing: their record is on its way
+    /// from their own actor, so a queue message that arrives first need not read it back.
+    placing: Mutex<HashSet<RunId>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -84,6 +87,7 @@ impl Engine {
             shutdown,
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
+            placing: Mutex::new(HashSet::new()),
         })
     }
 
@@ -148,6 +152,22 @@ impl Engine {
         receiver.close();
         ::metrics::gauge!(crate::metrics::ACTORS).set(actors.len() as f64);
         true
+    }
+
+    fn placing(&self) -> std::sync::MutexGuard<'_, HashSet<RunId>> {
+        self.placing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// True while the intake places `run` (see [`IntakePlacer`]).
+    pub(crate) fn is_placing(&self, run: &RunId) -> bool {
+        self.placing().contains(run)
+    }
+
+    /// The intake's placement of `run` reached its actor, or was given up.
+    pub(crate) fn placed_at_intake(&self, run: &RunId) {
+        self.placing().remove(run);
     }
 
     /// Runs the engine until leadership ends: follows the workers, fetches runs, and reads
@@ -223,6 +243,7 @@ impl Placer for IntakePlacer {
             engine
                 .dispatcher
                 .place_now(&record.run_id, &record.routine_id, &record.conditions)?;
+        engine.placing().insert(record.run_id.clone());
         Some(Box::new(Reserved {
             engine,
             run: record.run_id.clone(),
@@ -256,6 +277,7 @@ impl Reservation for Reserved {
                 Event::PlaceAtIntake {
                     pending: Box::new(record),
                     assigned: Box::new(assigned),
+                    was_idle: placement.was_idle,
                     done,
                 },
             );
@@ -267,6 +289,7 @@ impl Reservation for Reserved {
 impl Drop for Reserved {
     fn drop(&mut self) {
         if let Some(placement) = self.placement.take() {
+            self.engine.placed_at_intake(&self.run);
             self.engine.dispatcher.release(&placement.worker, &self.run);
         }
     }

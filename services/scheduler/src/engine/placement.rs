@@ -16,6 +16,9 @@ pub struct Placement {
     pub worker: WorkerId,
     /// Its incarnation when chosen.
     pub incarnation: Incarnation,
+    /// True when the worker held nothing before this run: the registry is told at once,
+    /// so that the worker shows WORKING however short the run.
+    pub was_idle: bool,
 }
 
 /// A worker's registration ended or was replaced: its reserved runs must move.
@@ -148,6 +151,7 @@ impl WorkerView {
         Placement {
             worker: self.record.worker_id.clone(),
             incarnation: self.record.incarnation,
+            was_idle: self.used() == 0,
         }
     }
 

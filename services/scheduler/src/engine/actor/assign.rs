@@ -11,7 +11,7 @@ use super::outbox::Letter;
 use super::Actor;
 use crate::engine::dispatcher::Placement;
 use crate::metrics;
-use crate::store::{Decision, MutateError, StoreError, Stored};
+use crate::store::{Decision, MutateError, RunStore, StoreError, Stored};
 use crate::transitions;
 
 /// Pause before placing again after the assignment could not be recorded.
@@ -83,18 +83,20 @@ impl Actor {
                 .tasks
                 .spawn(async move { intake.cancel_max_wait(&run).await });
         }
-        self.dispatch(&assigned).await;
+        self.dispatch(&assigned, placement.was_idle).await;
     }
 
     /// The intake queued the run and reserved a slot on `assigned`'s worker: the record is
-    /// created as ASSIGNED (the run's first write), the intake is answered, and the
-    /// assignment goes out. No `maxWaitTimeMs` timer was set for it: it never waited.
+    /// created as ASSIGNED (the run's first write) as the assignment goes out, and the
+    /// intake is answered. No `maxWaitTimeMs` timer was set for it: it never waited.
     pub(super) async fn on_place_at_intake(
         &mut self,
         pending: RunRecord,
         assigned: RunRecord,
+        was_idle: bool,
         done: oneshot::Sender<Result<u64, StoreError>>,
     ) {
+        self.engine.placed_at_intake(&self.run);
         let Some(worker) = assigned.worker_id.clone() else {
             let _ = done.send(Err(StoreError::unavailable(
                 "an assignment without a worker",
@@ -102,7 +104,21 @@ impl Actor {
             return;
         };
         self.reserved = Some(worker.clone());
-        match self.engine.store.create(&assigned).await {
+        // The record's creation and the assignment go out together: the worker starts
+        // while JetStream stores the record, and a `starting` that comes back first waits
+        // in this actor's mailbox. Only the intake's reply waits for the record.
+        let created = match self.engine.store.send_create(&assigned).await {
+            Ok(ack) => {
+                self.send(Letter::assignment(&assigned)).await;
+                RunStore::created(ack).await
+            }
+            Err(error) => {
+                self.give_back_slot(&worker);
+                let _ = done.send(Err(error));
+                return;
+            }
+        };
+        match created {
             Ok(revision) => {
                 self.current = Some(Stored {
                     record: assigned.clone(),
@@ -116,32 +132,40 @@ impl Actor {
                     .store
                     .announce(Some(RunStatus::Pending), &assigned)
                     .await;
-                self.dispatch(&assigned).await;
+                self.assignment_sent(&assigned, was_idle);
             }
             Err(error) => {
+                // Not stored, so not accepted: the worker must not run it.
+                self.send(Letter::cancel(&assigned, "the run could not be stored"))
+                    .await;
                 self.give_back_slot(&worker);
                 let _ = done.send(Err(error));
             }
         }
     }
 
-    /// The assignment is recorded: tell the registry (in a batch) and the worker, and time
-    /// the attempt.
-    async fn dispatch(&mut self, assigned: &RunRecord) {
-        self.report_held(assigned);
-        metrics::assigned(&self.engine.queue_depth, assigned);
+    /// The assignment is recorded: tell the worker, then [`Self::assignment_sent`].
+    async fn dispatch(&mut self, assigned: &RunRecord, was_idle: bool) {
         self.send(Letter::assignment(assigned)).await;
+        self.assignment_sent(assigned, was_idle);
+    }
+
+    /// The assignment is recorded and sent: tell the registry (in a batch, or at once for
+    /// an idle worker) and time the attempt.
+    fn assignment_sent(&mut self, assigned: &RunRecord, was_idle: bool) {
+        self.report_held(assigned, was_idle);
+        metrics::assigned(&self.engine.queue_depth, assigned);
         self.arm_attempt(assigned);
         debug!(worker = ?assigned.worker_id, attempt = assigned.attempt, "run assigned");
     }
 
-    /// Tells the registry, with the next batch, that the worker `record` names holds the
-    /// attempt.
-    pub(super) fn report_held(&self, record: &RunRecord) {
+    /// Tells the registry that the worker `record` names holds the attempt: with the next
+    /// batch, or at once when the worker `was_idle` (so that it shows WORKING).
+    pub(super) fn report_held(&self, record: &RunRecord, was_idle: bool) {
         let (Some(worker), Some(incarnation)) = (&record.worker_id, record.incarnation) else {
             return;
         };
-        self.engine.holdings.hold(Claim {
+        let claim = Claim {
             worker_id: worker.clone(),
             incarnation,
             run_id: self.run.clone(),
@@ -149,7 +173,8 @@ impl Actor {
             traceparent: record
                 .attempt_span(record.attempt)
                 .map(|span| span.to_string()),
-        });
+        };
+        self.engine.holdings.hold(claim, was_idle);
     }
 
     pub(super) fn give_back_slot(&mut self, worker: &WorkerId) {
@@ -182,6 +207,7 @@ mod tests {
         Placement {
             worker: w(worker),
             incarnation,
+            was_idle: true,
         }
     }
 

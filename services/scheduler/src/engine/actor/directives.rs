@@ -18,7 +18,7 @@ use crate::transitions::{self, AttemptFailure, StaleAttempt};
 
 /// How long a `starting` waits for its run's `completed` to arrive before RUNNING is written
 /// alone (see [`Actor::await_completion`]).
-const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+const COALESCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A `starting` or `completed` from a worker, read from `DROVER_DIRECTIVES`.
 pub enum DirectiveBody {

@@ -22,6 +22,9 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(30);
 /// [`MAX_RELOAD`]. Intake publishes the queue message just before it creates the record,
 /// so an idle leader can see the message first, by about a millisecond.
 const FIRST_RELOAD: Duration = Duration::from_millis(1);
+/// How long a queue message that arrived while the intake was placing its run waits for
+/// the run's record from the intake before reading it back.
+const PLACING_PATIENCE: Duration = Duration::from_secs(1);
 /// Longest pause between reads of a record that is not there yet.
 const MAX_RELOAD: Duration = Duration::from_millis(100);
 
@@ -99,6 +102,13 @@ impl Actor {
             self.unleased = false;
             return;
         }
+        if self.current.is_none() && self.engine.is_placing(&self.run) {
+            // The intake is placing the run: its record comes from this actor's own
+            // mailbox. Read it back only if that takes long (the intake failed).
+            trace!("lease arrived before the run placed at intake");
+            self.deadlines.reload = Some(Instant::now() + PLACING_PATIENCE);
+            return;
+        }
         // Always read afresh: the record may have moved while nobody held the run.
         match self.reload().await {
             Ok(Some(_)) => {
@@ -164,7 +174,7 @@ impl Actor {
         }
         self.reserved = Some(worker.clone());
         // The previous leader may have stopped before the registry heard of it.
-        self.report_held(record);
+        self.report_held(record, false);
         self.arm_attempt(record);
         debug!(worker = %worker, attempt = record.attempt, status = %record.status, "run adopted");
     }
@@ -208,7 +218,10 @@ impl Actor {
         self.deadlines = Deadlines::default();
         self.unleased = false;
         if let Some(message) = self.lease.take() {
-            if let Err(error) = message.double_ack().await {
+            // Not waiting for the server to confirm: an acknowledgement lost on the way
+            // only brings the message back after the lease, to a leader that reads the
+            // record, finds the run ended, and acknowledges it again.
+            if let Err(error) = message.ack().await {
                 debug!(%error, "could not acknowledge the run's queue message");
             }
         } else if let Some(seq) = self.record().and_then(|record| record.queue_seq) {

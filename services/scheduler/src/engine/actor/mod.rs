@@ -92,6 +92,8 @@ pub enum Event {
         pending: Box<RunRecord>,
         /// The run assigned to the reserved slot.
         assigned: Box<RunRecord>,
+        /// The worker held nothing before (see [`Placement::was_idle`]).
+        was_idle: bool,
         /// Whether the record was created, and its revision.
         done: oneshot::Sender<Result<u64, StoreError>>,
     },
@@ -219,8 +221,12 @@ impl Actor {
             Event::PlaceAtIntake {
                 pending,
                 assigned,
+                was_idle,
                 done,
-            } => self.on_place_at_intake(*pending, *assigned, done).await,
+            } => {
+                self.on_place_at_intake(*pending, *assigned, was_idle, done)
+                    .await;
+            }
         }
     }
 
