@@ -68,6 +68,8 @@ struct Inner {
     waiting_index: HashMap<RunId, u64>,
     waiting_per_routine: HashMap<RoutineId, usize>,
     incoming: HashMap<RoutineId, usize>,
+    /// Runs placed at intake whose queue message has not reached them yet.
+    unleased: HashMap<RoutineId, usize>,
     next_seq: u64,
     demand: HashMap<RoutineId, watch::Sender<usize>>,
     routines_tx: Option<watch::Sender<HashSet<RoutineId>>>,
@@ -141,6 +143,19 @@ impl Dispatcher {
         inner.publish_demand(routine);
     }
 
+    /// A run of `routine` placed at intake is held without its queue message (`true`), or
+    /// no longer (`false`): its message is fetched as though it were demand.
+    pub fn unleased(&self, routine: &RoutineId, unleased: bool) {
+        let mut inner = self.lock();
+        let count = inner.unleased.entry(routine.clone()).or_default();
+        if unleased {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        inner.publish_demand(routine);
+    }
+
     /// A fetched run no longer counts as on its way (it asked, or needs no placement).
     pub fn arrived(&self, routine: &RoutineId) {
         let mut inner = self.lock();
@@ -185,9 +200,13 @@ impl Dispatcher {
         receiver
     }
 
-    /// A slot for a run just submitted, if one is free and no run of `routine` is already
-    /// waiting or on its way (those are older and go first). The run then holds a
-    /// reservation, as with [`Self::request`].
+    /// A slot for a run just submitted, if one is free and no run of `routine` waits for
+    /// one (those are older and go first). The run then holds a reservation, as with
+    /// [`Self::request`].
+    ///
+    /// Runs fetched and on their way to ask do not hold it back: most of them are runs
+    /// placed at intake whose queue message follows, and one that is not finds the slot
+    /// taken and waits, first in line for the next.
     pub fn place_now(
         &self,
         run: &RunId,
@@ -195,9 +214,7 @@ impl Dispatcher {
         conditions: &Conditions,
     ) -> Option<Placement> {
         let mut inner = self.lock();
-        let queued = inner.waiting_per_routine.get(routine).copied().unwrap_or(0)
-            + inner.incoming.get(routine).copied().unwrap_or(0);
-        if queued > 0 {
+        if inner.waiting_per_routine.get(routine).copied().unwrap_or(0) > 0 {
             return None;
         }
         inner.place(run, routine, conditions)
@@ -271,9 +288,10 @@ impl Dispatcher {
 impl Inner {
     fn demand_value(&self, routine: &RoutineId) -> usize {
         let free = self.free.get(routine).copied().unwrap_or(0);
+        let unleased = self.unleased.get(routine).copied().unwrap_or(0);
         let waiting = self.waiting_per_routine.get(routine).copied().unwrap_or(0);
         let incoming = self.incoming.get(routine).copied().unwrap_or(0);
-        free.saturating_sub(waiting + incoming)
+        (free + unleased).saturating_sub(waiting + incoming)
     }
 
     fn publish_demand(&mut self, routine: &RoutineId) {

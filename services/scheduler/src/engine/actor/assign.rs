@@ -125,7 +125,7 @@ impl Actor {
                     revision,
                 });
                 self.deadlines.reload = None;
-                self.unleased = self.lease.is_none();
+                self.set_unleased(self.lease.is_none());
                 let _ = done.send(Ok(revision));
                 self.engine.store.announce(None, &pending).await;
                 self.engine

@@ -209,6 +209,16 @@ impl Actor {
         while let Ok(event) = self.receiver.try_recv() {
             self.stash.push_back(event);
         }
+        // The queue message of a run placed at intake may come in between: it only joins.
+        while let Some(Event::Lease(_)) = self.stash.front() {
+            let Some(Event::Lease(message)) = self.stash.pop_front() else {
+                break;
+            };
+            if let Err(message) = self.join_lease(message) {
+                self.stash.push_front(Event::Lease(message));
+                break;
+            }
+        }
         let next_is_it = matches!(
             self.stash.front(),
             Some(Event::Directive {
@@ -243,12 +253,22 @@ impl Actor {
             // Something else came first: it must not be overtaken.
             return None;
         }
-        let next = tokio::time::timeout(COALESCE_WINDOW, self.receiver.recv()).await;
-        let Ok(Some(event)) = next else {
-            return None;
-        };
-        self.stash.push_back(event);
-        self.take_next_completion(worker, attempt)
+        let deadline = tokio::time::Instant::now() + COALESCE_WINDOW;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.receiver.recv()).await;
+            let Ok(Some(event)) = next else {
+                return None;
+            };
+            match event {
+                // The queue message of a run placed at intake only joins: wait on.
+                Event::Lease(message) => match self.join_lease(message) {
+                    Ok(()) => continue,
+                    Err(message) => self.stash.push_back(Event::Lease(message)),
+                },
+                event => self.stash.push_back(event),
+            }
+            return self.take_next_completion(worker, attempt);
+        }
     }
 
     /// Returns an unused completion to the front of the mailbox, to be handled on its own.

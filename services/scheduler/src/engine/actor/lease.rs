@@ -72,6 +72,9 @@ fn published(message: &jetstream::Message) -> Option<Timestamp> {
 
 impl Actor {
     pub(super) async fn on_lease(&mut self, message: jetstream::Message) {
+        let Err(message) = self.join_lease(message) else {
+            return;
+        };
         // The fetcher counted this message as on its way; it has arrived once this handler
         // has asked for a slot (or decided it needs none).
         let routine = drover_protocol::subject::parse_queue(message.subject.as_str());
@@ -79,6 +82,27 @@ impl Actor {
         if let Some(routine) = routine {
             self.engine.dispatcher.arrived(&routine);
         }
+    }
+
+    /// Attaches the queue message of a run this actor placed at intake and holds without
+    /// it, at once: the actor has moved the run on its own since, and the record it holds
+    /// is current. Hands the message back when the actor is in any other state.
+    pub(super) fn join_lease(
+        &mut self,
+        message: jetstream::Message,
+    ) -> Result<(), jetstream::Message> {
+        if !self.unleased || self.lease.is_some() {
+            return Err(message);
+        }
+        trace!("lease joins a run placed at intake");
+        let routine = drover_protocol::subject::parse_queue(message.subject.as_str());
+        self.lease = Some(message);
+        self.set_unleased(false);
+        self.deadlines.progress = Some(Instant::now() + self.progress_period());
+        if let Some(routine) = routine {
+            self.engine.dispatcher.arrived(&routine);
+        }
+        Ok(())
     }
 
     async fn take_lease(&mut self, message: jetstream::Message) {
@@ -95,13 +119,6 @@ impl Actor {
         }
         self.lease = Some(message);
         self.deadlines.progress = Some(Instant::now() + self.progress_period());
-        if self.unleased {
-            // Placed at intake by this leader, which has moved the run on its own since:
-            // the record it holds is current.
-            trace!("lease joins a run placed at intake");
-            self.unleased = false;
-            return;
-        }
         if self.current.is_none() && self.engine.is_placing(&self.run) {
             // The intake is placing the run: its record comes from this actor's own
             // mailbox. Read it back only if that takes long (the intake failed).
@@ -205,7 +222,7 @@ impl Actor {
     /// back once fetched, and is deferred then.
     pub(super) async fn defer(&mut self, delay: Duration) {
         self.deadlines = Deadlines::default();
-        self.unleased = false;
+        self.set_unleased(false);
         if let Some(message) = self.lease.take() {
             if let Err(error) = message.ack_with(AckKind::Nak(Some(delay))).await {
                 warn!(%error, "could not defer the run's queue message");
@@ -216,7 +233,7 @@ impl Actor {
     /// The run is over: remove its queue message for good.
     pub(super) async fn finish_lease(&mut self) {
         self.deadlines = Deadlines::default();
-        self.unleased = false;
+        self.set_unleased(false);
         if let Some(message) = self.lease.take() {
             // Not waiting for the server to confirm: an acknowledgement lost on the way
             // only brings the message back after the lease, to a leader that reads the

@@ -173,6 +173,7 @@ impl Actor {
             if let Some(worker) = self.reserved.take() {
                 self.engine.dispatcher.release(&worker, &self.run);
             }
+            self.set_unleased(false);
             self.engine.dispatcher.withdraw(&self.run);
         }
         .instrument(span)
@@ -182,6 +183,22 @@ impl Actor {
     /// Nothing left to do: no run in hand, no slot awaited, nothing to load.
     fn idle(&self) -> bool {
         !self.in_hand() && self.placement.is_none() && self.deadlines.reload.is_none()
+    }
+
+    /// Marks the run as held without its queue message (placed at intake), or no longer.
+    /// The dispatcher counts such runs into their routine's demand, so that their queue
+    /// messages are fetched (and join) at once rather than one pull at a time ahead of the
+    /// runs that wait behind them in the queue.
+    pub(super) fn set_unleased(&mut self, unleased: bool) {
+        if self.unleased == unleased {
+            return;
+        }
+        self.unleased = unleased;
+        if let Some(record) = self.current.as_ref().map(|stored| &stored.record) {
+            self.engine
+                .dispatcher
+                .unleased(&record.routine_id, unleased);
+        }
     }
 
     /// True while this actor holds the run: by its queue message, or since it placed it at
