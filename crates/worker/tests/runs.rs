@@ -300,8 +300,15 @@ async fn assignments_run_concurrently_up_to_capacity() {
     })
     .await
     .unwrap();
-    let record = common::wait_status(&client, "wide", WorkerStatus::Working).await;
-    assert_eq!(record.runs.len(), 3);
+    common::wait_status(&client, "wide", WorkerStatus::Working).await;
+    // The registry hears of the runs a worker holds in batches, a little after the worker.
+    drover_testkit::wait_until("the registry lists the three runs", PATIENCE, || async {
+        common::record(&client, "wide")
+            .await
+            .is_some_and(|record| record.runs.len() == 3)
+    })
+    .await
+    .unwrap();
     for _ in 0..4 {
         gate.open();
     }

@@ -7,7 +7,8 @@
 //! request, and one write per worker at the registry, instead of two writes per run. A run
 //! placed and released within one batch never reaches the registry at all, unless it went
 //! to an idle worker: that hold is sent at once, on its own, so that the worker shows
-//! WORKING (and a `v1.registry.events` of it) however short the run.
+//! WORKING (and a `v1.registry.events` of it) however short the run. Waiting reports, rare,
+//! go at once too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -88,9 +89,10 @@ impl HoldingsReporter {
         self.push(Holding::Release(release), false);
     }
 
-    /// A held run starts or stops waiting on its children.
+    /// A held run starts or stops waiting on its children: sent at once (these are rare,
+    /// and HANGING should show while the children run).
     pub fn waiting(&self, report: Waiting) {
-        self.push(Holding::Waiting(report), false);
+        self.push(Holding::Waiting(report), true);
     }
 
     /// The queued changes, and the index of the last that must go at once.

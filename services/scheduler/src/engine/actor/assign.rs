@@ -106,17 +106,24 @@ impl Actor {
         self.reserved = Some(worker.clone());
         // The record's creation and the assignment go out together: the worker starts
         // while JetStream stores the record, and a `starting` that comes back first waits
-        // in this actor's mailbox. Only the intake's reply waits for the record.
+        // in this actor's mailbox. Only the intake's reply waits for the record. Not for a
+        // run with a run key (an idempotency key, or a child): a repeated request can
+        // reuse its runID, and the record may exist already, on another worker.
+        let keyed = assigned.idempotency_key.is_some() || assigned.parent_run_id.is_some();
+        let sent_early = !keyed;
         let created = match self.engine.store.send_create(&assigned).await {
-            Ok(ack) => {
+            Ok(ack) if sent_early => {
                 self.send(Letter::assignment(&assigned)).await;
                 RunStore::created(ack).await
             }
-            Err(error) => {
-                self.give_back_slot(&worker);
-                let _ = done.send(Err(error));
-                return;
+            Ok(ack) => {
+                let created = RunStore::created(ack).await;
+                if created.is_ok() {
+                    self.send(Letter::assignment(&assigned)).await;
+                }
+                created
             }
+            Err(error) => Err(error),
         };
         match created {
             Ok(revision) => {
@@ -135,9 +142,11 @@ impl Actor {
                 self.assignment_sent(&assigned, was_idle);
             }
             Err(error) => {
-                // Not stored, so not accepted: the worker must not run it.
-                self.send(Letter::cancel(&assigned, "the run could not be stored"))
-                    .await;
+                if sent_early {
+                    // Not stored, so not accepted: the worker must not run it.
+                    self.send(Letter::cancel(&assigned, "the run could not be stored"))
+                        .await;
+                }
                 self.give_back_slot(&worker);
                 let _ = done.send(Err(error));
             }

@@ -214,7 +214,7 @@ impl Actor {
             let Some(Event::Lease(message)) = self.stash.pop_front() else {
                 break;
             };
-            if let Err(message) = self.join_lease(message) {
+            if let Some(message) = self.join_lease(message) {
                 self.stash.push_front(Event::Lease(message));
                 break;
             }
@@ -262,8 +262,8 @@ impl Actor {
             match event {
                 // The queue message of a run placed at intake only joins: wait on.
                 Event::Lease(message) => match self.join_lease(message) {
-                    Ok(()) => continue,
-                    Err(message) => self.stash.push_back(Event::Lease(message)),
+                    None => continue,
+                    Some(message) => self.stash.push_back(Event::Lease(message)),
                 },
                 event => self.stash.push_back(event),
             }

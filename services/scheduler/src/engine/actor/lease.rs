@@ -72,7 +72,7 @@ fn published(message: &jetstream::Message) -> Option<Timestamp> {
 
 impl Actor {
     pub(super) async fn on_lease(&mut self, message: jetstream::Message) {
-        let Err(message) = self.join_lease(message) else {
+        let Some(message) = self.join_lease(message) else {
             return;
         };
         // The fetcher counted this message as on its way; it has arrived once this handler
@@ -87,12 +87,9 @@ impl Actor {
     /// Attaches the queue message of a run this actor placed at intake and holds without
     /// it, at once: the actor has moved the run on its own since, and the record it holds
     /// is current. Hands the message back when the actor is in any other state.
-    pub(super) fn join_lease(
-        &mut self,
-        message: jetstream::Message,
-    ) -> Result<(), jetstream::Message> {
+    pub(super) fn join_lease(&mut self, message: jetstream::Message) -> Option<jetstream::Message> {
         if !self.unleased || self.lease.is_some() {
-            return Err(message);
+            return Some(message);
         }
         trace!("lease joins a run placed at intake");
         let routine = drover_protocol::subject::parse_queue(message.subject.as_str());
@@ -102,7 +99,7 @@ impl Actor {
         if let Some(routine) = routine {
             self.engine.dispatcher.arrived(&routine);
         }
-        Ok(())
+        None
     }
 
     async fn take_lease(&mut self, message: jetstream::Message) {
