@@ -118,6 +118,14 @@ pub trait Placer: Send + Sync {
     /// A slot for `record` (PENDING, not yet queued), if a worker is free right now and no
     /// older run of its routine waits.
     fn reserve(&self, record: &RunRecord) -> Option<Box<dyn Reservation>>;
+
+    /// `record` was not placed and is about to be queued PENDING: later submissions of its
+    /// routine wait behind it until it is fetched. Said before it is queued, so that the
+    /// fetcher cannot take it first.
+    fn queued(&self, record: &RunRecord);
+
+    /// `record`, said to be [`Placer::queued`], could not be queued after all.
+    fn unqueued(&self, record: &RunRecord);
 }
 
 /// A slot held for a run being submitted. Dropped without [`Reservation::assign`], it is
@@ -389,11 +397,24 @@ impl Intake {
         tracing::Span::current().record("drover.run_id", tracing::field::display(&run_id));
         let mut record = new_record(run_id.clone(), spec, &origin, trace, Timestamp::now());
         // The slot first: once queued, the run is fetched at once by a leader with room.
-        let reservation = self.placer().and_then(|placer| placer.reserve(&record));
-        let seq = self
-            .enqueue(&record.run_id, &record)
-            .await
-            .map_err(SubmitError::NotStored)?;
+        let placer = self.placer();
+        let reservation = placer.as_ref().and_then(|placer| placer.reserve(&record));
+        let queued = match (&placer, &reservation) {
+            (Some(placer), None) => {
+                placer.queued(&record);
+                Some(placer)
+            }
+            _ => None,
+        };
+        let seq = match self.enqueue(&record.run_id, &record).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                if let Some(placer) = queued {
+                    placer.unqueued(&record);
+                }
+                return Err(SubmitError::NotStored(error));
+            }
+        };
         record.queue_seq = Some(seq);
         let placed = match reservation {
             // The engine writes the record as ASSIGNED and announces it.

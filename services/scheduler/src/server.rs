@@ -193,6 +193,7 @@ impl Server {
             self.nats.clone(),
             self.store.clone(),
             self.intake.clone(),
+            Arc::clone(&self.workers),
             term.clone(),
         );
         *self

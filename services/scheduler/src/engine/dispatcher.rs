@@ -70,6 +70,9 @@ struct Inner {
     incoming: HashMap<RoutineId, usize>,
     /// Runs placed at intake whose queue message has not reached them yet.
     unleased: HashMap<RoutineId, usize>,
+    /// Runs this leader's intake queued as PENDING and the fetcher has not fetched yet:
+    /// older than any new submission, so they go first.
+    queued: HashMap<RoutineId, usize>,
     next_seq: u64,
     demand: HashMap<RoutineId, watch::Sender<usize>>,
     routines_tx: Option<watch::Sender<HashSet<RoutineId>>>,
@@ -139,6 +142,9 @@ impl Dispatcher {
     /// A run of `routine` was fetched and is on its way to ask for placement.
     pub fn incoming(&self, routine: &RoutineId) {
         let mut inner = self.lock();
+        if let Some(queued) = inner.queued.get_mut(routine) {
+            *queued = queued.saturating_sub(1);
+        }
         *inner.incoming.entry(routine.clone()).or_default() += 1;
         inner.publish_demand(routine);
     }
@@ -200,13 +206,10 @@ impl Dispatcher {
         receiver
     }
 
-    /// A slot for a run just submitted, if one is free and no run of `routine` waits for
-    /// one (those are older and go first). The run then holds a reservation, as with
+    /// A slot for a run just submitted, if one is free and no older run of `routine` is
+    /// ahead of it: waiting for a slot, fetched and on its way to ask, or queued by this
+    /// leader's intake and not fetched yet. The run then holds a reservation, as with
     /// [`Self::request`].
-    ///
-    /// Runs fetched and on their way to ask do not hold it back: most of them are runs
-    /// placed at intake whose queue message follows, and one that is not finds the slot
-    /// taken and waits, first in line for the next.
     pub fn place_now(
         &self,
         run: &RunId,
@@ -214,10 +217,27 @@ impl Dispatcher {
         conditions: &Conditions,
     ) -> Option<Placement> {
         let mut inner = self.lock();
-        if inner.waiting_per_routine.get(routine).copied().unwrap_or(0) > 0 {
+        let ahead = [&inner.waiting_per_routine, &inner.incoming, &inner.queued]
+            .iter()
+            .map(|counts| counts.get(routine).copied().unwrap_or(0))
+            .sum::<usize>();
+        if ahead > 0 {
             return None;
         }
         inner.place(run, routine, conditions)
+    }
+
+    /// This leader's intake queues a run of `routine` as PENDING (`true`): until it is
+    /// fetched, new submissions of the routine are not placed ahead of it. `false`: it
+    /// could not be queued after all.
+    pub fn queued(&self, routine: &RoutineId, queued: bool) {
+        let mut inner = self.lock();
+        let count = inner.queued.entry(routine.clone()).or_default();
+        if queued {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// Withdraws a waiting request (the run was cancelled or expired).
@@ -252,14 +272,6 @@ impl Dispatcher {
         let now = std::time::Instant::now();
         inner.change_reservation(worker, |view| view.release(run, now));
         inner.serve_waiters(worker);
-    }
-
-    /// The current record of a worker.
-    pub fn worker(&self, worker: &WorkerId) -> Option<Arc<WorkerRecord>> {
-        self.lock()
-            .workers
-            .get(worker)
-            .map(|view| Arc::clone(&view.record))
     }
 
     /// Takes in a worker record. Returns the reserved runs whose placement it ends.

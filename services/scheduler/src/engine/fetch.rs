@@ -157,13 +157,17 @@ async fn pull(
                 Some(Ok(message)) => {
                     trace!(routine = %routine, "queue message received");
                     received += 1;
-                    engine.dispatcher.incoming(routine);
                     outstanding.fetch_sub(1, Ordering::AcqRel);
                     ::metrics::counter!(metrics::FETCHED).increment(1);
                     match RunId::parse(String::from_utf8_lossy(&message.payload).into_owned()) {
-                        Ok(run) => engine.deliver(run, Event::Lease(message)),
+                        Ok(run) => {
+                            // A run placed at intake is not one on its way to ask.
+                            if !engine.is_placing(&run) {
+                                engine.dispatcher.incoming(routine);
+                            }
+                            engine.deliver(run, Event::Lease(message));
+                        }
                         Err(error) => {
-                            engine.dispatcher.arrived(routine);
                             warn!(routine = %routine, %error, "dropping an unreadable queue message");
                             let _ = message.ack_with(AckKind::Term).await;
                         }

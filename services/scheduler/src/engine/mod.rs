@@ -46,11 +46,15 @@ pub struct Engine {
     pub(crate) holdings: holdings::HoldingsReporter,
     pub(crate) outbox: Outbox,
     pub(crate) queue_depth: QueueDepth,
+    /// The workers' records as the bucket's watch last delivered them: a worker's current
+    /// incarnation here is at least as new as in the dispatcher's view.
+    pub(crate) workers: Arc<KvCache<WorkerRecord>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     actors: Mutex<HashMap<RunId, mpsc::UnboundedSender<Event>>>,
-    /// Runs the intake has reserved a slot for and is queueing: their record is on its way
-    /// from their own actor, so a queue message that arrives first need not read it back.
+    /// Runs placed at intake whose queue message has not reached their actor yet: such a
+    /// message is not an older run on its way to ask for a slot, and, arriving before the
+    /// record, need not read it back (it comes from the actor's own mailbox).
     placing: Mutex<HashSet<RunId>>,
 }
 
@@ -67,6 +71,7 @@ impl Engine {
         nats: Client,
         store: RunStore,
         intake: Intake,
+        workers: Arc<KvCache<WorkerRecord>>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let js = jetstream::new(nats.clone());
@@ -84,6 +89,7 @@ impl Engine {
             intake,
             dispatcher,
             queue_depth: QueueDepth::default(),
+            workers,
             shutdown,
             tasks: TaskTracker::new(),
             actors: Mutex::new(HashMap::new()),
@@ -165,7 +171,7 @@ impl Engine {
         self.placing().contains(run)
     }
 
-    /// The intake's placement of `run` reached its actor, or was given up.
+    /// `run`, placed at intake, has its queue message, or ended, or was never placed.
     pub(crate) fn placed_at_intake(&self, run: &RunId) {
         self.placing().remove(run);
     }
@@ -249,6 +255,18 @@ impl Placer for IntakePlacer {
             run: record.run_id.clone(),
             placement: Some(placement),
         }))
+    }
+
+    fn queued(&self, record: &RunRecord) {
+        if let Some(engine) = self.0.upgrade() {
+            engine.dispatcher.queued(&record.routine_id, true);
+        }
+    }
+
+    fn unqueued(&self, record: &RunRecord) {
+        if let Some(engine) = self.0.upgrade() {
+            engine.dispatcher.queued(&record.routine_id, false);
+        }
     }
 }
 

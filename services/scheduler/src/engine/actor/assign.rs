@@ -96,8 +96,8 @@ impl Actor {
         was_idle: bool,
         done: oneshot::Sender<Result<u64, StoreError>>,
     ) {
-        self.engine.placed_at_intake(&self.run);
         let Some(worker) = assigned.worker_id.clone() else {
+            self.engine.placed_at_intake(&self.run);
             let _ = done.send(Err(StoreError::unavailable(
                 "an assignment without a worker",
             )));
@@ -132,7 +132,11 @@ impl Actor {
                     revision,
                 });
                 self.deadlines.reload = None;
-                self.set_unleased(self.lease.is_none());
+                if self.lease.is_some() {
+                    self.engine.placed_at_intake(&self.run);
+                } else {
+                    self.set_unleased(true);
+                }
                 let _ = done.send(Ok(revision));
                 self.engine.store.announce(None, &pending).await;
                 self.engine
@@ -147,6 +151,7 @@ impl Actor {
                     self.send(Letter::cancel(&assigned, "the run could not be stored"))
                         .await;
                 }
+                self.engine.placed_at_intake(&self.run);
                 self.give_back_slot(&worker);
                 let _ = done.send(Err(error));
             }

@@ -126,11 +126,14 @@ impl Actor {
         worker: &WorkerId,
         body: &DirectiveBody,
     ) -> Result<(), NotApplied> {
+        // From the watch's cache rather than the dispatcher's view, which follows it a
+        // moment later: a completion from an incarnation that has just registered again
+        // must be stale.
         let incarnation = self
             .engine
-            .dispatcher
-            .worker(worker)
-            .map(|record| record.incarnation);
+            .workers
+            .get(worker.as_str())
+            .map(|entry| entry.value.incarnation);
         let completion = match body {
             DirectiveBody::Starting(_) => match self.take_next_completion(worker, body.attempt()) {
                 Some(completion) => Some(completion),

@@ -75,11 +75,13 @@ impl Actor {
         let Some(message) = self.join_lease(message) else {
             return;
         };
-        // The fetcher counted this message as on its way; it has arrived once this handler
-        // has asked for a slot (or decided it needs none).
+        // The fetcher counted this message as on its way (unless its run was being placed
+        // at intake); it has arrived once this handler has asked for a slot (or decided it
+        // needs none).
+        let counted = !self.engine.is_placing(&self.run);
         let routine = drover_protocol::subject::parse_queue(message.subject.as_str());
         self.take_lease(message).await;
-        if let Some(routine) = routine {
+        if let (true, Some(routine)) = (counted, routine) {
             self.engine.dispatcher.arrived(&routine);
         }
     }
@@ -92,13 +94,9 @@ impl Actor {
             return Some(message);
         }
         trace!("lease joins a run placed at intake");
-        let routine = drover_protocol::subject::parse_queue(message.subject.as_str());
         self.lease = Some(message);
         self.set_unleased(false);
         self.deadlines.progress = Some(Instant::now() + self.progress_period());
-        if let Some(routine) = routine {
-            self.engine.dispatcher.arrived(&routine);
-        }
         None
     }
 

@@ -194,6 +194,9 @@ impl Actor {
             return;
         }
         self.unleased = unleased;
+        if !unleased {
+            self.engine.placed_at_intake(&self.run);
+        }
         if let Some(record) = self.current.as_ref().map(|stored| &stored.record) {
             self.engine
                 .dispatcher
