@@ -11,6 +11,7 @@ A peer's client passes `submit()` (enqueue one job, return a handle) and `wait(h
 (block until that job's result is in).
 """
 
+import argparse
 import json
 import threading
 import time
@@ -117,3 +118,10 @@ def add_arguments(parser):
     parser.add_argument("--in-flight", default="1,16,256", help="lanes, comma-separated")
     parser.add_argument("--drain", type=int, default=5000, help="backlog to drain (0 skips)")
     parser.add_argument("--submitters", type=int, default=16, help="threads submitting the backlog")
+
+
+def main(submit, wait, ready):
+    """A peer client's whole program: reads the arguments, then [`run`]s."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    run(submit, wait, ready, parser.parse_args())

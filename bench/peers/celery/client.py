@@ -1,8 +1,6 @@
 """Measures Celery on the no-op task (bench/peers/measure.py): lanes waiting on each
 result, then a drained backlog. JSON lines on stdout, as drover-bench reads them."""
 
-import argparse
-
 import measure
 from noop import noop
 
@@ -19,11 +17,5 @@ def ready():
     noop.delay(None).get(timeout=2)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    measure.add_arguments(parser)
-    measure.run(submit, wait, ready, parser.parse_args())
-
-
 if __name__ == "__main__":
-    main()
+    measure.main(submit, wait, ready)

@@ -199,17 +199,7 @@ pub fn claim(
             json!({"capacity": record.capacity, "held": others}),
         ));
     }
-    let mut next = record.clone();
-    next.runs.retain(|run| run.run_id != claim.run_id);
-    next.runs.push(HeldRun {
-        run_id: claim.run_id.clone(),
-        attempt: claim.attempt,
-        waiting: false,
-        waiting_version: 0,
-        since: now,
-        traceparent: claim.traceparent.clone(),
-    });
-    Ok(Outcome::Write(Box::new(next)))
+    Ok(Outcome::Write(Box::new(holding(record, claim, now))))
 }
 
 /// The worker no longer holds a run (any attempt up to the one named).
@@ -271,6 +261,11 @@ fn hold(record: &WorkerRecord, claim: &Claim, now: Timestamp) -> Outcome {
             return Outcome::Unchanged;
         }
     }
+    Outcome::Write(Box::new(holding(record, claim, now)))
+}
+
+/// `record` with the run `claim` names held at its attempt (in place of an earlier one).
+fn holding(record: &WorkerRecord, claim: &Claim, now: Timestamp) -> WorkerRecord {
     let mut next = record.clone();
     next.runs.retain(|run| run.run_id != claim.run_id);
     next.runs.push(HeldRun {
@@ -281,7 +276,7 @@ fn hold(record: &WorkerRecord, claim: &Claim, now: Timestamp) -> Outcome {
         since: now,
         traceparent: claim.traceparent.clone(),
     });
-    Outcome::Write(Box::new(next))
+    next
 }
 
 /// A held run starts or stops waiting on its children.
