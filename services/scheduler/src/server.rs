@@ -220,7 +220,7 @@ impl Server {
             self.tasks
                 .spawn(self.clone().take_forwarded(subscriber, term.clone()))
         });
-        if let Err(error) = Arc::clone(&engine).lead(Arc::clone(&self.workers)).await {
+        if let Err(error) = Arc::clone(&engine).lead().await {
             warn!(%error, "the engine stopped");
         }
         term.cancel();

@@ -178,7 +178,8 @@ impl Engine {
 
     /// Runs the engine until leadership ends: follows the workers, fetches runs, and reads
     /// directives and timers.
-    pub async fn lead(self: Arc<Self>, workers: Arc<KvCache<WorkerRecord>>) -> anyhow::Result<()> {
+    pub async fn lead(self: Arc<Self>) -> anyhow::Result<()> {
+        let workers = Arc::clone(&self.workers);
         let mut changes = workers.subscribe();
         let mut stored = self.intake.stored();
         for record in workers.values() {
