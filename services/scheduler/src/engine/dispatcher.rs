@@ -607,6 +607,44 @@ mod tests {
     }
 
     #[test]
+    fn a_submission_is_placed_at_once_only_with_no_older_run_ahead() {
+        let dispatcher = Dispatcher::new();
+        dispatcher.on_worker(worker("w1", &["a"], 2, &[]));
+        let (a, conditions) = (routine("a"), Conditions::default());
+        let now = |dispatcher: &Dispatcher| {
+            dispatcher
+                .place_now(&RunId::generate(), &a, &conditions)
+                .map(|placement| placement.worker)
+        };
+        // A run queued PENDING by this intake and not fetched yet goes first.
+        dispatcher.queued(&a, true);
+        assert_eq!(now(&dispatcher), None);
+        // Fetched, it is on its way to ask: still ahead.
+        dispatcher.incoming(&a);
+        assert_eq!(now(&dispatcher), None);
+        // It asked and holds a slot: nothing is ahead any more.
+        let queued_run = RunId::generate();
+        dispatcher.arrived(&a);
+        assert!(placed(&mut dispatcher.request(&queued_run, &a, &conditions)).is_some());
+        assert_eq!(now(&dispatcher), Some(wid("w1")));
+        // Full: a run that has to wait holds the next submission back too.
+        let mut waiting = dispatcher.request(&RunId::generate(), &a, &conditions);
+        assert!(placed(&mut waiting).is_none());
+        dispatcher.release(&wid("w1"), &queued_run);
+        assert!(
+            placed(&mut waiting).is_some(),
+            "the freed slot went to the waiting run"
+        );
+        // A queued run that ended before it was fetched stops holding others back.
+        let fresh = Dispatcher::new();
+        fresh.on_worker(worker("w1", &["a"], 2, &[]));
+        fresh.queued(&a, true);
+        assert_eq!(now(&fresh), None);
+        fresh.queued(&a, false);
+        assert_eq!(now(&fresh), Some(wid("w1")));
+    }
+
+    #[test]
     fn round_robin_rotates_in_workerid_order_whatever_the_load() {
         let dispatcher = with(PickupStrategy::RoundRobin);
         for (id, capacity) in [("w3", 4), ("w1", 4), ("w2", 2)] {

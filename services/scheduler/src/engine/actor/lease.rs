@@ -228,6 +228,7 @@ impl Actor {
     /// The run is over: remove its queue message for good.
     pub(super) async fn finish_lease(&mut self) {
         self.deadlines = Deadlines::default();
+        let placed_at_intake = self.unleased;
         self.set_unleased(false);
         if let Some(message) = self.lease.take() {
             // Not waiting for the server to confirm: an acknowledgement lost on the way
@@ -236,9 +237,17 @@ impl Actor {
             if let Err(error) = message.ack().await {
                 debug!(%error, "could not acknowledge the run's queue message");
             }
-        } else if let Some(seq) = self.record().and_then(|record| record.queue_seq) {
-            // Nobody holds the message (a run that ended before it was ever fetched).
-            self.engine.intake.drop_queue_message(seq).await;
+        } else if let Some(record) = self.record() {
+            // Nobody holds the message (a run that ended before it was ever fetched). If it
+            // was queued PENDING (cancelled, or out of time), it no longer holds later
+            // submissions back from placement at intake.
+            let (routine, seq) = (record.routine_id.clone(), record.queue_seq);
+            if !placed_at_intake {
+                self.engine.dispatcher.queued(&routine, false);
+            }
+            if let Some(seq) = seq {
+                self.engine.intake.drop_queue_message(seq).await;
+            }
         }
     }
 }
