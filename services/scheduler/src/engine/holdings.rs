@@ -84,6 +84,16 @@ impl HoldingsReporter {
         self.push(Holding::Hold(claim), at_once);
     }
 
+    /// The worker now holds the run, recorded before this returns (or given up on after
+    /// the registry's timeout): for a run placed again, whose worker record must name the
+    /// new attempt before the worker hears of it. It may overtake a queued release of the
+    /// earlier attempt, which then removes only that attempt.
+    pub async fn hold_now(&self, claim: Claim) {
+        if let Err(error) = self.send(&[Holding::Hold(claim)]).await {
+            debug!(%error, "hold not delivered");
+        }
+    }
+
     /// The worker no longer holds the run.
     pub fn release(&self, release: Release) {
         self.push(Holding::Release(release), false);

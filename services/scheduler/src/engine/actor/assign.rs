@@ -159,9 +159,24 @@ impl Actor {
     }
 
     /// The assignment is recorded: tell the worker, then [`Self::assignment_sent`].
+    ///
+    /// A run placed again (a retry, a reassignment) is first recorded at the registry and
+    /// only then sent: the log-collector files an untraced worker's lines under the
+    /// attempt its worker record names, and must not find the previous one there.
     async fn dispatch(&mut self, assigned: &RunRecord, was_idle: bool) {
+        let again = assigned.attempt > 1;
+        if again {
+            if let Some(claim) = self.claim_of(assigned) {
+                self.engine.holdings.hold_now(claim).await;
+            }
+        }
         self.send(Letter::assignment(assigned)).await;
-        self.assignment_sent(assigned, was_idle);
+        if !again {
+            self.report_held(assigned, was_idle);
+        }
+        metrics::assigned(&self.engine.queue_depth, assigned);
+        self.arm_attempt(assigned);
+        debug!(worker = ?assigned.worker_id, attempt = assigned.attempt, "run assigned");
     }
 
     /// The assignment is recorded and sent: tell the registry (in a batch, or at once for
@@ -176,10 +191,17 @@ impl Actor {
     /// Tells the registry that the worker `record` names holds the attempt: with the next
     /// batch, or at once when the worker `was_idle` (so that it shows WORKING).
     pub(super) fn report_held(&self, record: &RunRecord, was_idle: bool) {
+        if let Some(claim) = self.claim_of(record) {
+            self.engine.holdings.hold(claim, was_idle);
+        }
+    }
+
+    /// That the worker `record` names holds its attempt, as the registry is told.
+    fn claim_of(&self, record: &RunRecord) -> Option<Claim> {
         let (Some(worker), Some(incarnation)) = (&record.worker_id, record.incarnation) else {
-            return;
+            return None;
         };
-        let claim = Claim {
+        Some(Claim {
             worker_id: worker.clone(),
             incarnation,
             run_id: self.run.clone(),
@@ -187,8 +209,7 @@ impl Actor {
             traceparent: record
                 .attempt_span(record.attempt)
                 .map(|span| span.to_string()),
-        };
-        self.engine.holdings.hold(claim, was_idle);
+        })
     }
 
     pub(super) fn give_back_slot(&mut self, worker: &WorkerId) {
