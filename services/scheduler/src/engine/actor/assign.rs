@@ -219,7 +219,8 @@ impl Actor {
         }
     }
 
-    /// The attempt `record` names is over: free its worker's slot everywhere.
+    /// The attempt `record` names is over (a write through [`Actor::mutate`] ended it): tell
+    /// the registry its worker no longer holds it.
     pub(super) fn free_slot(&mut self, record: &RunRecord) {
         let Some(worker) = &record.worker_id else {
             return;
@@ -229,7 +230,11 @@ impl Actor {
             run_id: self.run.clone(),
             attempt: record.attempt,
         });
-        self.give_back_slot(worker);
+        // The dispatcher's slot was freed when the write that ended the attempt was
+        // stored (`Actor::mutate`); only this actor's note of it is left.
+        if self.reserved.as_ref() == Some(worker) {
+            self.reserved = None;
+        }
     }
 }
 
