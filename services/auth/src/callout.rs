@@ -6,7 +6,7 @@
 
 use data_encoding::{BASE64, BASE64URL, BASE64URL_NOPAD};
 use drover_protocol::grants::Grants;
-use nkeys::KeyPair;
+use nkeys::{KeyPair, XKey};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::{token_sha256, Credential, Proof};
@@ -14,6 +14,42 @@ use crate::jwt::{self, Claims, JwtError};
 
 /// The subject nats-server sends authorization requests to.
 pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+
+/// The header in which nats-server names its own curve key when it encrypts a request to
+/// the callout's `xkey`; the answer is then sealed back to that key.
+pub const SERVER_XKEY_HEADER: &str = "Nats-Server-Xkey";
+
+/// Why an encrypted request could not be opened, or its answer sealed.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    /// The header does not hold a public curve key.
+    #[error("the server's key {0:?} is not a public xkey")]
+    ServerKey(String),
+    /// Not sealed to this service's xkey (or damaged).
+    #[error(
+        "cannot open the request ({0}); is the callout's xkey the one derived from this issuer?"
+    )]
+    Open(String),
+    /// Sealing failed.
+    #[error("cannot seal the answer: {0}")]
+    Seal(String),
+}
+
+fn server_xkey(server: &str) -> Result<XKey, SealError> {
+    XKey::from_public_key(server).map_err(|_| SealError::ServerKey(server.to_owned()))
+}
+
+/// Opens a request the server at `server` (its public xkey) sealed to `ours`.
+pub fn open_request(payload: &[u8], server: &str, ours: &XKey) -> Result<Vec<u8>, SealError> {
+    ours.open(payload, &server_xkey(server)?)
+        .map_err(|error| SealError::Open(error.to_string()))
+}
+
+/// Seals `answer` from `ours` to the server at `server`.
+pub fn seal_answer(answer: &str, server: &str, ours: &XKey) -> Result<Vec<u8>, SealError> {
+    ours.seal(answer.as_bytes(), &server_xkey(server)?)
+        .map_err(|error| SealError::Seal(error.to_string()))
+}
 
 /// The NATS part of an authorization request (what the client presented, and where).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -331,6 +367,27 @@ mod tests {
                 token_sha256: token_sha256("secret")
             })
         );
+    }
+
+    #[test]
+    fn a_sealed_request_opens_with_our_xkey_only_and_the_answer_opens_at_the_server() {
+        let server = XKey::new();
+        let ours = XKey::new();
+        let sealed = server.seal(b"request", &ours).unwrap();
+        let opened = open_request(&sealed, &server.public_key(), &ours).unwrap();
+        assert_eq!(opened, b"request");
+        assert!(matches!(
+            open_request(&sealed, &server.public_key(), &XKey::new()),
+            Err(SealError::Open(_))
+        ));
+        assert!(matches!(
+            open_request(&sealed, "not a key", &ours),
+            Err(SealError::ServerKey(_))
+        ));
+        let answer = seal_answer("eyJ.answer", &server.public_key(), &ours).unwrap();
+        assert!(answer.starts_with(b"xkv1"));
+        let from_ours = XKey::from_public_key(&ours.public_key()).unwrap();
+        assert_eq!(server.open(&answer, &from_ours).unwrap(), b"eyJ.answer");
     }
 
     #[test]

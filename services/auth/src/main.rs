@@ -47,7 +47,7 @@ async fn main() -> ExitCode {
         args.common,
         |ctx| async move {
             let issuer = issuer.expect("checked before start-up");
-            let config = AuthConfig { issuer, account };
+            let config = AuthConfig::new(issuer, account);
             drover_auth::run(
                 ctx.settings,
                 ctx.client,

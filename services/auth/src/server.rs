@@ -5,7 +5,7 @@ use std::sync::Arc;
 use async_nats::{Client, Message};
 use drover_service_kit::{Readiness, Settings};
 use futures::StreamExt;
-use nkeys::KeyPair;
+use nkeys::{KeyPair, XKey};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use crate::callout::{self, Decision, Presented};
 use crate::credential::Store;
 use crate::metrics::DECISIONS;
+use crate::setup;
 
 /// Replicas answer in one queue group: each request is decided once.
 const QUEUE_GROUP: &str = "drover-auth";
@@ -20,15 +21,30 @@ const QUEUE_GROUP: &str = "drover-auth";
 /// What the auth service signs with and where it places the users it admits.
 pub struct AuthConfig {
     /// The account key whose public half is the callout `issuer` in the server config.
-    pub issuer: KeyPair,
+    issuer: KeyPair,
+    /// The curve key encrypted requests are sealed to: the callout `xkey`, derived from the
+    /// issuer ([`setup::callout_xkey`]).
+    xkey: XKey,
     /// The server-config account the admitted users join.
-    pub account: String,
+    account: String,
+}
+
+impl AuthConfig {
+    /// Signs with `issuer` and places users in `account`.
+    pub fn new(issuer: KeyPair, account: impl Into<String>) -> Self {
+        Self {
+            xkey: setup::callout_xkey(&issuer),
+            issuer,
+            account: account.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuthConfig")
             .field("issuer", &self.issuer.public_key())
+            .field("xkey", &self.xkey.public_key())
             .field("account", &self.account)
             .finish()
     }
@@ -47,7 +63,12 @@ pub async fn run(
     let mut requests = nats
         .queue_subscribe(callout::SUBJECT, QUEUE_GROUP.to_owned())
         .await?;
-    info!(issuer = %config.issuer.public_key(), account = %config.account, "answering auth callouts");
+    info!(
+        issuer = %config.issuer.public_key(),
+        xkey = %config.xkey.public_key(),
+        account = %config.account,
+        "answering auth callouts"
+    );
     readiness.set_serving(true);
     let config = Arc::new(config);
     let tasks = TaskTracker::new();
@@ -71,11 +92,22 @@ async fn answer(nats: &Client, store: &Store, config: &AuthConfig, message: Mess
     let Some(reply) = message.reply.clone() else {
         return;
     };
-    let request = match callout::read_request(&message.payload) {
+    // A server configured with the callout's xkey seals each request and names its own key.
+    let server_xkey = message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(callout::SERVER_XKEY_HEADER))
+        .map(|key| key.as_str().to_owned());
+    let opened = match &server_xkey {
+        Some(server) => callout::open_request(&message.payload, server, &config.xkey)
+            .map_err(anyhow::Error::from),
+        None => Ok(message.payload.to_vec()),
+    };
+    let request = match opened.and_then(|token| Ok(callout::read_request(&token)?)) {
         Ok(request) => request,
         Err(error) => {
             // Without the request's keys no answer can be addressed; the server times out.
-            warn!(%error, "unreadable authorization request");
+            warn!(error = %format!("{error:#}"), "unreadable authorization request");
             ::metrics::counter!(DECISIONS, "outcome" => "error").increment(1);
             return;
         }
@@ -104,12 +136,18 @@ async fn answer(nats: &Client, store: &Store, config: &AuthConfig, message: Mess
             ::metrics::counter!(DECISIONS, "outcome" => "refused").increment(1);
         }
     }
-    match callout::answer(&request, &decision, &config.account, &config.issuer) {
-        Ok(token) => {
-            if let Err(error) = nats.publish(reply, token.into()).await {
+    let answer = callout::answer(&request, &decision, &config.account, &config.issuer)
+        .map_err(anyhow::Error::from)
+        .and_then(|token| match &server_xkey {
+            Some(server) => Ok(callout::seal_answer(&token, server, &config.xkey)?),
+            None => Ok(token.into_bytes()),
+        });
+    match answer {
+        Ok(body) => {
+            if let Err(error) = nats.publish(reply, body.into()).await {
                 warn!(%error, "authorization answer not sent");
             }
         }
-        Err(error) => warn!(%error, "authorization answer not signed"),
+        Err(error) => warn!(error = %format!("{error:#}"), "authorization answer not made"),
     }
 }

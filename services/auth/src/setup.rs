@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use drover_nats_connect::pki::create_new_file;
-use nkeys::KeyPair;
+use hkdf::Hkdf;
+use nkeys::{KeyPair, XKey};
+use sha2::Sha256;
 
 /// The account admitted users join, and in which the services and the auth service run.
 pub const DEFAULT_ACCOUNT: &str = "DROVER";
@@ -69,7 +71,12 @@ pub fn init(dir: &Path, account: &str) -> Result<Written, InitError> {
     })?;
     write_secret(&written.issuer, &seed(&issuer))?;
     write_secret(&written.services, &seed(&services))?;
-    let config = server_config(account, &issuer.public_key(), &services.public_key());
+    let config = server_config(
+        account,
+        &issuer.public_key(),
+        &callout_xkey(&issuer).public_key(),
+        &services.public_key(),
+    );
     std::fs::write(&written.server_config, config).map_err(|source| InitError::Io {
         path: written.server_config.clone(),
         source,
@@ -77,13 +84,29 @@ pub fn init(dir: &Path, account: &str) -> Result<Written, InitError> {
     Ok(written)
 }
 
+/// The curve key nats-server encrypts authorization requests to (the callout's `xkey`),
+/// derived from the issuer seed: whoever holds the issuer may already admit anyone, so the
+/// two keys travel together and the operator keeps one secret, not two.
+pub fn callout_xkey(issuer: &KeyPair) -> XKey {
+    let seed = issuer
+        .seed()
+        .expect("drover-auth signs, so its issuer has its seed");
+    let mut raw = [0_u8; 32];
+    Hkdf::<Sha256>::new(None, seed.as_bytes())
+        .expand(b"drover-auth callout xkey v1", &mut raw)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    XKey::new_from_raw(raw)
+}
+
 /// The nats-server configuration: the account with JetStream, the services' key, and the
-/// callout to `drover-auth` for everyone else.
-pub fn server_config(account: &str, issuer: &str, services: &str) -> String {
+/// callout to `drover-auth` for everyone else, its requests encrypted to `xkey`.
+pub fn server_config(account: &str, issuer: &str, xkey: &str, services: &str) -> String {
     format!(
         r#"# Drover's secured setup (docs/security.md). The services authenticate with the nkey
 # in services.nk and bypass the callout; every other connection is decided by drover-auth,
 # which signs its answers with the account key whose public half is the issuer below.
+# The server encrypts each request to drover-auth with the xkey below (derived from the
+# issuer seed), so the credentials it carries are sealed even on a plain connection.
 accounts {{
   {account}: {{
     jetstream: enabled
@@ -93,6 +116,7 @@ accounts {{
 authorization {{
   auth_callout {{
     issuer: "{issuer}"
+    xkey: "{xkey}"
     account: {account}
     auth_users: [ "{services}" ]
   }}
@@ -143,6 +167,7 @@ mod tests {
         let services = read_seed(written.services.to_str().unwrap()).unwrap();
         let config = std::fs::read_to_string(&written.server_config).unwrap();
         assert!(config.contains(&issuer.public_key()));
+        assert!(config.contains(&callout_xkey(&issuer).public_key()));
         assert!(config.contains(&services.public_key()));
         assert!(!config.contains(&issuer.seed().unwrap()));
         let mode = std::fs::metadata(&written.issuer)
@@ -154,6 +179,19 @@ mod tests {
             init(dir.path(), "DROVER"),
             Err(InitError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn the_callout_xkey_follows_the_issuer_and_only_it() {
+        let issuer = KeyPair::new_account();
+        let again = KeyPair::from_seed(&issuer.seed().unwrap()).unwrap();
+        let xkey = callout_xkey(&issuer);
+        assert!(xkey.public_key().starts_with('X'));
+        assert_eq!(xkey.public_key(), callout_xkey(&again).public_key());
+        assert_ne!(
+            xkey.public_key(),
+            callout_xkey(&KeyPair::new_account()).public_key()
+        );
     }
 
     #[test]

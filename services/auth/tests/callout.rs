@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::ConnectOptions;
 use drover_auth::credential::{self, ClientRole, Credential, Proof, Scope, Store};
-use drover_auth::setup::server_config;
+use drover_auth::setup::{callout_xkey, server_config};
 use drover_auth::AuthConfig;
 use drover_protocol::{PoolId, WorkerId};
 use drover_service_kit::{Readiness, Settings};
@@ -22,11 +22,30 @@ struct Secured {
 }
 
 impl Secured {
+    /// The configuration `drover credentials init` writes: requests sealed to the xkey.
     async fn start() -> Self {
+        Self::start_sealed(true).await
+    }
+
+    /// With `sealed` false, a configuration without the callout's `xkey`, as written before
+    /// requests were sealed: the server sends them in the clear, and they are answered so.
+    async fn start_sealed(sealed: bool) -> Self {
         let issuer = KeyPair::new_account();
         let services = KeyPair::new_user();
         let seed = services.seed().unwrap();
-        let config = server_config("DROVER", &issuer.public_key(), &services.public_key());
+        let mut config = server_config(
+            "DROVER",
+            &issuer.public_key(),
+            &callout_xkey(&issuer).public_key(),
+            &services.public_key(),
+        );
+        if !sealed {
+            config = config
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("xkey:"))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
         let server = NatsServer::start_with(NatsOptions::default().config(config).nkey_seed(&seed))
             .await
             .expect("nats-server starts with the auth configuration");
@@ -35,10 +54,7 @@ impl Secured {
             .await
             .unwrap();
         let shutdown = CancellationToken::new();
-        let config = AuthConfig {
-            issuer,
-            account: "DROVER".to_owned(),
-        };
+        let config = AuthConfig::new(issuer, "DROVER");
         tokio::spawn(drover_auth::run(
             Settings::default(),
             client,
@@ -229,4 +245,49 @@ async fn a_pool_credential_admits_its_processes_as_themselves() {
     let _other = pool.client.subscribe("v1.pool.db.status").await.unwrap();
     assert!(pool.refused("Subscription to \"v1.pool.db.status\"").await);
     assert!(!pool.errors().iter().any(|e| e.contains("v1.pool.web")));
+}
+
+#[tokio::test]
+async fn requests_are_sealed_to_the_callout_xkey_and_an_unsealed_configuration_still_works() {
+    use futures::StreamExt;
+    let secured = Secured::start().await;
+    let token = credential::new_token();
+    let proof = Proof::Token {
+        token_sha256: credential::token_sha256(&token),
+    };
+    let scope = Scope::Client {
+        role: ClientRole::Read,
+    };
+    secured.add("dashboard", scope.clone(), proof.clone()).await;
+    // The services' key may watch the callout subject: what crosses it is sealed.
+    let services = secured.server.client().await;
+    let mut requests = services
+        .subscribe(drover_auth::callout::SUBJECT)
+        .await
+        .unwrap();
+    services.flush().await.unwrap();
+    let url = secured.server.url();
+    Observed::connect(&url, ConnectOptions::with_token(token.clone()))
+        .await
+        .expect("a sealed request is opened and answered");
+    let request = tokio::time::timeout(patient(Duration::from_secs(5)), requests.next())
+        .await
+        .expect("the request is seen")
+        .unwrap();
+    let server_key = request
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(drover_auth::callout::SERVER_XKEY_HEADER))
+        .expect("the server names its key");
+    assert!(server_key.as_str().starts_with('X'));
+    assert!(request.payload.starts_with(b"xkv1"));
+    let sealed = String::from_utf8_lossy(&request.payload);
+    assert!(!sealed.contains(&token), "the token crosses in the clear");
+    assert!(!sealed.contains("eyJ"), "a JWT crosses in the clear");
+
+    let plain = Secured::start_sealed(false).await;
+    plain.add("dashboard", scope, proof).await;
+    Observed::connect(&plain.server.url(), ConnectOptions::with_token(token))
+        .await
+        .expect("an unsealed request is answered unsealed");
 }
