@@ -172,7 +172,7 @@ async def test_bad_credential_requests_change_nothing(secured: Secured):
     invalid = secured.credentials("create", "worker", "not a worker id", "--out", str(again))
     assert invalid.returncode == 2 and not again.exists(), invalid.stderr
     unknown = secured.credentials("revoke", "nobody")
-    assert unknown.returncode != 0 and "no credential is named" in unknown.stderr, unknown.stderr
+    assert unknown.returncode == 3 and "no credential is named" in unknown.stderr, unknown.stderr
     listed = secured.credentials("list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [c["name"] for c in json.loads(listed.stdout)] == ["py-once"], listed.stdout

@@ -73,13 +73,16 @@ async fn the_cli_lists_runs_over_mutual_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_lists_runs_with_an_nkey_and_a_wrong_one_is_refused() {
+async fn the_cli_lists_runs_with_an_nkey_a_wrong_one_is_refused_and_so_is_what_it_may_not_do() {
     let services = nkeys::KeyPair::new_user();
     let operator = nkeys::KeyPair::new_user();
+    let reader = nkeys::KeyPair::new_user();
     let config = format!(
-        "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}\n",
+        "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }}, {{ nkey: {}, permissions: \
+         {{ publish: [\"v1.run.list\"], subscribe: [\"_INBOX.>\"] }} }} ] }}\n",
         services.public_key(),
-        operator.public_key()
+        operator.public_key(),
+        reader.public_key()
     );
     let stack = stack_with(
         NatsOptions::default()
@@ -105,6 +108,33 @@ async fn the_cli_lists_runs_with_an_nkey_and_a_wrong_one_is_refused() {
         !stderr(&refused).contains(&stranger),
         "the seed was printed"
     );
+
+    // A credential NATS admits but does not let publish on v1.routine.request_start: the
+    // refusal, in NATS's words, ends the command with exit 5 (not a time-out, exit 4).
+    let reader_seed = dir.path().join("reader.nk");
+    std::fs::write(&reader_seed, reader.seed().unwrap()).unwrap();
+    let as_reader = ["--nkey", path(&reader_seed), "--timeout", "600"];
+    let read = drover(&url, &[&as_reader[..], &["runs", "list"]].concat()).await;
+    assert_eq!(read.status.code(), Some(0), "{}", stderr(&read));
+    let submit = drover(
+        &url,
+        &[&as_reader[..], &["submit", "nobody.home", "--params", "{}"]].concat(),
+    )
+    .await;
+    assert_exit(
+        &submit,
+        5,
+        "Permissions Violation for Publish to \"v1.routine.request_start\"",
+    );
+    let after: Vec<serde_json::Value> = serde_json::from_str(&stdout(
+        &drover(
+            &url,
+            &["--nkey", path(&seed_file), "runs", "list", "--json"],
+        )
+        .await,
+    ))
+    .unwrap();
+    assert!(after.is_empty(), "a refused submit stored a run: {after:?}");
 
     // A missing seed file and a malformed seed: configuration errors before connecting.
     let missing = dir.path().join("missing.nk");

@@ -1,8 +1,9 @@
 //! The CLI's connection to Drover: requests with timeouts, and errors worded for people.
 
+use std::future::Future;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectErrorKind, HeaderMap};
+use async_nats::{Client, ConnectErrorKind, Event, HeaderMap, ServerError};
 use drover_nats_connect::NatsAuth;
 use drover_protocol::envelope::decode_reply;
 use drover_protocol::{encode, Payload};
@@ -15,16 +16,27 @@ pub struct Drover {
     client: Client,
     url: String,
     timeout: Duration,
+    /// The last permissions violation the server reported, as it worded it.
+    refusals: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl Drover {
     /// Connects to NATS with `auth`, failing fast with a clear message when it is not there
     /// or refuses the credentials; unusable credentials are a configuration error.
     pub async fn connect(url: &str, timeout: Duration, auth: &NatsAuth) -> Result<Self, CliError> {
+        let (refused, refusals) = tokio::sync::watch::channel(None);
         let options = async_nats::ConnectOptions::new()
             .name("drover-cli")
             .connection_timeout(timeout)
-            .max_reconnects(Some(3));
+            .max_reconnects(Some(3))
+            .event_callback(move |event| {
+                if let Event::ServerError(ServerError::Other(error)) = &event {
+                    if is_permissions_violation(error) {
+                        refused.send_replace(Some(error.clone()));
+                    }
+                }
+                async {}
+            });
         let options = auth
             .apply(url, options)
             .map_err(|error| CliError::Config(error.to_string()))?;
@@ -45,7 +57,34 @@ impl Drover {
             client,
             url: url.to_owned(),
             timeout,
+            refusals,
         })
+    }
+
+    /// Runs `command`, unless NATS refuses one of its publishes or subscriptions to the
+    /// credential in use first: then it fails at once with [`CliError::Forbidden`]. Without
+    /// this, a refused request would only time out, as NATS tells the refusal to the
+    /// connection, not to the request.
+    pub async fn unless_refused<T>(
+        &self,
+        command: impl Future<Output = Result<T, CliError>>,
+    ) -> Result<T, CliError> {
+        let mut refusals = self.refusals.clone();
+        let refused = async move {
+            loop {
+                if let Some(error) = refusals.borrow_and_update().clone() {
+                    return error;
+                }
+                if refusals.changed().await.is_err() {
+                    // The connection is gone: the command will fail on its own.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            result = command => result,
+            error = refused => Err(CliError::Forbidden(error)),
+        }
     }
 
     /// The underlying NATS client.
@@ -96,6 +135,11 @@ impl Drover {
         })?;
         decoded.map_err(CliError::from)
     }
+}
+
+/// nats-server's words for a publish or subscription outside the connection's permissions.
+fn is_permissions_violation(error: &str) -> bool {
+    error.to_ascii_lowercase().contains("permissions violation")
 }
 
 fn unreachable_nats(url: &str, why: &str) -> CliError {

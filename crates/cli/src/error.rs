@@ -110,6 +110,15 @@ pub enum CliError {
     /// A configuration file that cannot be used; nothing was started (exit 64).
     #[error("{0}")]
     Config(String),
+    /// NATS refused a publish or subscription the credential in use has no right to
+    /// (exit 5).
+    #[error(
+        "NATS refused it: {0}; the credential in use may not do this (see docs/security.md, \"Roles\")"
+    )]
+    Forbidden(String),
+    /// No such credential, pool group or other named thing (exit 3).
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl CliError {
@@ -133,11 +142,11 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Bad command line or input.
     pub const USAGE: u8 = 2;
-    /// No such run or worker.
+    /// No such run, worker or credential.
     pub const NOT_FOUND: u8 = 3;
     /// NATS or a Drover service is unreachable.
     pub const UNREACHABLE: u8 = 4;
-    /// Drover refused the request.
+    /// Drover refused the request, or NATS refused it to the credential in use.
     pub const REFUSED: u8 = 5;
     /// A configuration file that cannot be used (as the services: EX_CONFIG).
     pub const CONFIG: u8 = 64;
@@ -156,6 +165,8 @@ impl CliError {
             | CliError::Request { .. }
             | CliError::Nats(_)
             | CliError::Follow { .. } => exit::UNREACHABLE,
+            CliError::NotFound(_) => exit::NOT_FOUND,
+            CliError::Forbidden(_) => exit::REFUSED,
             CliError::Drover(error) => match drover_kind(error.code) {
                 DroverKind::NotFound => exit::NOT_FOUND,
                 DroverKind::Unavailable => exit::UNREACHABLE,

@@ -17,8 +17,9 @@ use crate::error::{exit, CliError};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 a waited-for run ended FAILED or CANCELLED, or another failure;
-2 bad command line or input; 3 no such run or worker; 4 NATS or a Drover service is
-unreachable; 5 Drover refused the request.
+2 bad command line or input; 3 no such run, worker or credential; 4 NATS or a Drover
+service is unreachable; 5 Drover refused the request, or NATS refused it to the credential
+in use.
 
 Data goes to stdout, everything else to stderr. Commands that print records take --json.";
 
@@ -106,16 +107,22 @@ async fn run(cli: Cli, (url, url_given): (String, bool)) -> Result<(), CliError>
         }
     }
     let drover = Drover::connect(&url, timeout, &auth).await?;
-    match cli.command {
-        Command::Dev(_) => Ok(()),
-        Command::Submit(submit) => submit.run(&drover).await,
-        Command::Runs(runs) => runs.run(&drover).await,
-        Command::Workers(workers) => workers.run(&drover).await,
-        Command::Logs(logs) => logs.run(&drover).await,
-        Command::Status(status) => status.run(&drover).await,
-        Command::Pool(pool) => pool.request(&drover).await,
-        Command::Credentials(credentials) => credentials.run(&drover).await,
-    }
+    // Whatever the command does, a publish or subscription its credential may not make ends
+    // it at once with what NATS said, instead of a time-out.
+    drover
+        .unless_refused(async {
+            match cli.command {
+                Command::Dev(_) => Ok(()),
+                Command::Submit(submit) => submit.run(&drover).await,
+                Command::Runs(runs) => runs.run(&drover).await,
+                Command::Workers(workers) => workers.run(&drover).await,
+                Command::Logs(logs) => logs.run(&drover).await,
+                Command::Status(status) => status.run(&drover).await,
+                Command::Pool(pool) => pool.request(&drover).await,
+                Command::Credentials(credentials) => credentials.run(&drover).await,
+            }
+        })
+        .await
 }
 
 /// The CLI's own log filter unless `RUST_LOG` says otherwise: it reports its errors itself,

@@ -431,7 +431,7 @@ fn store_error(error: credential::StoreError) -> CliError {
         StoreError::Exists(_) | StoreError::InvalidName(_) | StoreError::AlreadyRevoked(_) => {
             CliError::Usage(error.to_string())
         }
-        StoreError::Unknown(_) => CliError::Other(error.to_string()),
+        StoreError::Unknown(_) => CliError::NotFound(error.to_string()),
         StoreError::Nats(_) | StoreError::Malformed { .. } => CliError::Unreachable(format!(
             "{error} (credentials need the services' key: --nkey services.nk)"
         )),
