@@ -163,6 +163,23 @@ async def test_a_revoked_worker_is_refused_at_its_next_connection(secured: Secur
     assert "Authorization Violation" in again.log_contents(), again.log_contents()
 
 
+async def test_a_worker_with_another_workers_credential_stops_with_what_nats_refused(secured: Secured):
+    seed = secured.create("worker", "py-owner")
+    impostor = secured.spawn("py-impostor", EXAMPLES_DIR / "python-worker" / "worker.py", seed)
+    await wait_until("the impostor stops", lambda: not impostor.is_running(), timeout=20)
+    log = impostor.log_contents()
+    assert impostor.returncode not in (0, None), log
+    assert "NotPermitted" in log and "permissions violation" in log.lower() and "py-impostor" in log, log
+    client = await secured.client(secured.keys / "services.nk")
+    try:
+        reply = await client.request(
+            "v1.registry.get", json.dumps({"payloadKey": "v1.registry.get", "payload": {"workerID": "py-impostor"}}).encode()
+        )
+        assert json.loads(reply.data)["payload"]["code"] == "unknown_worker", reply.data
+    finally:
+        await client.close()
+
+
 async def test_bad_credential_requests_change_nothing(secured: Secured):
     secured.create("worker", "py-once")
     again = secured.log_dir / "again.nk"

@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::{Client, ConnectErrorKind, Event, HeaderMap, ServerError};
+use async_nats::{Client, ConnectErrorKind, HeaderMap};
+use drover_nats_connect::refusals::{self, Refusals};
 use drover_nats_connect::NatsAuth;
 use drover_protocol::envelope::decode_reply;
 use drover_protocol::{encode, Payload};
@@ -16,27 +17,19 @@ pub struct Drover {
     client: Client,
     url: String,
     timeout: Duration,
-    /// The last permissions violation the server reported, as it worded it.
-    refusals: tokio::sync::watch::Receiver<Option<String>>,
+    /// What the server refuses the credential in use.
+    refusals: Refusals,
 }
 
 impl Drover {
     /// Connects to NATS with `auth`, failing fast with a clear message when it is not there
     /// or refuses the credentials; unusable credentials are a configuration error.
     pub async fn connect(url: &str, timeout: Duration, auth: &NatsAuth) -> Result<Self, CliError> {
-        let (refused, refusals) = tokio::sync::watch::channel(None);
         let options = async_nats::ConnectOptions::new()
             .name("drover-cli")
             .connection_timeout(timeout)
-            .max_reconnects(Some(3))
-            .event_callback(move |event| {
-                if let Event::ServerError(ServerError::Other(error)) = &event {
-                    if is_permissions_violation(error) {
-                        refused.send_replace(Some(error.clone()));
-                    }
-                }
-                async {}
-            });
+            .max_reconnects(Some(3));
+        let (options, refusals) = refusals::watch(options, |_| {});
         let options = auth
             .apply(url, options)
             .map_err(|error| CliError::Config(error.to_string()))?;
@@ -70,20 +63,9 @@ impl Drover {
         command: impl Future<Output = Result<T, CliError>>,
     ) -> Result<T, CliError> {
         let mut refusals = self.refusals.clone();
-        let refused = async move {
-            loop {
-                if let Some(error) = refusals.borrow_and_update().clone() {
-                    return error;
-                }
-                if refusals.changed().await.is_err() {
-                    // The connection is gone: the command will fail on its own.
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
             result = command => result,
-            error = refused => Err(CliError::Forbidden(error)),
+            error = refusals.next() => Err(CliError::Forbidden(error)),
         }
     }
 
@@ -135,11 +117,6 @@ impl Drover {
         })?;
         decoded.map_err(CliError::from)
     }
-}
-
-/// nats-server's words for a publish or subscription outside the connection's permissions.
-fn is_permissions_violation(error: &str) -> bool {
-    error.to_ascii_lowercase().contains("permissions violation")
 }
 
 fn unreachable_nats(url: &str, why: &str) -> CliError {

@@ -20,6 +20,7 @@ mod apply;
 mod args;
 mod error;
 pub mod pki;
+pub mod refusals;
 mod vars;
 
 use std::fmt;

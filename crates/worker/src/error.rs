@@ -45,6 +45,15 @@ pub enum WorkerError {
     /// The registry refused the registration for a reason that retrying cannot fix.
     #[error("registration refused: {0}")]
     Registration(ErrorPayload),
+    /// NATS refused, before the worker was registered, a publish or subscription a worker
+    /// needs: the credential in use is not this workerID's (docs/security.md, "Roles").
+    #[error("NATS refused worker {worker_id}: {error}; is the credential in use this workerID's?")]
+    Refused {
+        /// The workerID the worker runs as.
+        worker_id: String,
+        /// What NATS said.
+        error: String,
+    },
 }
 
 fn variable_text(variable: &Option<&'static str>) -> String {

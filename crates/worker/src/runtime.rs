@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::Client;
+use drover_nats_connect::refusals::{self, Refusals};
 use drover_nats_connect::NatsAuth;
 use drover_protocol::{subject, RoutineId, WorkerId};
 use tokio::time::Instant;
@@ -45,9 +46,12 @@ pub(crate) struct Config {
 
 /// Runs the worker until `shutdown` fires and the graceful shutdown is over.
 pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
-    let client = match config.connection {
-        Connection::Client(client) => client,
-        Connection::Url(url) => connect(&url, &config.id, &config.auth).await?,
+    let (client, refusals) = match config.connection {
+        Connection::Client(client) => (client, None),
+        Connection::Url(url) => {
+            let (client, refusals) = connect(&url, &config.id, &config.auth).await?;
+            (client, Some(refusals))
+        }
     };
     // Subscribed before registering, so certainly before `ready`, and kept across
     // registrations (the client subscribes again by itself after a reconnect).
@@ -75,7 +79,25 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
         tokio::spawn(inbox::serve(Arc::clone(&shared), inbox, stop.clone())),
         tokio::spawn(lifecycle::pulse(Arc::clone(&shared), stop.clone())),
     ];
-    let registered = lifecycle::register(&shared, &config.profile, &shutdown).await;
+    // A credential that is not this worker's is refused its inbox and its registration by
+    // NATS: say so and stop, rather than retry a registration that cannot get through.
+    let registered = match refusals {
+        Some(refusals) => {
+            tasks.push(tokio::spawn(report_refusals(
+                refusals.clone(),
+                stop.clone(),
+            )));
+            let mut refused = refusals;
+            tokio::select! {
+                registered = lifecycle::register(&shared, &config.profile, &shutdown) => registered,
+                error = refused.next() => Err(WorkerError::Refused {
+                    worker_id: config.id.to_string(),
+                    error,
+                }),
+            }
+        }
+        None => lifecycle::register(&shared, &config.profile, &shutdown).await,
+    };
     let result = match registered {
         Ok(Some(registered)) => {
             lifecycle::establish(&shared, &registered, &shutdown).await;
@@ -104,14 +126,33 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(
 
 /// Connects as the worker: the connection is named after the workerID and replies come to
 /// `_INBOX.<workerID>.>`, the only inbox a worker may subscribe under the secured setup.
-async fn connect(url: &str, id: &WorkerId, auth: &NatsAuth) -> Result<Client, WorkerError> {
-    connect_options(id, url, auth)?
+async fn connect(
+    url: &str,
+    id: &WorkerId,
+    auth: &NatsAuth,
+) -> Result<(Client, Refusals), WorkerError> {
+    let (options, refusals) = refusals::watch(connect_options(id, url, auth)?, |_| {});
+    let client = options
         .connect(url)
         .await
         .map_err(|source| WorkerError::Connect {
             url: url.to_owned(),
             source,
-        })
+        })?;
+    Ok((client, refusals))
+}
+
+/// Logs each publish or subscription NATS refuses this worker, until `stop`.
+async fn report_refusals(mut refusals: Refusals, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            error = refusals.next() => tracing::error!(
+                %error,
+                "NATS refused this worker a publish or subscription; is its credential this workerID's?"
+            ),
+        }
+    }
 }
 
 fn connect_options(

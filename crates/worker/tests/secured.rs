@@ -50,3 +50,33 @@ async fn a_worker_with_its_credential_runs_a_routine_over_mutual_tls() {
     shutdown.cancel();
     handle.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_run_with_another_workers_credential_stops_with_what_nats_refused() {
+    let secure = SecureStack::start().await.unwrap();
+    let theirs = secure.worker_credential("rs-owner").await.unwrap();
+    let worker = Worker::builder("rs-impostor")
+        .routine("secured.echo", echo)
+        .nats_url(secure.stack.nats_url())
+        .nats_auth(theirs);
+    // No shutdown is asked for: the worker ends on its own, with the refusal.
+    let ended = tokio::time::timeout(PATIENCE, worker.run(CancellationToken::new()))
+        .await
+        .expect("the worker stops instead of retrying its registration");
+    let error = ended.expect_err("the worker cannot run as rs-impostor");
+    let text = error.to_string();
+    assert!(
+        matches!(error, drover_worker::WorkerError::Refused { .. }),
+        "{text}"
+    );
+    assert!(text.contains("Permissions Violation"), "{text}");
+    assert!(text.contains("rs-impostor"), "{text}");
+
+    // Nothing of the impostor reached Drover.
+    let services = secure.stack.client().await;
+    assert!(
+        drover_integration_tests::registry_record(&services, "rs-impostor")
+            .await
+            .is_none()
+    );
+}

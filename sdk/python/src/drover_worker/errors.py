@@ -42,6 +42,11 @@ class RegistrationError(RequestRefused):
     """The registry refused the registration for a reason that retrying will not fix."""
 
 
+class NotPermitted(DroverError):
+    """NATS refused, before the worker was registered, a publish or subscription a worker
+    needs: the credential in use is not this workerID's (docs/security.md, "Roles")."""
+
+
 class Fail(DroverError):
     """Raise from a routine to fail the attempt with a chosen retryability and type.
 

@@ -17,19 +17,22 @@ Three ways to send, matching what the protocol asks of each message:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 import nats
 from nats import errors as nats_errors
 from nats.aio.client import Client as NatsClient
 
 from . import protocol, tracing
-from .errors import DroverError, RequestRefused
+from .errors import DroverError, NotPermitted, RequestRefused
 
 log = logging.getLogger("drover_worker")
+
+T = TypeVar("T")
 
 #: nats-py options the SDK sets unless the caller overrides them.
 DEFAULT_NATS_OPTIONS: dict[str, Any] = {
@@ -96,6 +99,9 @@ class Link:
         self._on_reconnected = on_reconnected
         self.disconnects = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The last permissions violation NATS reported, in its words.
+        self.refusal: str | None = None
+        self._refused = asyncio.Event()
 
     # ------------------------------------------------------------------- connection
 
@@ -125,7 +131,13 @@ class Link:
                 await user["reconnected_cb"]()
 
         async def error(err: Exception) -> None:
-            log.debug("drover: NATS error: %r", err)
+            if "permissions violation" in str(err).lower():
+                # NATS tells the connection, not the request: a refused request only times out.
+                self.refusal = str(err)
+                self._refused.set()
+                log.error("drover: NATS refused a publish or subscription: %s", err)
+            else:
+                log.debug("drover: NATS error: %r", err)
             if user["error_cb"]:
                 await user["error_cb"](err)
 
@@ -145,6 +157,26 @@ class Link:
         )
         self.connected.set()
         return self.nc
+
+    async def unless_refused(self, work: Awaitable[T], who: str) -> T:
+        """Awaits ``work``, unless NATS reports a permissions violation first: then cancels it
+        and raises :class:`NotPermitted` with what NATS said to ``who``."""
+        task = asyncio.ensure_future(work)
+        refused = asyncio.ensure_future(self._refused.wait())
+        try:
+            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            refused.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if not task.cancelled():
+            return task.result()
+        raise NotPermitted(
+            f"NATS refused {who}: {self.refusal or 'permissions violation'}; "
+            "is the credential in use this workerID's?"
+        )
 
     @property
     def closed(self) -> bool:

@@ -51,7 +51,11 @@ class Session:
         # The inbox outlives registrations: subscribed once, before the first v1.ready.
         self._subscription = await nc.subscribe(protocol.inbox(self._state.worker_id), cb=self.dispatcher.on_message)
         await nc.flush()
-        await self.registration.register()
+        # A credential that is not this worker's is refused its inbox and its registration
+        # by NATS: stop with what NATS said instead of retrying the registration forever.
+        await self.runtime.link.unless_refused(
+            self.registration.register(), who=f"worker {self._state.worker_id}"
+        )
 
     async def _on_reconnected(self) -> None:
         """After a reconnection: pulse at once, and ask again for children whose end may have been missed."""

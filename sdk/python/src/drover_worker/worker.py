@@ -239,7 +239,9 @@ class Worker:
         """Connects, registers, subscribes to the inbox and sends ``v1.ready``; returns when ready.
 
         Retries while NATS or the registry is unreachable. Raises
-        :class:`~drover_worker.RegistrationError` when the registry refuses the registration.
+        :class:`~drover_worker.RegistrationError` when the registry refuses the registration,
+        and :class:`~drover_worker.NotPermitted` when NATS refuses the worker its subjects
+        (a credential that is not this workerID's).
         """
         state = self._state
         if state.phase != Phase.NEW:
