@@ -17,7 +17,6 @@ Three ways to send, matching what the protocol asks of each message:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -76,6 +75,20 @@ class Backoff:
 
     def reset(self) -> None:
         self.next = self.initial
+
+
+async def _unless(task: "asyncio.Future[Any]", event: asyncio.Event) -> bool:
+    """Waits for ``task``, unless ``event`` is set first: then cancels ``task`` and waits for it
+    to end. True when ``task`` finished by itself (its result or exception is then ready)."""
+    interrupted = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        interrupted.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return not task.cancelled()
 
 
 class Link:
@@ -162,16 +175,7 @@ class Link:
         """Awaits ``work``, unless NATS reports a permissions violation first: then cancels it
         and raises :class:`NotPermitted` with what NATS said to ``who``."""
         task = asyncio.ensure_future(work)
-        refused = asyncio.ensure_future(self._refused.wait())
-        try:
-            await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            refused.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if not task.cancelled():
+        if await _unless(task, self._refused):
             return task.result()
         raise NotPermitted(
             f"NATS refused {who}: {self.refusal or 'permissions violation'}; "
@@ -233,14 +237,7 @@ class Link:
                 headers=dict(headers) if headers else None,
             )
         )
-        interrupted = asyncio.ensure_future(reconnected.wait())
-        try:
-            await asyncio.wait({request, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            interrupted.cancel()
-        if not request.done():
-            request.cancel()
-            await asyncio.gather(request, return_exceptions=True)
+        if not await _unless(request, reconnected):
             raise nats_errors.TimeoutError
         try:
             return request.result().data
