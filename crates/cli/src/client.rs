@@ -29,7 +29,7 @@ impl Drover {
             .name("drover-cli")
             .connection_timeout(timeout)
             .max_reconnects(Some(3));
-        let (options, refusals) = refusals::watch(options, |_| {});
+        let (options, refusals) = refusals::watch(options);
         let options = auth
             .apply(url, options)
             .map_err(|error| CliError::Config(error.to_string()))?;

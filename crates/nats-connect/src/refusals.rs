@@ -14,19 +14,14 @@ pub struct Refusals {
     seen: watch::Receiver<Option<String>>,
 }
 
-/// Sets `options` to record permissions violations, and to hand every other event to
-/// `other` (the connection has one event callback).
-pub fn watch<F>(options: ConnectOptions, other: F) -> (ConnectOptions, Refusals)
-where
-    F: Fn(Event) + Send + Sync + 'static,
-{
+/// Sets `options` to record permissions violations (the connection's one event callback).
+pub fn watch(options: ConnectOptions) -> (ConnectOptions, Refusals) {
     let (tell, seen) = watch::channel(None);
     let options = options.event_callback(move |event| {
-        match &event {
-            Event::ServerError(ServerError::Other(error)) if is_permissions_violation(error) => {
+        if let Event::ServerError(ServerError::Other(error)) = &event {
+            if is_permissions_violation(error) {
                 tell.send_replace(Some(error.clone()));
             }
-            _ => other(event),
         }
         async {}
     });

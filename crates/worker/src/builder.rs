@@ -113,7 +113,9 @@ impl WorkerBuilder {
     ///
     /// A worker's connection should be named after its workerID and use the inbox prefix
     /// `_INBOX.<workerID>`, as the one the SDK makes does: under the secured setup a worker
-    /// may receive replies there only.
+    /// may receive replies there only. The connection's events stay yours: a permissions
+    /// violation reaches your event callback, and the worker does not stop for it as it does
+    /// on a connection of its own ([`WorkerError::Refused`](crate::WorkerError::Refused)).
     pub fn client(mut self, client: Client) -> Self {
         self.connection = Connection::Client(client);
         self

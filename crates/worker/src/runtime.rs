@@ -131,7 +131,7 @@ async fn connect(
     id: &WorkerId,
     auth: &NatsAuth,
 ) -> Result<(Client, Refusals), WorkerError> {
-    let (options, refusals) = refusals::watch(connect_options(id, url, auth)?, |_| {});
+    let (options, refusals) = refusals::watch(connect_options(id, url, auth)?);
     let client = options
         .connect(url)
         .await
