@@ -116,7 +116,7 @@ pub enum CliError {
         "NATS refused it: {0}; the credential in use may not do this (see docs/security.md, \"Roles\")"
     )]
     Forbidden(String),
-    /// No such credential, pool group or other named thing (exit 3).
+    /// No such credential (exit 3); unknown runs and workers come as `v1.error`s.
     #[error("{0}")]
     NotFound(String),
 }
