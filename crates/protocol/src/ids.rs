@@ -39,6 +39,7 @@ macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $check:path) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(String);
 

@@ -55,6 +55,7 @@ impl TryFrom<PoolScaleFields> for PoolScale {
 
 /// Reply to [`PoolScale`]: the group's new target and the processes running right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolScaled {
     /// The group.
@@ -67,6 +68,7 @@ pub struct PoolScaled {
 
 /// How a restart replaces processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RestartMode {
     /// Stop every process gracefully, wait for all, then start all.
@@ -87,6 +89,7 @@ impl RestartMode {
 
 /// `v1.pool.<poolID>.restart`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolRestart {
     /// Hard or soft.
@@ -98,6 +101,7 @@ pub struct PoolRestart {
 
 /// Reply to [`PoolRestart`], sent once the restart has begun.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolRestarting {
     /// Always true: a refused restart is answered with `v1.error`.
@@ -111,10 +115,12 @@ pub struct PoolRestarting {
 /// `v1.pool.<poolID>.status`: an empty object. Like every payload it is read tolerantly:
 /// unknown fields are ignored, so that a newer client can ask an older pool.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {}
 
 /// How a process ended (DESIGN §9, `lastExit.class`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExitClass {
     /// The pool stopped it (scale-down, restart, quota, shutdown).
@@ -142,6 +148,7 @@ impl ExitClass {
 
 /// Where a pool's process is (DESIGN §9, process `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ProcessPhase {
     /// Started, not yet registered and ready.
@@ -171,6 +178,7 @@ impl ProcessPhase {
 
 /// How a process last ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LastExit {
     /// Its exit code, when it exited.
@@ -190,6 +198,7 @@ pub struct LastExit {
 
 /// One process of a group, in [`PoolState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessState {
     /// The workerID it was given.
@@ -225,6 +234,7 @@ pub struct ProcessState {
 
 /// One group, in [`PoolState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupState {
     /// The group.
@@ -241,6 +251,7 @@ pub struct GroupState {
 
 /// Reply to [`PoolStatus`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolState {
     /// The pool.

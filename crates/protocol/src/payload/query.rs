@@ -9,6 +9,7 @@ use crate::timestamp::Timestamp;
 
 /// `v1.run.get`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunGet {
     /// The run to fetch.
@@ -18,6 +19,7 @@ pub struct RunGet {
 
 /// `v1.run.list`: filters and paging; records come newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunList {
     /// Only runs in this state.
@@ -46,6 +48,7 @@ impl RunList {
 
 /// `v1.run.cancel`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunCancel {
     /// The run to cancel.
@@ -58,6 +61,7 @@ pub struct RunCancel {
 
 /// `v1.run.records`: a page of runs, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunPage {
     /// The runs.
@@ -69,6 +73,7 @@ pub struct RunPage {
 
 /// `v1.registry.list`: filters; every filter given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryList {
     /// Only workers with this status.
@@ -96,6 +101,7 @@ impl RegistryList {
 
 /// `v1.registry.get`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryGet {
     /// The worker to fetch.
@@ -105,6 +111,7 @@ pub struct RegistryGet {
 
 /// `v1.registry.workers`: worker records, ordered by workerID.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerList {
     /// The workers.
@@ -117,6 +124,7 @@ pub struct WorkerList {
 
 /// `v1.logs.query`: stored log records, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogsQuery {
     /// Only lines about this run.
@@ -145,6 +153,7 @@ impl LogsQuery {
 
 /// `v1.logs.records`: a page of log records, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogPage {
     /// The records.

@@ -14,6 +14,7 @@ use crate::trace::TraceParent;
 
 /// Where a worker is in its registration, apart from the runs it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkerPhase {
     /// Registered, waiting for `v1.ready`.
@@ -30,6 +31,7 @@ pub enum WorkerPhase {
 
 /// A run a worker holds, as the scheduler reported it to the registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HeldRun {
     /// The run.
@@ -53,6 +55,7 @@ pub struct HeldRun {
 
 /// The registry's record of a worker: KV `DROVER_WORKERS`, `v1.registry.get`, `v1.registry.list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerRecord {
     /// The worker.
@@ -141,6 +144,7 @@ impl WorkerRecord {
 
 /// A run's state (DESIGN §6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RunStatus {
     /// Waiting for placement (or for its retry backoff).
@@ -207,6 +211,7 @@ impl std::str::FromStr for RunStatus {
 
 /// Why a run failed or was cancelled (DESIGN §6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The routine reported a failure that was not retried.
@@ -245,6 +250,7 @@ impl fmt::Display for FailureReason {
 
 /// One state change in a run's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
     /// The state entered.
@@ -263,6 +269,7 @@ pub struct Transition {
 
 /// The scheduler's record of a run: KV `DROVER_RUNS`, `v1.run.get`, `v1.run.list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunRecord {
     /// The run.
@@ -395,6 +402,7 @@ impl RunRecord {
 
 /// A `v1.run.events.<runID>` payload: a run changed state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunEvent {
     /// The run.
@@ -436,6 +444,7 @@ pub struct RunEventRef<'a> {
 
 /// A `v1.registry.events.<workerID>` payload: a worker changed status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerEvent {
     /// The worker.
@@ -456,6 +465,7 @@ pub struct WorkerEvent {
 
 /// A stored, enriched log line: `v1.logs.query` returns these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogRecord {
     /// Position in `DROVER_LOGS`; strictly increasing.

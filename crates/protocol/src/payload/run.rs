@@ -11,6 +11,7 @@ use crate::payload::worker::Labels;
 
 /// Which workers a run may go to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Conditions {
     /// When not empty, only these workers may run it.
@@ -30,6 +31,7 @@ impl Conditions {
 
 /// How long to wait before each retry: `min(initialMs * multiplier^(n-1), maxMs)` before retry `n`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBackoff {
     /// Delay before the first retry.
@@ -65,6 +67,7 @@ impl RetryBackoff {
 
 /// A run spec (DESIGN §6.1): the payload of `v1.routine.request_start` from a client or a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunSpec {
     /// The routine to run.
@@ -131,6 +134,7 @@ impl RunSpec {
 
 /// `v1.routine.accepted`: the run is stored and has this runID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
     /// The run's ID.
@@ -147,6 +151,7 @@ pub struct Accepted {
 
 /// `v1.routine.starting` from a worker: it started an attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Starting {
     /// The run.
@@ -158,6 +163,7 @@ pub struct Starting {
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The routine succeeded.
@@ -177,6 +183,7 @@ impl fmt::Display for Outcome {
 
 /// Why an attempt failed, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunError {
     /// A human-readable explanation.
@@ -202,6 +209,7 @@ impl RunError {
 
 /// `v1.routine.completed` from a worker: an attempt ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Completed {
     /// The run.
@@ -221,6 +229,7 @@ pub struct Completed {
 
 /// `v1.routine.request_start` into a worker's inbox: run this attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
     /// The run.
@@ -251,6 +260,7 @@ pub struct Assignment {
 
 /// `v1.routine.starting` into a worker's inbox: a child it requested has started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChildStarting {
     /// The child run.
@@ -269,6 +279,7 @@ pub struct ChildStarting {
 
 /// `v1.routine.completed` into a worker's inbox: a child it requested has ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ChildCompleted {
     /// The child run.
@@ -295,6 +306,7 @@ pub struct ChildCompleted {
 
 /// `v1.routine.cancel` into a worker's inbox: stop working on this attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Cancel {
     /// The run.

@@ -14,6 +14,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// A worker's status (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum WorkerStatus {
     /// Registered, not yet ready.
@@ -85,6 +86,7 @@ impl std::str::FromStr for WorkerStatus {
 
 /// Which SDK a worker was built with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SdkInfo {
     /// Programming language, e.g. `python`.
@@ -95,6 +97,7 @@ pub struct SdkInfo {
 
 /// `v1.register`: a worker announces itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Register {
     /// Must equal the workerID token of the subject.
@@ -128,6 +131,7 @@ fn default_capacity() -> u32 {
 
 /// `v1.registered`: the reply to a registration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Registered {
     /// The worker that registered.
@@ -143,6 +147,7 @@ pub struct Registered {
 
 /// `v1.ready`: the worker is subscribed to its inbox and takes work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Ready {
     /// The incarnation from `v1.registered`.
@@ -151,6 +156,7 @@ pub struct Ready {
 
 /// A run a worker holds, as it reports it in a pulse.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RunRef {
     /// The run.
@@ -162,6 +168,7 @@ pub struct RunRef {
 
 /// `v1.heartbeat.give_pulse`: the worker is alive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct GivePulse {
     /// The incarnation from `v1.registered`.
@@ -178,6 +185,7 @@ pub struct GivePulse {
 
 /// `v1.heartbeat.check_pulse`: a probe; answer with a `give_pulse` carrying this `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CheckPulse {
     /// Probe identifier to echo.
@@ -186,6 +194,7 @@ pub struct CheckPulse {
 
 /// `v1.terminating`: the worker is shutting down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Terminating {
     /// The incarnation from `v1.registered`.
@@ -197,6 +206,7 @@ pub struct Terminating {
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Very detailed tracing.
@@ -232,6 +242,7 @@ impl fmt::Display for LogLevel {
 
 /// `v1.log`: a log line from a worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Severity.
