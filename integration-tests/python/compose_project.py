@@ -23,8 +23,8 @@ from standin_images import compose_command, ensure_all
 
 PROJECT_LABEL = "com.docker.compose.project"
 
-#: The Drover services of ``docker-compose.yml``.
-SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector")
+#: The Drover services of ``docker-compose.yml``, the console among them.
+SERVICES = ("registry", "heartbeat-monitor", "scheduler", "log-collector", "console")
 #: The variables that move each port ``docker-compose.yml`` publishes.
 PORTS = (
     "NATS_PORT",
@@ -36,6 +36,8 @@ PORTS = (
     "HEARTBEAT_MONITOR_ADMIN_PORT",
     "SCHEDULER_ADMIN_PORT",
     "LOG_COLLECTOR_ADMIN_PORT",
+    "DROVER_CONSOLE_PORT",
+    "CONSOLE_ADMIN_PORT",
 )
 #: A runID as the CLI prints it.
 RUN_ID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")

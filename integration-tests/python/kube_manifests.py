@@ -8,11 +8,14 @@ kubectl is installed) and each object is held against facts taken from the code:
   binary's clap parser accepts (the binary itself parses them, with ``--help`` appended);
 - every environment variable, given directly or through a ConfigMap, is one the binary
   reads: for the services, the setting keys and variables that drover-service-kit
-  publishes (``crates/service-kit/src/settings/mod.rs``);
+  publishes (``crates/service-kit/src/settings/mod.rs``) and those the binary's own flags
+  read (the ``[env: ...]`` of its ``--help``); one taken from a Secret that the manifests
+  do not hold is marked optional;
 - the admin port: ``--admin-addr`` binds every interface, the containerPort named
   ``admin`` is its port, probes and Prometheus annotations point there, at paths the admin
   server routes (``crates/service-kit/src/admin.rs``); liveness uses ``/healthz``, which
-  stays up while NATS is down;
+  stays up while NATS is down; a binary that serves more (the console's ``--listen``) binds
+  that to every interface too, and every containerPort is one of those ports;
 - the termination grace outlasts the drain grace; PodDisruptionBudgets, Services and
   selectors match pods; every ``resources:`` entry of a kustomization exists and every
   manifest is part of one;
@@ -78,6 +81,11 @@ OTHER_BINARY_SOURCES = {
         "crates/worker/src/builder.rs",
         "crates/worker/src/pool_env.rs",
     )
+}
+#: What a service serves on besides its admin server: (flag, variable) of each address,
+#: which defaults to loopback.
+SERVING_ADDRESSES = {
+    "drover-console": (("--listen", "DROVER_CONSOLE_LISTEN"),),
 }
 #: Kubernetes' default terminationGracePeriodSeconds.
 DEFAULT_TERMINATION_GRACE_S = 30
@@ -155,10 +163,16 @@ class Facts:
             raise LookupError("no run_service call found in services/*/src/main.rs")
         return frozenset(names)
 
+    def flag_env(self, binary: str) -> frozenset[str]:
+        """The variables ``binary``'s own flags read: the ``[env: NAME]`` its ``--help`` lists
+        (clap prints it for every argument with ``env = ...``)."""
+        _, text = self.help(binary)
+        return frozenset(re.findall(r"\[env: ([A-Z][A-Z0-9_]*)", text))
+
     def env_read_by(self, binary: str) -> Optional[frozenset[str]]:
         """The variables ``binary`` reads, or ``None`` when that is not known."""
         if binary in self.services:
-            return self.service_env
+            return self.service_env | self.flag_env(binary)
         sources = OTHER_BINARY_SOURCES.get(binary)
         if sources is None:
             return None
@@ -473,6 +487,7 @@ class Checker:
     def check_build(self, objs: list[Obj], values: Optional[dict]) -> None:
         workloads = [o for o in objs if pod_spec(o.body) is not None]
         config_maps = {o.name: o for o in objs if o.kind == "ConfigMap"}
+        secrets = {o.name for o in objs if o.kind == "Secret"}
         for obj in objs:
             if obj.kind not in CLUSTER_SCOPED and not obj.body["metadata"].get("namespace"):
                 self.about(obj)("no namespace")
@@ -480,7 +495,7 @@ class Checker:
         if len(images) > 1:
             self.report(objs[0].origin, f"containers run different images {sorted(images)}")
         for obj in workloads:
-            self.check_workload(obj, config_maps)
+            self.check_workload(obj, config_maps, secrets)
         for obj in objs:
             if obj.kind == "Service":
                 self.check_service(obj, workloads)
@@ -489,7 +504,7 @@ class Checker:
             elif obj.kind == "ConfigMap" and values is not None:
                 self.check_nats_target(obj, values)
 
-    def check_workload(self, obj: Obj, config_maps: dict[str, Obj]) -> None:
+    def check_workload(self, obj: Obj, config_maps: dict[str, Obj], secrets: set[str]) -> None:
         spec = pod_spec(obj.body) or {}
         selector = (obj.body.get("spec") or {}).get("selector")
         if selector is not None and not selects(
@@ -520,9 +535,10 @@ class Checker:
             args = command[1:] + [str(arg) for arg in container.get("args") or []]
             self.check_args(say, binary, args)
             env = self.container_env(say, container, config_maps)
+            self.check_secret_refs(say, container, secrets)
             self.check_env(say, binary, env)
             if binary in self.facts.services:
-                self.check_admin(say, obj, container, args, env)
+                self.check_admin(say, obj, binary, container, args, env)
                 given = env.get("DROVER_DRAIN_GRACE_MS") or ""
                 drain_ms = int(given) if given.isdigit() else self.facts.default_drain_grace_ms
                 if grace * 1000 <= drain_ms:
@@ -592,6 +608,19 @@ class Checker:
             env[str(item["name"])] = "" if value is None else str(value)
         return env
 
+    def check_secret_refs(self, say: Say, container: dict, secrets: set[str]) -> None:
+        """A variable from a Secret these manifests do not hold (one the user creates) must be
+        optional: otherwise the pod does not start until someone has made it."""
+        for item in container.get("env") or []:
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None or ref.get("name") in secrets:
+                continue
+            if ref.get("optional") is not True:
+                say(
+                    f"{item['name']} comes from Secret {ref.get('name')}, which is not part of "
+                    "these manifests: mark it optional"
+                )
+
     def check_env(self, say: Say, binary: str, env: dict[str, str]) -> None:
         known = self.facts.env_read_by(binary)
         if known is None:
@@ -602,7 +631,9 @@ class Checker:
             if name not in known:
                 say(f"{binary} does not read the variable {name}")
 
-    def check_admin(self, say: Say, obj: Obj, container: dict, args: list[str], env: dict) -> None:
+    def check_admin(
+        self, say: Say, obj: Obj, binary: str, container: dict, args: list[str], env: dict
+    ) -> None:
         addr = flag_value(args, "--admin-addr") or env.get("DROVER_ADMIN_ADDR")
         if not addr:
             say("no --admin-addr: the admin server listens on 127.0.0.1 only")
@@ -614,6 +645,19 @@ class Checker:
         host, port = parsed
         if host not in ALL_INTERFACES:
             say(f"admin address {addr} cannot be reached from outside the pod")
+        served = {port: "admin"}
+        for flag, variable in SERVING_ADDRESSES.get(binary, ()):
+            given = flag_value(args, flag) or env.get(variable)
+            if not given:
+                say(f"no {flag} (or {variable}): {binary} serves on 127.0.0.1 only")
+                continue
+            parsed = parse_port(given)
+            if parsed is None:
+                say(f"{flag} address {given!r} is not host:port")
+                continue
+            if parsed[0] not in ALL_INTERFACES:
+                say(f"{flag} address {given} cannot be reached from outside the pod")
+            served.setdefault(parsed[1], flag)
         ports = container.get("ports") or []
         named = {p.get("name"): p.get("containerPort") for p in ports if p.get("name")}
         if named.get("admin") != port:
@@ -621,8 +665,9 @@ class Checker:
                 f"containerPort named admin is {named.get('admin')}, "
                 f"not the --admin-addr port {port}"
             )
-        for number in {p.get("containerPort") for p in ports} - {port}:
-            say(f"containerPort {number}: nothing listens there (admin is {port})")
+        listening = ", ".join(f"{what} is {number}" for number, what in served.items())
+        for number in {p.get("containerPort") for p in ports} - set(served):
+            say(f"containerPort {number}: nothing listens there ({listening})")
         paths = self.facts.admin_paths
         for kind in ("readiness", "liveness", "startup"):
             probe = container.get(f"{kind}Probe")

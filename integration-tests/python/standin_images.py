@@ -55,6 +55,7 @@ DROVER_BINARIES = (
     "drover-scheduler",
     "drover-log-collector",
     "drover-auth",
+    "drover-console",
     "drover-example-worker",
 )
 SINK_BINARY = "drover-test-otlp-sink"

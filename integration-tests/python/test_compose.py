@@ -2,17 +2,19 @@
 
 The stand-ins (standin_images.py) replace the public images through the variables the compose
 file offers (DROVER_IMAGE, NATS_IMAGE, JAEGER_IMAGE); every published port is moved to a free
-one. The test brings the stack up, waits for every healthcheck, sees the demo's run SUCCEED on
-the example workers that `drover pool` runs and its trace reach the Jaeger stand-in, uses the CLI
-from the host, crashes the scheduler with SIGKILL and sees it restarted and the next run
-succeed, then takes everything down and checks that nothing of the project is left. Skipped,
-saying why, where Docker is absent.
+one. The test brings the stack up, waits for every healthcheck (the console's included), sees
+the console's HTTP API answer on its published port, sees the demo's run SUCCEED on the example
+workers that `drover pool` runs and its trace reach the Jaeger stand-in, uses the CLI from the
+host, crashes the scheduler with SIGKILL and sees it restarted and the next run succeed, then
+takes everything down and checks that nothing of the project is left. Skipped, saying why,
+where Docker is absent.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -42,6 +44,13 @@ def drover(project: ComposeProject, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def openapi(project: ComposeProject) -> dict | None:
+    """The console's OpenAPI document, from the host through its published port."""
+    url = f"http://127.0.0.1:{project.ports['DROVER_CONSOLE_PORT']}/api/v1/openapi.json"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read()) if response.status == 200 else None
+
+
 def run_record(project: ComposeProject, run_id: str) -> dict | None:
     result = drover(project, "runs", "get", run_id, "--json")
     return json.loads(result.stdout) if result.returncode == 0 else None
@@ -53,6 +62,11 @@ async def test_compose_up_runs_the_demo_survives_a_crash_and_leaves_nothing(proj
     project.up()
     await project.wait_healthy(["nats", *SERVICES], timeout=120)
     assert await project.wait_exited("demo", timeout=60) == 0, project.logs("demo")
+
+    # The console is healthy and its HTTP API answers on its port on the host's loopback.
+    assert project.health("console") == "healthy", project.health_log("console")
+    document = await wait_for("the console's OpenAPI document", lambda: openapi(project), timeout=30)
+    assert "openapi" in document, document
 
     # The demo printed its run; the example worker runs it to SUCCEEDED.
     demo_output = project.logs("demo")

@@ -1,14 +1,15 @@
 """``docker-compose.yml`` with ``docker-compose.secure.yml`` over it, as a user runs it.
 
 Stand-in images (standin_images.py) and free ports, as in test_compose.py. The test brings the
-secured stack up, waits for every healthcheck (NATS, ``drover-auth``, the four services), sees
-the one-shot containers (``keys``, ``pool-credential``, ``demo-credential``, ``demo``) exit 0
-and the demo's run SUCCEED on the pooled example workers, which ``drover-auth`` admitted with
-the pool's credential. Then it shows what a client needs: from the host, the CLI with only the
-CA is refused (mutual TLS), with the CA and the client certificate but no credential it is
-refused by the auth callout, and with the demo's credential it is admitted; inside, ``run --rm
-demo drover runs list`` lists the demo's run. Finally ``down -v`` leaves nothing of the project.
-Skipped, saying why, where Docker is absent.
+secured stack up, waits for every healthcheck (NATS, ``drover-auth``, the four services and the
+console, which connect with the services' key), sees the one-shot containers (``keys``,
+``pool-credential``, ``demo-credential``, ``demo``) exit 0 and the demo's run SUCCEED on the
+pooled example workers, which ``drover-auth`` admitted with the pool's credential. Then it shows
+what a client needs: from the host, the CLI with only the CA is refused (mutual TLS), with the
+CA and the client certificate but no credential it is refused by the auth callout, and with the
+demo's credential it is admitted; inside, ``run --rm demo drover runs list`` lists the demo's
+run. Finally ``down -v`` leaves nothing of the project. Skipped, saying why, where Docker is
+absent.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ SERVICES = {
     "drover-heartbeat-monitor",
     "drover-scheduler",
     "drover-log-collector",
+    "drover-console",
 }
 #: Services of the secured setup only; the base manifests do not run them.
 SECURE_SERVICES = {"drover-auth"}
@@ -52,6 +53,12 @@ def test_the_facts_come_from_the_code(facts: km.Facts) -> None:
         "drover-example-worker"
     )
     assert {"--admin-addr", "--nats-url", "--config"} <= facts.flags("drover-scheduler")
+    # A service's own flags add the variables they read, to that service only.
+    console = {"DROVER_CONSOLE_LISTEN", "DROVER_CONSOLE_TOKEN", "DROVER_CONSOLE_JAEGER_URL"}
+    assert console <= facts.env_read_by("drover-console")
+    assert not console & facts.env_read_by("drover-scheduler")
+    assert "DROVER_AUTH_ISSUER_SEED" in facts.env_read_by("drover-auth")
+    assert {"--listen", "--token", "--jaeger-url"} <= facts.flags("drover-console")
     assert facts.default_drain_grace_ms > 0
 
 
@@ -122,6 +129,31 @@ def nats(path: str, value: object) -> Callable[[Docs], None]:
 
 def set_container_port(port: int) -> Callable[[Docs], None]:
     return lambda docs: container(docs)["ports"][0].__setitem__("containerPort", port)
+
+
+def set_env(name: str, value: str) -> Callable[[Docs], None]:
+    def edit(docs: Docs) -> None:
+        item = next(item for item in container(docs)["env"] if item["name"] == name)
+        item.pop("valueFrom", None)
+        item["value"] = value
+
+    return edit
+
+
+def drop_env(name: str) -> Callable[[Docs], None]:
+    def edit(docs: Docs) -> None:
+        env = container(docs)["env"]
+        env[:] = [item for item in env if item["name"] != name]
+
+    return edit
+
+
+def secret_ref(name: str, **changes: object) -> Callable[[Docs], None]:
+    def edit(docs: Docs) -> None:
+        item = next(item for item in container(docs)["env"] if item["name"] == name)
+        item["valueFrom"]["secretKeyRef"].update(changes)
+
+    return edit
 
 
 # (case, file, edit, what the checker must say)
@@ -262,6 +294,39 @@ BREAKAGES: list[tuple[str, str, Callable[[Docs], None], list[str]]] = [
         "base/log-collector.yaml",
         lambda docs: container(docs)["resources"]["limits"].pop("memory"),
         ["no memory limits"],
+    ),
+    (
+        "console on loopback",
+        "base/console.yaml",
+        set_env("DROVER_CONSOLE_LISTEN", "127.0.0.1:7480"),
+        ["--listen address 127.0.0.1:7480 cannot be reached from outside the pod"],
+    ),
+    (
+        "console without a listen address",
+        "base/console.yaml",
+        drop_env("DROVER_CONSOLE_LISTEN"),
+        ["no --listen (or DROVER_CONSOLE_LISTEN): drover-console serves on 127.0.0.1 only"],
+    ),
+    (
+        "console containerPort off its listen port",
+        "base/console.yaml",
+        set_container_port(7481),
+        ["containerPort 7481: nothing listens there (admin is 9715, --listen is 7480)"],
+    ),
+    (
+        "console token Secret required",
+        "base/console.yaml",
+        secret_ref("DROVER_CONSOLE_TOKEN", optional=False),
+        [
+            "DROVER_CONSOLE_TOKEN comes from Secret drover-console, which is not part of "
+            "these manifests: mark it optional"
+        ],
+    ),
+    (
+        "console variable given to another service",
+        "base/scheduler.yaml",
+        add_env("DROVER_CONSOLE_TOKEN", "secret"),
+        ["drover-scheduler does not read the variable DROVER_CONSOLE_TOKEN"],
     ),
     (
         "image not mapped",

@@ -52,8 +52,8 @@ pub fn processes_mentioning(needle: &str, except: Option<u32>) -> Vec<u32> {
     found
 }
 
-/// Starts `drover dev --demo` with its state in `state` and NATS on `port` (admin ports
-/// free), its stdout and stderr piped; killed when dropped.
+/// Starts `drover dev --demo` with its state in `state` and NATS on `port` (admin ports and
+/// the console's port free), its stdout and stderr piped; killed when dropped.
 pub fn start_dev(state: &std::path::Path, port: u16) -> tokio::process::Child {
     start_dev_with(state, port, &[])
 }
@@ -67,6 +67,8 @@ pub fn start_dev_with(state: &std::path::Path, port: u16, extra: &[&str]) -> tok
             "--nats-port",
             &port.to_string(),
             "--admin-port",
+            "0",
+            "--console-port",
             "0",
             "--demo",
         ])

@@ -256,11 +256,32 @@ async fn drover_dev_runs_the_demo_and_ctrl_c_leaves_nothing_behind() {
     running.dedup();
     assert_eq!(
         running.len(),
-        8,
-        "nats-server, four services, the pool and its two workers should be running"
+        9,
+        "nats-server, four services, the console, the pool and its two workers should be running"
     );
-    // The summary says how to scale the pool, and that works.
+    // The summary says where the console serves and the token it made; the console's HTTP
+    // API answers there.
     let summary = printed.lock().unwrap().clone();
+    let console: std::net::SocketAddr = summary
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("console        http://"))
+        .and_then(|rest| rest.split('/').next())
+        .expect("the summary gives the console's address")
+        .parse()
+        .unwrap();
+    let token = summary
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("console token  "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the summary gives the console's token");
+    assert_eq!(token.len(), 32, "a UUID v4 in hex: {token}");
+    let (code, body) = drover_testkit::http_get(console, "/api/v1/openapi.json")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let openapi: Value = serde_json::from_str(&body).unwrap();
+    assert!(openapi.get("openapi").is_some(), "{body}");
+    // The summary says how to scale the pool, and that works.
     assert!(
         summary.contains("drover pool scale dev example --target 3"),
         "{summary}"

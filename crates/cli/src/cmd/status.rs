@@ -13,7 +13,8 @@ use crate::client::Drover;
 use crate::error::CliError;
 use crate::output;
 
-/// Every service a complete stack runs.
+/// Every service a complete stack runs that answers `$SRV` pings. drover-auth (secured
+/// setup only) and drover-console serve no NATS micro service, so they are not listed.
 pub const SERVICES: [&str; 4] = [
     "drover-registry",
     "drover-heartbeat-monitor",

@@ -20,6 +20,19 @@ use process::{await_ready, find_program, spawn, stop_all, supervise, Process, ST
 
 /// The auth service `--secure` runs beside the four services.
 const AUTH_SERVICE: &str = "drover-auth";
+/// The web console and HTTP API, started after the services. It is not a NATS micro service
+/// (`drover status` pings those), so `drover dev` waits for its `/readyz` alone.
+const CONSOLE: &str = "drover-console";
+/// The programs in the order of their admin ports from `--admin-port`, which is the order of
+/// their own defaults: registry 9710 to log-collector 9713, drover-auth 9714, the console 9715.
+const ADMIN_PORT_ORDER: [&str; 6] = [
+    SERVICES[0],
+    SERVICES[1],
+    SERVICES[2],
+    SERVICES[3],
+    AUTH_SERVICE,
+    CONSOLE,
+];
 
 /// The example worker `--demo` runs under a pool.
 const DEMO_WORKER: &str = "drover-example-worker";
@@ -57,15 +70,33 @@ pub struct Dev {
     /// Port for NATS clients.
     #[arg(long, default_value_t = 4222)]
     pub nats_port: u16,
-    /// First of four consecutive ports for the services' admin HTTP (health and metrics);
-    /// 0 picks free ports.
+    /// First of six consecutive ports for the admin HTTP (health and metrics) of the four
+    /// services, drover-auth (with --secure) and drover-console; 0 picks free ports.
     #[arg(long, default_value_t = 9710)]
     pub admin_port: u16,
+    /// Port of the web console and HTTP API (drover-console) on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 7480)]
+    pub console_port: u16,
+    /// The token that enables the console's actions (cancel, submit, ...). Without it
+    /// `drover dev` makes a new one at every start and prints it.
+    #[arg(
+        long,
+        env = "DROVER_CONSOLE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub console_token: Option<String>,
     /// Run the secured setup (docs/security.md): keys and certificates under the state
     /// directory, NATS demanding mutual TLS and credentials, drover-auth checking them, and
     /// every process with a credential of its own.
     #[arg(long)]
     pub secure: bool,
+}
+
+/// A port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> Result<u16, CliError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }
 
 async fn port_in_use(port: u16) -> bool {
@@ -108,7 +139,7 @@ async fn nats_ready(url: &str, auth: &NatsAuth) -> bool {
 
 impl Dev {
     /// Runs the command.
-    pub async fn run(self) -> Result<(), CliError> {
+    pub async fn run(mut self) -> Result<(), CliError> {
         let nats_server = find_program("nats-server", "DROVER_NATS_SERVER").ok_or_else(|| {
             CliError::Other(
                 "nats-server not found: run scripts/install-nats-server, put nats-server on PATH, or set DROVER_NATS_SERVER".to_owned(),
@@ -134,6 +165,10 @@ impl Dev {
             })?;
             programs.push((AUTH_SERVICE, program));
         }
+        let console = find_program(CONSOLE, "DROVER_CONSOLE").ok_or_else(|| {
+            CliError::Other(format!("{CONSOLE} not found beside drover or on PATH: build it with `cargo build --release --bins`"))
+        })?;
+        programs.push((CONSOLE, console));
         let demo_worker = if self.demo {
             Some(find_program(DEMO_WORKER, "DROVER_EXAMPLE_WORKER").ok_or_else(|| {
                 CliError::Other(format!("{DEMO_WORKER} not found beside drover: build it with `cargo build --release --bins`"))
@@ -147,6 +182,29 @@ impl Dev {
                 self.nats_port
             )));
         }
+        if self.console_port == 0 {
+            self.console_port = free_port()?;
+        } else if port_in_use(self.console_port).await {
+            return Err(CliError::Other(format!(
+                "port {} is already in use: is Drover already running? (choose another with --console-port)",
+                self.console_port
+            )));
+        }
+        let admin_ports = self.admin_ports(&programs)?;
+        for ((name, _), port) in programs.iter().zip(&admin_ports) {
+            // Another process there would answer the readiness checks in its place.
+            if port_in_use(*port).await {
+                return Err(CliError::Other(format!(
+                    "port {port}, {name}'s admin port, is already in use: is Drover already running? (choose others with --admin-port)"
+                )));
+            }
+        }
+        // Actions in the console need its token: without one given, a new one at every start.
+        let generated_token = self.console_token.is_none();
+        let console_token = self
+            .console_token
+            .get_or_insert_with(|| uuid::Uuid::new_v4().simple().to_string())
+            .clone();
         if self.fresh && self.state_dir.exists() {
             std::fs::remove_dir_all(&self.state_dir)?;
         }
@@ -161,7 +219,6 @@ impl Dev {
         let scheme = if secure.is_some() { "tls" } else { "nats" };
         let url = format!("{scheme}://127.0.0.1:{}", self.nats_port);
 
-        let admin_ports = self.admin_ports(programs.len())?;
         let mut processes: Vec<Process> = Vec::new();
         let started = self
             .start(
@@ -183,7 +240,11 @@ impl Dev {
             }
         };
         let names: Vec<&str> = programs.iter().map(|(name, _)| *name).collect();
-        print_summary(&url, &names, &admin_ports, &state, &processes);
+        let console = Console {
+            port: self.console_port,
+            generated_token: generated_token.then_some(console_token.as_str()),
+        };
+        print_summary(&url, &console, &names, &admin_ports, &state, &processes);
         if secure.is_some() {
             print_secure_summary(&url, &client_auth, secure.as_ref());
         }
@@ -200,16 +261,28 @@ impl Dev {
         outcome
     }
 
-    fn admin_ports(&self, count: usize) -> Result<Vec<u16>, CliError> {
-        if self.admin_port != 0 {
-            return Ok((0..count as u16)
-                .map(|index| self.admin_port + index)
-                .collect());
-        }
-        (0..count)
-            .map(|_| {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-                Ok(listener.local_addr()?.port())
+    /// Each program's admin port: `--admin-port` plus its place in [`ADMIN_PORT_ORDER`]
+    /// (the same whether drover-auth runs or not), or free ports.
+    fn admin_ports(&self, programs: &[(&str, PathBuf)]) -> Result<Vec<u16>, CliError> {
+        programs
+            .iter()
+            .map(|(name, _)| {
+                if self.admin_port == 0 {
+                    return free_port();
+                }
+                let place = ADMIN_PORT_ORDER
+                    .iter()
+                    .position(|program| program == name)
+                    .expect("every program drover dev starts has its place");
+                u16::try_from(place)
+                    .ok()
+                    .and_then(|place| self.admin_port.checked_add(place))
+                    .ok_or_else(|| {
+                        CliError::Other(format!(
+                            "--admin-port {} leaves no port for {name}: choose a lower one",
+                            self.admin_port
+                        ))
+                    })
             })
             .collect()
     }
@@ -254,7 +327,7 @@ impl Dev {
         let mut env = vec![("DROVER_NATS_URL", url.to_owned())];
         env.extend(auth.env_vars());
         for ((service, program), &port) in programs.iter().zip(admin_ports) {
-            let args = vec!["--admin-addr".to_owned(), format!("127.0.0.1:{port}")];
+            let mut args = vec!["--admin-addr".to_owned(), format!("127.0.0.1:{port}")];
             eprintln!("starting {service}");
             let mut service_env = env.clone();
             if let (AUTH_SERVICE, Some(secure)) = (*service, secure) {
@@ -262,6 +335,16 @@ impl Dev {
                     "DROVER_AUTH_ISSUER_SEED",
                     secure.issuer.display().to_string(),
                 ));
+            }
+            if *service == CONSOLE {
+                args.extend([
+                    "--listen".to_owned(),
+                    format!("127.0.0.1:{}", self.console_port),
+                ]);
+                // In the environment, not on the command line that `ps` shows.
+                if let Some(token) = &self.console_token {
+                    service_env.push(("DROVER_CONSOLE_TOKEN", token.clone()));
+                }
             }
             let mut process = spawn(service, program, &args, &service_env, &logs)?;
             await_ready(&mut process, Duration::from_secs(30), || http_ready(port)).await?;
@@ -344,8 +427,16 @@ fn toml_string(text: &str) -> String {
     quoted
 }
 
+/// What the summary says about the console.
+struct Console<'a> {
+    port: u16,
+    /// The token `drover dev` made; one given with `--console-token` is not repeated.
+    generated_token: Option<&'a str>,
+}
+
 fn print_summary(
     url: &str,
+    console: &Console<'_>,
     services: &[&str],
     admin_ports: &[u16],
     state: &Path,
@@ -353,6 +444,16 @@ fn print_summary(
 ) {
     println!();
     println!("  NATS           {url}");
+    println!(
+        "  console        http://127.0.0.1:{}/  (HTTP API: /api/v1/)",
+        console.port
+    );
+    match console.generated_token {
+        Some(token) => {
+            println!("  console token  {token}  (sign in with it to cancel, submit, ...)");
+        }
+        None => println!("  console token  as given (--console-token or DROVER_CONSOLE_TOKEN)"),
+    }
     for (service, port) in services.iter().zip(admin_ports) {
         println!("  {service:<24} http://127.0.0.1:{port}/metrics  (/healthz, /readyz)");
     }
@@ -394,6 +495,9 @@ fn print_secure_summary(url: &str, client: &NatsAuth, secure: Option<&secure::Se
             println!("  drover credentials ... needs the services' key: DROVER_NATS_NKEY={seed}");
         }
     }
+    println!(
+        "  The console reads and acts with the services' key: its token (above) is what guards its actions."
+    );
     println!();
 }
 
@@ -457,6 +561,53 @@ async fn run_demo(url: &str, auth: &NatsAuth) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn dev(admin_port: u16) -> Dev {
+        Dev {
+            demo: false,
+            state_dir: PathBuf::from(".drover"),
+            fresh: false,
+            nats_port: 4222,
+            admin_port,
+            console_port: 7480,
+            console_token: None,
+            secure: false,
+        }
+    }
+
+    fn programs(names: &[&'static str]) -> Vec<(&'static str, PathBuf)> {
+        names.iter().map(|name| (*name, PathBuf::new())).collect()
+    }
+
+    #[test]
+    fn each_program_has_its_default_admin_port_with_or_without_drover_auth() {
+        let plain = programs(&[
+            "drover-registry",
+            "drover-heartbeat-monitor",
+            "drover-scheduler",
+            "drover-log-collector",
+            CONSOLE,
+        ]);
+        assert_eq!(
+            dev(9710).admin_ports(&plain).unwrap(),
+            [9710, 9711, 9712, 9713, 9715]
+        );
+        let mut secure = plain.clone();
+        secure.insert(4, (AUTH_SERVICE, PathBuf::new()));
+        assert_eq!(
+            dev(19710).admin_ports(&secure).unwrap(),
+            [19710, 19711, 19712, 19713, 19714, 19715]
+        );
+        let error = dev(u16::MAX - 4).admin_ports(&plain).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("leaves no port for drover-console"),
+            "{error}"
+        );
+        let free = dev(0).admin_ports(&plain).unwrap();
+        assert!(free.iter().all(|port| *port != 0), "{free:?}");
+    }
 
     #[test]
     fn the_demo_pool_runs_the_example_worker_by_its_path_quoted_for_toml() {
