@@ -227,60 +227,79 @@ impl<T: DeserializeOwned + Send + Sync + 'static> KvCache<T> {
     }
 
     async fn follow(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut last_revision = 0u64;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        while !shutdown.is_cancelled() {
-            match self.watch_once(&shutdown, &mut last_revision).await {
-                Ok(()) => return,
-                Err(error) => {
-                    warn!(bucket = %self.bucket.name, %error, "watch failed, restarting");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
+        let bucket = self.bucket.clone();
+        follow(
+            &bucket,
+            &shutdown,
+            |entry| self.apply(entry),
+            || self.mark_caught_up(),
+        )
+        .await;
+    }
+}
+
+/// Follows `bucket` until `shutdown`: `apply` gets the latest value of every key, then every
+/// change; `caught_up` is called once what existed at the start has been delivered (at once
+/// for an empty bucket), and again whenever the watch is current after that. A failed watch
+/// is restarted with backoff from the revision after the last one seen, so nothing is
+/// delivered twice or missed.
+pub async fn follow(
+    bucket: &Store,
+    shutdown: &CancellationToken,
+    mut apply: impl FnMut(Entry),
+    caught_up: impl Fn(),
+) {
+    let mut last_revision = 0u64;
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    while !shutdown.is_cancelled() {
+        match watch_once(bucket, shutdown, &mut last_revision, &mut apply, &caught_up).await {
+            Ok(()) => return,
+            Err(error) => {
+                warn!(bucket = %bucket.name, %error, "watch failed, restarting");
+                if !backoff.wait(shutdown).await {
+                    return;
                 }
             }
         }
     }
+}
 
-    async fn watch_once(
-        &self,
-        shutdown: &CancellationToken,
-        last_revision: &mut u64,
-    ) -> Result<(), String> {
-        let mut watch = if *last_revision == 0 {
-            let status = self
-                .bucket
-                .status()
-                .await
-                .map_err(|error| error.to_string())?;
-            if status.values() == 0 {
-                self.mark_caught_up();
-            }
-            self.bucket
-                .watch_with_history(">")
-                .await
-                .map_err(|error| error.to_string())?
-        } else {
-            self.bucket
-                .watch_all_from_revision(*last_revision + 1)
-                .await
-                .map_err(|error| error.to_string())?
+async fn watch_once(
+    bucket: &Store,
+    shutdown: &CancellationToken,
+    last_revision: &mut u64,
+    apply: &mut impl FnMut(Entry),
+    caught_up: &impl Fn(),
+) -> Result<(), String> {
+    let mut watch = if *last_revision == 0 {
+        let status = bucket.status().await.map_err(|error| error.to_string())?;
+        if status.values() == 0 {
+            caught_up();
+        }
+        bucket
+            .watch_with_history(">")
+            .await
+            .map_err(|error| error.to_string())?
+    } else {
+        bucket
+            .watch_all_from_revision(*last_revision + 1)
+            .await
+            .map_err(|error| error.to_string())?
+    };
+    loop {
+        let Some(next) = shutdown.run_until_cancelled(watch.next()).await else {
+            return Ok(());
         };
-        loop {
-            let Some(next) = shutdown.run_until_cancelled(watch.next()).await else {
-                return Ok(());
-            };
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(error)) => return Err(error.to_string()),
-                None => return Err("watch ended".to_owned()),
-            };
-            *last_revision = (*last_revision).max(entry.revision);
-            let current = entry.delta == 0 || entry.seen_current;
-            self.apply(entry);
-            if current {
-                self.mark_caught_up();
-            }
+        let entry = match next {
+            Some(Ok(entry)) => entry,
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("watch ended".to_owned()),
+        };
+        *last_revision = (*last_revision).max(entry.revision);
+        let current = entry.delta == 0 || entry.seen_current;
+        apply(entry);
+        if current {
+            caught_up();
         }
     }
 }

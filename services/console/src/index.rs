@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation, Store};
 use drover_protocol::{Attempt, FailureReason, RoutineId, RunId, RunStatus, Timestamp, WorkerId};
-use drover_service_kit::Backoff;
-use futures::StreamExt;
+use drover_service_kit::kv_cache;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
@@ -391,63 +390,15 @@ impl RunIndex {
     }
 
     async fn follow(self: Arc<Self>, bucket: Store, shutdown: CancellationToken) {
-        let mut last_revision = 0u64;
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let pruning = tokio::spawn(Arc::clone(&self).prune(bucket.clone(), shutdown.clone()));
-        while !shutdown.is_cancelled() {
-            match self
-                .watch_once(&bucket, &shutdown, &mut last_revision)
-                .await
-            {
-                Ok(()) => break,
-                Err(error) => {
-                    warn!(%error, "run index watch failed, restarting");
-                    if !backoff.wait(&shutdown).await {
-                        break;
-                    }
-                }
-            }
-        }
+        kv_cache::follow(
+            &bucket,
+            &shutdown,
+            |entry| self.apply(&entry),
+            || self.mark_caught_up(),
+        )
+        .await;
         pruning.abort();
-    }
-
-    async fn watch_once(
-        &self,
-        bucket: &Store,
-        shutdown: &CancellationToken,
-        last_revision: &mut u64,
-    ) -> Result<(), String> {
-        let mut watch = if *last_revision == 0 {
-            let status = bucket.status().await.map_err(|error| error.to_string())?;
-            if status.values() == 0 {
-                self.mark_caught_up();
-            }
-            bucket
-                .watch_with_history(">")
-                .await
-                .map_err(|error| error.to_string())?
-        } else {
-            bucket
-                .watch_all_from_revision(*last_revision + 1)
-                .await
-                .map_err(|error| error.to_string())?
-        };
-        loop {
-            let Some(next) = shutdown.run_until_cancelled(watch.next()).await else {
-                return Ok(());
-            };
-            let entry = match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(error)) => return Err(error.to_string()),
-                None => return Err("watch ended".to_owned()),
-            };
-            *last_revision = (*last_revision).max(entry.revision);
-            let current = entry.delta == 0 || entry.seen_current;
-            self.apply(&entry);
-            if current {
-                self.mark_caught_up();
-            }
-        }
     }
 
     /// Every minute, forgets what the bucket's age limit has removed.
