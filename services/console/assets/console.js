@@ -26,7 +26,11 @@
     if (follow) region.scrollTop = region.scrollHeight;
   });
   document.documentElement.dataset.live = "connecting";
+  let opened = false;
   source.addEventListener("open", function () {
+    // A stream that reconnects sends the logs again from the start.
+    if (opened) document.querySelectorAll(".log-line").forEach(function (line) { line.remove(); });
+    opened = true;
     document.documentElement.dataset.live = "open";
   });
   source.addEventListener("error", function () {

@@ -114,7 +114,7 @@ pub async fn run(
     Path(run): Path<String>,
 ) -> Result<Events, ApiError> {
     let run = model::parse_run_id(&run)?;
-    let record = model::run(&state, &run).await?;
+    // Subscribed before the record is read, so that no change falls between the two.
     let mut changes = state
         .backend
         .nats()
@@ -126,7 +126,13 @@ pub async fn run(
                 format!("cannot follow run {run}: {error}"),
             )
         })?;
+    let record = model::run(&state, &run).await?;
     let (sender, events) = mpsc::channel(16);
+    // The page may have been rendered before a change this stream will not see again.
+    let first = replace("run-live", pages::run::live_part(&state, &record));
+    if sender.send(first).await.is_err() {
+        return Ok(sse(events));
+    }
     tokio::spawn(async move {
         let mut record: RunRecord = record;
         let mut logs = LogFollower {
