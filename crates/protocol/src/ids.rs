@@ -36,12 +36,31 @@ fn is_token_char(c: char) -> bool {
 }
 
 macro_rules! string_id {
-    ($(#[$meta:meta])* $name:ident, $kind:literal, $check:path) => {
+    (
+        $(#[$meta:meta])* $name:ident, $kind:literal, $check:path,
+        pattern = $pattern:literal, max = $max:expr
+    ) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(transparent)]
         pub struct $name(String);
+
+        /// A string that `parse` takes: the same rules, as a schema.
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some($pattern))
+                    .min_length(Some(1))
+                    .max_length(Some($max))
+                    .into()
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             /// Parses and validates the identifier.
@@ -178,14 +197,18 @@ string_id!(
     /// A worker's self-chosen identifier: `[A-Za-z0-9_-]{1,64}`, one subject token.
     WorkerId,
     "workerID",
-    check_worker_id
+    check_worker_id,
+    pattern = "^[A-Za-z0-9_-]+$",
+    max = WorkerId::MAX_LEN
 );
 
 string_id!(
     /// A routine identifier: dot-separated `[A-Za-z0-9_-]+` parts, at most 128 characters.
     RoutineId,
     "routineID",
-    check_routine_id
+    check_routine_id,
+    pattern = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+    max = RoutineId::MAX_LEN
 );
 
 string_id!(
@@ -194,7 +217,9 @@ string_id!(
     /// rather than malformed.
     RunId,
     "runID",
-    check_run_id
+    check_run_id,
+    pattern = "^[A-Za-z0-9_-]+$",
+    max = RunId::MAX_LEN
 );
 
 string_id!(
@@ -202,21 +227,27 @@ string_id!(
     /// characters. It never appears in a subject.
     LocalRunId,
     "localRunID",
-    check_local_run_id
+    check_local_run_id,
+    pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$",
+    max = LocalRunId::MAX_LEN
 );
 
 string_id!(
     /// A pool's identifier (DESIGN §9): the workerID rules, `[A-Za-z0-9_-]{1,64}`.
     PoolId,
     "poolID",
-    check_worker_id
+    check_worker_id,
+    pattern = "^[A-Za-z0-9_-]+$",
+    max = WorkerId::MAX_LEN
 );
 
 string_id!(
     /// A group of a pool (DESIGN §9): the workerID rules, `[A-Za-z0-9_-]{1,64}`.
     GroupName,
     "group",
-    check_worker_id
+    check_worker_id,
+    pattern = "^[A-Za-z0-9_-]+$",
+    max = WorkerId::MAX_LEN
 );
 
 impl WorkerId {

@@ -106,11 +106,18 @@ pub struct MinuteCounts {
     pub cancelled: u32,
 }
 
+/// The runs, and what the pages count of them, kept with every change so that no page has
+/// to walk 100,000 runs.
 #[derive(Debug, Default)]
 struct Runs {
     by_id: BTreeMap<RunId, Indexed>,
     by_key: HashMap<String, RunId>,
     children: HashMap<RunId, BTreeSet<RunId>>,
+    by_status: BTreeMap<RunStatus, usize>,
+    by_routine: BTreeMap<RoutineId, usize>,
+    pending: HashMap<RoutineId, usize>,
+    /// Ended runs by when they ended, for the per-minute chart.
+    ended: BTreeSet<(Timestamp, RunId)>,
 }
 
 #[derive(Debug)]
@@ -120,8 +127,20 @@ struct Indexed {
     written: Timestamp,
 }
 
+/// Lowers a count; true when it reached zero and its entry should go.
+fn decrement(count: Option<&mut usize>) -> bool {
+    match count {
+        Some(count) => {
+            *count -= 1;
+            *count == 0
+        }
+        None => false,
+    }
+}
+
 impl Runs {
     fn put(&mut self, summary: RunSummary, written: Timestamp) {
+        self.remove(&summary.run_id);
         if let Some(key) = &summary.idempotency_key {
             self.by_key.insert(key.clone(), summary.run_id.clone());
         }
@@ -130,6 +149,17 @@ impl Runs {
                 .entry(parent.clone())
                 .or_default()
                 .insert(summary.run_id.clone());
+        }
+        *self.by_status.entry(summary.status).or_default() += 1;
+        *self
+            .by_routine
+            .entry(summary.routine_id.clone())
+            .or_default() += 1;
+        if summary.status == RunStatus::Pending {
+            *self.pending.entry(summary.routine_id.clone()).or_default() += 1;
+        }
+        if let Some(ended) = summary.ended_at {
+            self.ended.insert((ended, summary.run_id.clone()));
         }
         self.by_id
             .insert(summary.run_id.clone(), Indexed { summary, written });
@@ -151,6 +181,20 @@ impl Runs {
                     self.children.remove(parent);
                 }
             }
+        }
+        if decrement(self.by_status.get_mut(&summary.status)) {
+            self.by_status.remove(&summary.status);
+        }
+        if decrement(self.by_routine.get_mut(&summary.routine_id)) {
+            self.by_routine.remove(&summary.routine_id);
+        }
+        if summary.status == RunStatus::Pending
+            && decrement(self.pending.get_mut(&summary.routine_id))
+        {
+            self.pending.remove(&summary.routine_id);
+        }
+        if let Some(ended) = summary.ended_at {
+            self.ended.remove(&(ended, summary.run_id));
         }
     }
 }
@@ -281,26 +325,21 @@ impl RunIndex {
 
     /// How many runs are in each state.
     pub fn count_by_status(&self) -> BTreeMap<RunStatus, usize> {
-        let mut counts: BTreeMap<RunStatus, usize> =
-            RunStatus::ALL.iter().map(|status| (*status, 0)).collect();
-        for indexed in self.runs.read().by_id.values() {
-            *counts.entry(indexed.summary.status).or_default() += 1;
-        }
-        counts
+        let runs = self.runs.read();
+        RunStatus::ALL
+            .iter()
+            .map(|status| (*status, runs.by_status.get(status).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Runs waiting for placement, by routine, most first.
     pub fn pending_by_routine(&self) -> Vec<(RoutineId, usize)> {
-        let mut counts: HashMap<&RoutineId, usize> = HashMap::new();
-        let runs = self.runs.read();
-        for indexed in runs.by_id.values() {
-            if indexed.summary.status == RunStatus::Pending {
-                *counts.entry(&indexed.summary.routine_id).or_default() += 1;
-            }
-        }
-        let mut counts: Vec<(RoutineId, usize)> = counts
-            .into_iter()
-            .map(|(routine, count)| (routine.clone(), count))
+        let mut counts: Vec<(RoutineId, usize)> = self
+            .runs
+            .read()
+            .pending
+            .iter()
+            .map(|(routine, count)| (routine.clone(), *count))
             .collect();
         counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         counts
@@ -308,10 +347,7 @@ impl RunIndex {
 
     /// Routines that have runs, in order.
     pub fn routines(&self) -> Vec<RoutineId> {
-        let runs = self.runs.read();
-        let set: BTreeSet<&RoutineId> =
-            runs.by_id.values().map(|i| &i.summary.routine_id).collect();
-        set.into_iter().cloned().collect()
+        self.runs.read().by_routine.keys().cloned().collect()
     }
 
     /// Runs that ended in each of the last `minutes` minutes before `now`.
@@ -323,15 +359,17 @@ impl RunIndex {
             })
             .collect();
         let runs = self.runs.read();
-        for indexed in runs.by_id.values() {
-            let Some(ended) = indexed.summary.ended_at else {
-                continue;
-            };
+        let oldest = Timestamp::from_millis(now.as_millis() - i64::from(minutes) * 60_000 + 1);
+        // "-" sorts before every runID: it is the smallest character a runID may hold.
+        let from = Bound::Included((oldest, RunId::parse("-").expect("a valid runID")));
+        for (ended, run) in runs.ended.range((from, Bound::Unbounded)) {
             let age = now.as_millis() - ended.as_millis();
             if age < 0 {
-                continue;
+                break;
             }
-            let Some(slot) = counts.get_mut((age / 60_000) as usize) else {
+            let (Some(slot), Some(indexed)) =
+                (counts.get_mut((age / 60_000) as usize), runs.by_id.get(run))
+            else {
                 continue;
             };
             match indexed.summary.status {
@@ -549,6 +587,35 @@ mod tests {
         assert_eq!(
             index.pending_by_routine(),
             vec![(RoutineId::parse("a").unwrap(), 2)]
+        );
+    }
+
+    #[test]
+    fn counts_follow_each_rewrite_and_removal() {
+        let pending = run(1, "a", RunStatus::Pending);
+        let index = index_of(vec![pending.clone(), run(2, "b", RunStatus::Pending)]);
+        assert_eq!(index.count_by_status()[&RunStatus::Pending], 2);
+        let mut done = pending.clone();
+        done.status = RunStatus::Succeeded;
+        done.ended_at = Some(Timestamp::from_millis(1_000_500));
+        index.put(done, Timestamp::from_millis(0));
+        let counts = index.count_by_status();
+        assert_eq!(
+            (counts[&RunStatus::Pending], counts[&RunStatus::Succeeded]),
+            (1, 1)
+        );
+        assert_eq!(
+            index.pending_by_routine(),
+            vec![(RoutineId::parse("b").unwrap(), 1)]
+        );
+        let chart = index.ended_per_minute(Timestamp::from_millis(1_000_600), 1);
+        assert_eq!(chart[0].succeeded, 1);
+        index.remove(&pending.run_id);
+        assert_eq!(index.routines(), vec![RoutineId::parse("b").unwrap()]);
+        assert_eq!(index.count_by_status()[&RunStatus::Succeeded], 0);
+        assert_eq!(
+            index.ended_per_minute(Timestamp::from_millis(1_000_600), 1)[0].succeeded,
+            0
         );
     }
 
