@@ -8,9 +8,12 @@ to a real ``nats-server -js`` and to the service binaries that cargo built.
   on the same port and store.
 - :class:`ServiceProcess` runs one binary from the cargo target directory with its
   stdout and stderr appended to a log file (kept across restarts, one marker per start).
-- :class:`Stack` starts NATS plus a set of services and waits for ``GET /readyz`` = 200.
+- :class:`Stack` starts NATS plus a set of services and waits for ``GET /readyz`` = 200;
+  the console (``"console"``) also gets a ``--listen`` port, its base URL in
+  :attr:`Stack.console_url`.
 - :func:`wait_until` / :func:`wait_for` poll a condition; their timeouts scale with
-  ``DROVER_TEST_PATIENCE``.
+  ``DROVER_TEST_PATIENCE``. :func:`quiet_window` is a window in which nothing may happen,
+  scaled the same way.
 
 Every child is killed when its owner is closed, at interpreter exit (``atexit``), and, on
 Linux, when the thread that started it dies (``PR_SET_PDEATHSIG``).
@@ -51,7 +54,11 @@ SERVICES = {
     "heartbeat-monitor": "drover-heartbeat-monitor",
     "scheduler": "drover-scheduler",
     "log-collector": "drover-log-collector",
+    "console": "drover-console",
 }
+
+#: The web console: besides its admin address it serves people and its API on ``--listen``.
+CONSOLE = "drover-console"
 
 DEFAULT_TIMEOUT = 10.0
 START_TIMEOUT = 15.0
@@ -142,6 +149,13 @@ async def wait_until(
 
 async def _truthy(predicate: Callable[[], Any]) -> Optional[bool]:
     return True if await _call(predicate) else None
+
+
+async def quiet_window(seconds: float) -> None:
+    """A window in which nothing may happen: time passing on purpose, after which the caller
+    checks that nothing changed. Scaled by patience, like every timeout here, so that a slow
+    machine gets as long a chance to do the wrong thing as it gets to do the right one."""
+    await asyncio.sleep(patient(seconds))
 
 
 # ---------------------------------------------------------------------------------------
@@ -605,6 +619,7 @@ class Stack:
         self.admin_addrs: dict[str, tuple[str, int]] = {}
         self.ready_timeout = ready_timeout
         self.log_dir = _make_dir("drover-stack-py-")
+        self.console_port = 0  # set when the console is among the services
 
     @classmethod
     async def start(
@@ -626,7 +641,9 @@ class Stack:
         Each service gets ``DROVER_NATS_URL``, ``DROVER_HEARTBEAT_INTERVAL_MS``,
         ``DROVER_LOST_AFTER_MS``, ``RUST_LOG=info`` (then ``env``, then its
         ``service_env`` entry, override them) and ``--admin-addr 127.0.0.1:<free port>``
-        followed by its ``service_args`` entry. On a secured server, ``nats_client_options``
+        followed by its ``service_args`` entry. The console (``"console"``) also gets
+        ``--listen 127.0.0.1:<free port>`` (see :attr:`console_url`); give it ``--token`` in
+        its ``service_args`` entry to allow actions. On a secured server, ``nats_client_options``
         are the harness's own credentials (see :class:`NatsServer`), and the services'
         credentials go in ``env`` / ``service_env`` as ``DROVER_NATS_*`` variables.
         """
@@ -644,7 +661,11 @@ class Stack:
                     **(env or {}),
                     **_lookup(service_env, name),
                 }
-                args = ["--admin-addr", f"127.0.0.1:{port}", *_lookup(service_args, name, ())]
+                args = ["--admin-addr", f"127.0.0.1:{port}"]
+                if name == CONSOLE:
+                    stack.console_port = free_port()
+                    args += ["--listen", f"127.0.0.1:{stack.console_port}"]
+                args += _lookup(service_args, name, ())
                 process = ServiceProcess(name, full_env, args, stack.log_dir)
                 process.spawn()
                 stack.services[name] = process
@@ -660,6 +681,14 @@ class Stack:
     def url(self) -> str:
         """The NATS URL the services use."""
         return self.nats.url
+
+    @property
+    def console_url(self) -> str:
+        """``http://127.0.0.1:<port>``, where the console serves its pages and ``/api/v1``
+        (stable across restarts)."""
+        if not self.console_port:
+            raise LookupError("this stack has no console: start it with \"console\" among the services")
+        return f"http://127.0.0.1:{self.console_port}"
 
     def service(self, name: str) -> ServiceProcess:
         """The process of a service (short or binary name)."""
