@@ -13,11 +13,14 @@
 //!
 //! `drover-bench soak` is apart: a steady rate of runs for minutes (10 by default), and what
 //! piles up meanwhile: service logs, memory, JetStream storage per run (see `soak.rs`).
+//! So is `drover-bench console`: how long `drover-console` takes to catch up with 100,000
+//! stored runs and 1,000 workers, and how fast its pages render then (see `console.rs`).
 //!
 //! Results go to `bench/results/` as JSON, Markdown and an SVG plot. Build in release
 //! (`cargo build --release --bins`) so that the services measured are the optimised ones.
 
 mod baseline;
+mod console;
 mod end_to_end;
 mod peers;
 mod report;
@@ -126,6 +129,8 @@ enum Command {
     },
     /// A soak: runs at a steady rate for minutes; logs, memory and storage per run.
     Soak(soak::SoakArgs),
+    /// The console: catch-up with many stored runs and workers, then each page's render time.
+    Console(console::ConsoleArgs),
 }
 
 fn machine(nats_server: &str) -> Machine {
@@ -191,6 +196,31 @@ async fn main() -> anyhow::Result<()> {
             eprintln!(
                 "results written to {}",
                 soak.out.join(format!("{stem}.{{json,md}}")).display()
+            );
+            return Ok(());
+        }
+        Some(Command::Console(console)) => {
+            eprintln!(
+                "== console: {} runs and {} workers stored, {} samples a page",
+                console.runs, console.workers, console.samples
+            );
+            let report = console::run(&console).await?;
+            report.write(&console.out, "console")?;
+            println!("{}", report.markdown());
+            eprintln!(
+                "results written to {}",
+                console.out.join("console.{json,md}").display()
+            );
+            let failed: Vec<&str> = report
+                .pages
+                .iter()
+                .filter(|page| !page.is_ok())
+                .map(|page| page.route.as_str())
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "not every request was answered 200: {}",
+                failed.join(", ")
             );
             return Ok(());
         }
