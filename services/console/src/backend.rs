@@ -39,6 +39,23 @@ impl Backend {
         subject: &str,
         payload: &T,
     ) -> Result<R, ConsoleError> {
+        self.call_or(subject, payload, || {
+            ConsoleError::wire(
+                ErrorCode::Unavailable,
+                format!("no Drover service answers on {subject}"),
+            )
+        })
+        .await
+    }
+
+    /// As [`Self::call`], with `absent` for the error when nothing listens on `subject`
+    /// (a pool that is not running, say).
+    pub async fn call_or<T: Payload, R: Payload>(
+        &self,
+        subject: &str,
+        payload: &T,
+        absent: impl FnOnce() -> ConsoleError,
+    ) -> Result<R, ConsoleError> {
         let mut headers = HeaderMap::new();
         drover_telemetry::inject_current(&mut headers);
         let request = self
@@ -53,10 +70,7 @@ impl Backend {
                 )
             })?
             .map_err(|error| match error.kind() {
-                RequestErrorKind::NoResponders => ConsoleError::wire(
-                    ErrorCode::Unavailable,
-                    format!("no Drover service answers on {subject}"),
-                ),
+                RequestErrorKind::NoResponders => absent(),
                 _ => ConsoleError::wire(
                     ErrorCode::Unavailable,
                     format!("request on {subject} failed: {error}"),

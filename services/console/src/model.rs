@@ -461,22 +461,17 @@ pub fn parse_pool_id(text: &str) -> Result<PoolId, ConsoleError> {
     PoolId::parse(text).map_err(|error| ConsoleError::not_found(error.to_string()))
 }
 
-fn pool_call_error(pool: &PoolId, error: ConsoleError) -> ConsoleError {
-    if error.code == ErrorCode::Unavailable.as_str() && error.message.contains("no Drover service")
-    {
-        ConsoleError::not_found(format!("no pool {pool} answers"))
-    } else {
-        error
-    }
+/// The error for a pool that nothing answers for.
+fn no_pool(pool: &PoolId) -> impl FnOnce() -> ConsoleError + '_ {
+    move || ConsoleError::not_found(format!("no pool {pool} answers"))
 }
 
 /// A pool's status, from the pool.
 pub async fn pool(state: &AppState, pool: &PoolId) -> Result<PoolState, ConsoleError> {
     state
         .backend
-        .call(&subject::pool::status(pool), &PoolStatus {})
+        .call_or(&subject::pool::status(pool), &PoolStatus {}, no_pool(pool))
         .await
-        .map_err(|error| pool_call_error(pool, error))
 }
 
 /// Every pool's status; a pool that does not answer is left out.
@@ -512,9 +507,8 @@ pub async fn scale(
     .map_err(|error| ConsoleError::wire(ErrorCode::SchemaViolation, error.to_string()))?;
     let scaled = state
         .backend
-        .call(&subject::pool::scale(pool), &scale)
-        .await
-        .map_err(|error| pool_call_error(pool, error))?;
+        .call_or(&subject::pool::scale(pool), &scale, no_pool(pool))
+        .await?;
     crate::metrics::count_action("scale");
     Ok(scaled)
 }
@@ -527,9 +521,8 @@ pub async fn restart(
 ) -> Result<PoolRestarting, ConsoleError> {
     let restarting = state
         .backend
-        .call(&subject::pool::restart(pool), request)
-        .await
-        .map_err(|error| pool_call_error(pool, error))?;
+        .call_or(&subject::pool::restart(pool), request, no_pool(pool))
+        .await?;
     crate::metrics::count_action("restart");
     Ok(restarting)
 }
