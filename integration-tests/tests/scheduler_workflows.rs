@@ -16,7 +16,7 @@ use drover_protocol::{
     RunCancel, RunId, RunRecord, RunSpec, RunStatus, Starting, WorkerId, WorkerRecord,
     WorkerStatus,
 };
-use drover_testkit::{call, hold_for, wait_until, Stack};
+use drover_testkit::{call, hold_for, patient, wait_until, Stack};
 use serde_json::{json, Value};
 
 const LOST_AFTER_MS: u64 = 1000;
@@ -101,7 +101,10 @@ async fn child_events(
     let mut completed = BTreeMap::new();
     while completed.len() < done {
         let message = parent
-            .try_recv_any(&[keys::STARTING, keys::COMPLETED], Duration::from_secs(15))
+            .try_recv_any(
+                &[keys::STARTING, keys::COMPLETED],
+                patient(Duration::from_secs(15)),
+            )
             .await
             .expect("child events arrive");
         let local = message.payload["localRunID"].as_str().unwrap().to_owned();
